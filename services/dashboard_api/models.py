@@ -1,0 +1,207 @@
+"""Typed response models of the status API: the shapes bots and the dashboard read.
+
+Field meanings are those of the messages they come from (shared/contracts.py);
+any block may be null while its service has not reported for the series yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+VolLabel = Literal["low", "normal", "high", "crisis"]
+HmmLabel = Literal["BEARISH", "RANGING", "BULLISH"]
+
+
+class Price(BaseModel):
+    close: float
+    ts: int = Field(description="open time of the bar, ms UTC")
+
+
+class VolBlock(BaseModel):
+    short: float = Field(description="EWMA std of log returns, short window, bar level")
+    long: float = Field(description="EWMA std of log returns, long window, bar level")
+    ratio: float = Field(description="short / long")
+    samples: int
+    sufficient: bool = Field(description="false: fewer returns than the long window (regime defaults to normal)")
+    ts: int
+    since_ts: int = Field(description="ms the current regime began")
+
+
+class Probabilities(BaseModel):
+    bearish: float
+    ranging: float
+    bullish: float
+
+
+class HmmBlock(BaseModel):
+    """Seed 003 §2.6 ``hmm_regime``."""
+
+    regime: HmmLabel
+    confidence: float
+    bias_signal: float
+    probabilities: Probabilities
+    trained: bool
+    observation_count: int
+    blend_factor: float
+    trained_at: int | None
+    ts: int
+    since_ts: int
+
+
+class GridBiasModel(BaseModel):
+    mode: Literal["symmetric", "long_bias", "short_bias"]
+    entry_spacing_mult_a: float
+    entry_spacing_mult_b: float
+    size_skew_override: float | None
+
+
+class ScreenerBlock(BaseModel):
+    ts: int
+    tier: str
+    sizing_multiplier: float
+    base_per_trade_nav_pct: float
+    effective_per_trade_nav_pct: float
+    capped: bool
+    weights: dict[str, float]
+    scores: dict[str, float]
+    defaulted: list[str]
+    hybrid_score: float
+    trend_score: float
+    hmm_bias: float
+    hmm_confidence: float
+    blend_factor: float
+    dynamic_idle_target: float
+    grid_bias: GridBiasModel
+
+
+class PipelineBlock(BaseModel):
+    """Seed 003 §2.6 ``hmm_data_pipeline``; backfill fields stay null until ingest backfills."""
+
+    timeframe: str
+    source: str
+    interval_min: int
+    sync_interval_sec: float
+    samples: int
+    coverage_pct: float
+    last_ts: int | None
+    freshness_sec: float | None
+    freshness_limit_sec: float
+    freshness_ok: bool
+    gaps: int
+    backfill_last_at: int | None
+    backfill_last_rows: int | None
+    backfill_last_message: str | None
+    last_error: str | None
+    reported_at: int
+
+
+class Tuning(BaseModel):
+    """Seed 003 §4 key metrics for one labelling of the series."""
+
+    flips: int
+    flips_per_day: float | None
+    span_days: float
+    current: str | None
+    current_since_ts: int | None
+    bars: dict[str, int]
+    mean_dwell_min: dict[str, float | None]
+    mean_forward_return: dict[str, float | None] = Field(description="mean next-bar log return per regime")
+
+
+class SymbolSnapshot(BaseModel):
+    series: str = Field(description="exchange:symbol:timeframe")
+    exchange: str
+    symbol: str
+    timeframe: str
+    tier: str
+    price: Price | None
+    vol_regime: VolLabel | None
+    vol: VolBlock | None
+    hmm_regime: HmmBlock | None
+    screener: ScreenerBlock | None
+    hmm_data_pipeline: PipelineBlock | None
+    hmm_tuning: Tuning | None
+    vol_tuning: Tuning | None
+    updated_at: int | None
+
+
+class Summary(BaseModel):
+    symbols: int
+    vol_regime_summary: dict[VolLabel, int]
+    vol_regime_avg_vol_short: dict[VolLabel, float | None]
+    hmm_regime_summary: dict[HmmLabel, int]
+    hmm_untrained: int
+    updated_at: int | None
+
+
+class ServiceHealth(BaseModel):
+    service: str
+    replica: str
+    host: str
+    pid: int
+    started_at: int
+    last_seen: int
+    handled: int
+    skipped: int
+    dead_lettered: int
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class SeriesStatus(BaseModel):
+    series: str
+    vol_regime: VolLabel | None
+    hmm_regime: HmmBlock | None
+    hmm_data_pipeline: PipelineBlock | None
+
+
+class Status(BaseModel):
+    namespace: str
+    now: int
+    summary: Summary
+    services: list[ServiceHealth]
+    series: list[SeriesStatus]
+
+
+class Transition(BaseModel):
+    kind: Literal["vol", "hmm"]
+    ts: int
+    from_: str = Field(alias="from")
+    to: str
+    ratio: float | None = None
+    confidence: float | None = None
+    close: float | None = None
+
+    model_config = {"populate_by_name": True}
+
+
+class HistoryPoint(BaseModel):
+    ts: int
+    close: float
+    vol: VolLabel
+    ratio: float
+    hmm: HmmLabel | None
+    p: list[float] | None = Field(description="(bearish, ranging, bullish) at this bar, when known")
+    nav: float
+    idle: float
+    score: float
+
+
+class SymbolDetail(BaseModel):
+    snapshot: SymbolSnapshot
+    history: list[HistoryPoint]
+    transitions: list[Transition]
+    thresholds: dict[str, float] = Field(description="vol ratio boundaries low / normal / high")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    nats: bool
+    redis: bool
+    stale_series: list[str] = Field(default_factory=list)
+    detail: dict[str, str] = Field(default_factory=dict)
+
+
+class Problem(BaseModel):
+    detail: str

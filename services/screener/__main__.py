@@ -1,0 +1,60 @@
+"""screener: vol + HMM regime events and external scores in, one sizing/weighting decision per candle out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
+from shared.bus import Consumer, Out, StateStore, kv_bucket
+from shared.contracts import HmmRegimeEvent, ScoreEvent, ScreenerDecision, VolRegimeEvent
+from shared.service import Runtime, run
+
+SERVICE = "screener"
+
+
+async def build(rt: Runtime) -> list[Any]:
+    cfg = rt.config
+    names = rt.names
+    store: StateStore[SeriesScreen] = StateStore(
+        await kv_bucket(rt.js, names.bucket("screener_state")),
+        new=lambda _key: SeriesScreen(),
+        dump=SeriesScreen.dump,
+        load=lambda _key, raw: SeriesScreen.load(raw),
+    )
+
+    def publish(decisions: list[ScreenerDecision]) -> list[Out]:
+        return [Out(names.screener(d.key), d, f"screener.{d.key.token}.{d.ts}") for d in decisions]
+
+    async def vol(event: VolRegimeEvent, _subject: str) -> list[Out]:
+        state = await store.get(event.key)
+        store.mark(event.key)
+        return publish(on_vol(state, event, cfg))
+
+    async def hmm(event: HmmRegimeEvent, _subject: str) -> list[Out]:
+        state = await store.get(event.key)
+        store.mark(event.key)
+        return publish(on_hmm(state, event, cfg))
+
+    async def score(event: ScoreEvent, _subject: str) -> list[Out]:
+        state = await store.get(event.key)
+        if on_score(state, event):
+            store.mark(event.key)
+        return []
+
+    subjects = [names.vol_all, names.scores_all]
+    if cfg.hmm["HMM_ENABLED"]:
+        subjects.append(names.hmm_all)
+    consumer = Consumer(
+        rt.bus, names.stream_regimes, subjects, rt.durable(),
+        {VolRegimeEvent: vol, HmmRegimeEvent: hmm, ScoreEvent: score},
+        stores=[store], partition=rt.partition,
+    )
+    return [consumer.run(rt.stop)]
+
+
+def main() -> None:
+    run(SERVICE, build)
+
+
+if __name__ == "__main__":
+    main()

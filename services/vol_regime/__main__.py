@@ -1,0 +1,44 @@
+"""vol_regime: candles in, one volatility-regime event per candle out (seed 000 §2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.vol_regime.core import SeriesVol, apply_candle
+from shared.bus import Consumer, Out, StateStore, kv_bucket
+from shared.contracts import Candle
+from shared.service import Runtime, run
+
+SERVICE = "vol_regime"
+
+
+async def build(rt: Runtime) -> list[Any]:
+    cfg = rt.config.vol
+    store: StateStore[SeriesVol] = StateStore(
+        await kv_bucket(rt.js, rt.names.bucket("vol_state")),
+        new=lambda _key: SeriesVol.new(cfg),
+        dump=SeriesVol.dump,
+        load=lambda _key, raw: SeriesVol.load(cfg, raw),
+    )
+
+    async def on_candle(candle: Candle, _subject: str) -> list[Out] | None:
+        state = await store.get(candle.key)
+        event = apply_candle(state, candle, cfg)
+        if event is None:
+            return None
+        store.mark(candle.key)
+        return [Out(rt.names.vol(candle.key), event, f"vol.{candle.msg_id}")]
+
+    consumer = Consumer(
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(), {Candle: on_candle},
+        stores=[store], partition=rt.partition,
+    )
+    return [consumer.run(rt.stop)]
+
+
+def main() -> None:
+    run(SERVICE, build)
+
+
+if __name__ == "__main__":
+    main()

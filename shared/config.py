@@ -1,0 +1,493 @@
+"""Settings (from the environment) and the strategy config (from JSON), each loaded and validated once.
+
+Both are built in a service's ``main()`` and passed down; nothing here runs at
+import time. A bad value raises :class:`ConfigError` naming the key and the
+reason, and the service refuses to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from shared.errors import ConfigError, ContractError
+from shared.subjects import TIMEFRAMES_MS, Names, SeriesKey, check_exchange, encode_symbol
+from shared.vol import VolRegimeConfig
+
+VOL_LABELS = ("low", "normal", "high", "crisis")
+TIERS = ("CORE", "SATELLITE", "TACTICAL", "ALT-EXT")
+HYBRID_COMPONENTS = ("trend", "carry", "expectancy", "router")
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "strategy_config.json"
+
+
+# --- settings -----------------------------------------------------------------
+
+
+def _env_bool(key: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"expected true/false, got {raw!r}")
+
+
+def _env_int(key: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _url(key: str, raw: str, schemes: tuple[str, ...]) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in schemes or not parsed.hostname:
+        raise ConfigError(key, f"expected a {'/'.join(schemes)} URL, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where a service finds its peers and how it runs; all from environment variables.
+
+    ``REPLICA`` (``i/n``, 1-based) splits the series between n replicas of one
+    stateful service: each replica owns the series whose stable hash lands on it.
+    """
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = ""
+    strategy_config: Path = DEFAULT_CONFIG_PATH
+    log_level: str = "INFO"
+    log_json: bool = True
+    metrics_port: int = 0  # 0: no /metrics listener (dashboard_api serves its own)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: str | None = None  # bearer token for operator endpoints (POST /api/backfill)
+    replica: int = 0  # 0-based
+    replicas: int = 1
+    health_interval_sec: float = 5.0
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        kw: dict[str, Any] = {}
+        if "NATS_URL" in env:
+            kw["nats_url"] = _url("NATS_URL", env["NATS_URL"], ("nats", "tls"))
+        if "REDIS_URL" in env:
+            kw["redis_url"] = _url("REDIS_URL", env["REDIS_URL"], ("redis", "rediss", "unix"))
+        if "REGIMES_NAMESPACE" in env:
+            kw["namespace"] = env["REGIMES_NAMESPACE"]
+            Names(kw["namespace"])  # validates
+        if "STRATEGY_CONFIG" in env:
+            path = Path(env["STRATEGY_CONFIG"])
+            if not path.is_file():
+                raise ConfigError("STRATEGY_CONFIG", f"no such file: {path}")
+            kw["strategy_config"] = path
+        if "LOG_LEVEL" in env:
+            level = env["LOG_LEVEL"].upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ConfigError("LOG_LEVEL", f"expected DEBUG/INFO/WARNING/ERROR, got {env['LOG_LEVEL']!r}")
+            kw["log_level"] = level
+        if "LOG_JSON" in env:
+            kw["log_json"] = _env_bool("LOG_JSON", env["LOG_JSON"])
+        if "METRICS_PORT" in env:
+            kw["metrics_port"] = _env_int("METRICS_PORT", env["METRICS_PORT"], 0, 65535)
+        if "API_HOST" in env:
+            kw["api_host"] = env["API_HOST"]
+        if "API_PORT" in env:
+            kw["api_port"] = _env_int("API_PORT", env["API_PORT"], 1, 65535)
+        if env.get("API_TOKEN"):
+            if len(env["API_TOKEN"]) < 16:
+                raise ConfigError("API_TOKEN", "must be at least 16 characters")
+            kw["api_token"] = env["API_TOKEN"]
+        if "REPLICA" in env:
+            kw["replica"], kw["replicas"] = _replica(env["REPLICA"])
+        if "HEALTH_INTERVAL_SEC" in env:
+            kw["health_interval_sec"] = _positive_float("HEALTH_INTERVAL_SEC", env["HEALTH_INTERVAL_SEC"])
+        return cls(**kw)
+
+
+def _replica(raw: str) -> tuple[int, int]:
+    try:
+        i_s, n_s = raw.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ConfigError("REPLICA", f"expected i/n such as 1/3, got {raw!r}") from None
+    if not 1 <= i <= n <= 64:
+        raise ConfigError("REPLICA", f"need 1 <= i <= n <= 64, got {raw!r}")
+    return i - 1, n
+
+
+def _positive_float(key: str, raw: Any) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+    return value
+
+
+# --- HMM keys (seed 003 §7) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    default: Any
+    parse: Callable[[str, Any], Any]
+
+
+def _bool(key: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        return _env_bool(key, v)
+    raise ConfigError(key, f"expected true/false, got {v!r}")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def parse(key: str, v: Any) -> int:
+        if isinstance(v, str):
+            return _env_int(key, v, lo, hi)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(key, f"expected an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise ConfigError(key, f"must be in [{lo}, {hi}], got {v}")
+        return v
+
+    return parse
+
+
+def _float_in(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str, Any], float]:
+    def parse(key: str, v: Any) -> float:
+        if isinstance(v, bool):
+            raise ConfigError(key, f"expected a number, got {v!r}")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected a number, got {v!r}") from None
+        if not (lo < x if lo_open else lo <= x) or not x <= hi:
+            raise ConfigError(key, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {x}")
+        return x
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def parse(key: str, v: Any) -> str:
+        if v not in choices:
+            raise ConfigError(key, f"expected one of {list(choices)}, got {v!r}")
+        return str(v)
+
+    return parse
+
+
+_DAY = 86_400.0
+# Seed defaults, except HMM_INFERENCE_WINDOW: 0 selects the exact forward filter
+# (one O(K^2) step per candle); the seed's 50 remains available as a setting.
+HMM_KEYS: dict[str, _Key] = {
+    "HMM_ENABLED": _Key(False, _bool),
+    "HMM_OHLCV_ENABLED": _Key(True, _bool),
+    "HMM_OHLCV_INTERVAL_MIN": _Key(1, _int_in(1, 1440)),
+    "HMM_OHLCV_SYNC_INTERVAL_SEC": _Key(60.0, _float_in(0.0, _DAY, lo_open=True)),
+    "HMM_OHLCV_RETENTION_DAYS": _Key(14, _int_in(1, 3650)),
+    "HMM_OHLCV_BACKFILL_ON_STARTUP": _Key(True, _bool),
+    "HMM_OHLCV_BACKFILL_MAX_PAGES": _Key(40, _int_in(1, 10_000)),
+    "HMM_TRAINING_CANDLES": _Key(2000, _int_in(10, 1_000_000)),
+    "HMM_RECENT_CANDLES": _Key(100, _int_in(1, 100_000)),
+    "HMM_READINESS_CACHE_SEC": _Key(300.0, _float_in(0.0, _DAY)),
+    "HMM_N_STATES": _Key(3, _int_in(2, 8)),
+    "HMM_N_ITER": _Key(100, _int_in(1, 10_000)),
+    "HMM_COVARIANCE_TYPE": _Key("diag", _choice("diag", "full", "spherical", "tied")),
+    "HMM_INFERENCE_WINDOW": _Key(0, _int_in(0, 100_000)),
+    "HMM_CONFIDENCE_THRESHOLD": _Key(0.15, _float_in(0.0, 1.0)),
+    "HMM_RETRAIN_INTERVAL_SEC": _Key(86_400.0, _float_in(0.0, 365 * _DAY, lo_open=True)),
+    "HMM_MIN_TRAIN_SAMPLES": _Key(500, _int_in(10, 1_000_000)),
+    "HMM_BIAS_GAIN": _Key(1.0, _float_in(0.0, 100.0)),
+    "HMM_BLEND_WITH_TREND": _Key(0.5, _float_in(0.0, 1.0)),
+}
+
+
+def resolve_hmm_keys(file_values: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Every HMM_* key: the seed default, overridden by the config file, overridden by the environment."""
+    unknown = sorted(k for k in file_values if k not in HMM_KEYS)
+    if unknown:
+        raise ConfigError(f"hmm.{unknown[0]}", f"unknown key (known: {', '.join(HMM_KEYS)})")
+    out: dict[str, Any] = {}
+    for key, spec in HMM_KEYS.items():
+        if key in env:
+            out[key] = spec.parse(key, env[key])
+        elif key in file_values:
+            out[key] = spec.parse(f"hmm.{key}", file_values[key])
+        else:
+            out[key] = spec.default
+    if out["HMM_MIN_TRAIN_SAMPLES"] > out["HMM_TRAINING_CANDLES"]:
+        raise ConfigError("HMM_MIN_TRAIN_SAMPLES", "must not exceed HMM_TRAINING_CANDLES")
+    return out
+
+
+# --- strategy config -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSpec:
+    """One series of the universe and its sizing tier."""
+
+    key: SeriesKey
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrendConfig:
+    """The screener's EMA-spread trend score: tanh(spread / score_scale), spread a fraction of price."""
+
+    fast_ema_bars: int = 12
+    slow_ema_bars: int = 48
+    score_scale: float = 0.004
+
+
+@dataclass(frozen=True, slots=True)
+class IdleTargetConfig:
+    """Seed 003 §2.3 idle-target parameters, fractions of NAV held idle."""
+
+    base_target: float = 0.40
+    sensitivity: float = 0.20
+    floor: float = 0.15
+    ceiling: float = 0.65
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """The demo market: seed, bars published at start-up, and live pace (bars per wall-clock second)."""
+
+    seed: int = 7
+    history_bars: int = 1500
+    bars_per_sec: float = 4.0
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """The whole strategy config, validated. ``vol_regimes_present`` is False when the block was absent."""
+
+    universe: tuple[SeriesSpec, ...]
+    vol: VolRegimeConfig
+    vol_regimes_present: bool
+    sizing_multipliers: Mapping[str, Mapping[str, float]]  # tier -> label -> multiplier (may be empty)
+    hybrid_modifiers: Mapping[str, Mapping[str, Mapping[str, float]]]  # "default"/tier -> label -> component
+    per_trade_nav_pct: float
+    max_per_trade_nav_pct: float | None
+    base_weights: Mapping[str, float]
+    trend: TrendConfig
+    idle: IdleTargetConfig
+    hmm: Mapping[str, Any]
+    demo: DemoConfig
+    exchange_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def tier_of(self, key: SeriesKey) -> str:
+        for spec in self.universe:
+            if spec.key == key:
+                return spec.tier
+        return "CORE"
+
+    @property
+    def series(self) -> tuple[SeriesKey, ...]:
+        return tuple(s.key for s in self.universe)
+
+
+def load_strategy_config(path: Path, env: Mapping[str, str] | None = None) -> StrategyConfig:
+    """Read and validate the JSON strategy config; HMM_* keys may be overridden by the environment."""
+    env = os.environ if env is None else env
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("STRATEGY_CONFIG", f"no such file: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError("STRATEGY_CONFIG", f"{path} is not valid JSON: {exc}") from None
+    return parse_strategy_config(raw, env)
+
+
+def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> StrategyConfig:
+    env = {} if env is None else env
+    if not isinstance(raw, dict):
+        raise ConfigError("(root)", "the strategy config must be a JSON object")
+    known = {"universe", "sizing", "hybrid", "trend", "idle_target", "vol_regimes", "hmm", "demo", "exchanges"}
+    unknown = sorted(set(raw) - known - {k for k in raw if k.startswith("_")})
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown top-level key (known: {', '.join(sorted(known))})")
+    vol_present = "vol_regimes" in raw
+    vol_block = _obj(raw, "vol_regimes")
+    sizing = _obj(raw, "sizing")
+    per_trade = _num(sizing, "sizing.per_trade_nav_pct", 0.02, 0.0, 1.0)
+    cap = sizing.get("max_per_trade_nav_pct")
+    if cap is not None:
+        cap = _num(sizing, "sizing.max_per_trade_nav_pct", None, 0.0, 1.0)
+    trend_raw = _obj(raw, "trend")
+    trend = TrendConfig(
+        fast_ema_bars=_int(trend_raw, "trend.fast_ema_bars", 12, 1, 10_000),
+        slow_ema_bars=_int(trend_raw, "trend.slow_ema_bars", 48, 2, 100_000),
+        score_scale=_num(trend_raw, "trend.score_scale", 0.004, 0.0, 1.0, lo_open=True),
+    )
+    if trend.fast_ema_bars >= trend.slow_ema_bars:
+        raise ConfigError("trend.fast_ema_bars", "must be smaller than trend.slow_ema_bars")
+    idle_raw = _obj(raw, "idle_target")
+    idle = IdleTargetConfig(
+        base_target=_num(idle_raw, "idle_target.REBALANCE_TARGET_IDLE_PCT", 0.40, 0.0, 1.0),
+        sensitivity=_num(idle_raw, "idle_target.TREND_IDLE_SENSITIVITY", 0.20, 0.0, 10.0),
+        floor=_num(idle_raw, "idle_target.TREND_IDLE_FLOOR", 0.15, 0.0, 1.0),
+        ceiling=_num(idle_raw, "idle_target.TREND_IDLE_CEILING", 0.65, 0.0, 1.0),
+    )
+    if idle.floor > idle.ceiling:
+        raise ConfigError("idle_target.TREND_IDLE_FLOOR", "must not exceed TREND_IDLE_CEILING")
+    demo_raw = _obj(raw, "demo")
+    demo = DemoConfig(
+        seed=_int(demo_raw, "demo.seed", 7, 0, 2**31),
+        history_bars=_int(demo_raw, "demo.history_bars", 1500, 0, 100_000),
+        bars_per_sec=_num(demo_raw, "demo.bars_per_sec", 4.0, 0.0, 10_000.0, lo_open=True),
+    )
+    exchanges = _obj(raw, "exchanges")
+    for ex_id, opts in exchanges.items():
+        if not isinstance(opts, dict):
+            raise ConfigError(f"exchanges.{ex_id}", "must be an object of ccxt options")
+    return StrategyConfig(
+        universe=_universe(raw.get("universe")),
+        vol=VolRegimeConfig.from_strategy_config(raw),
+        vol_regimes_present=vol_present,
+        sizing_multipliers=_sizing_multipliers(vol_block.get("sizing_multipliers", {})),
+        hybrid_modifiers=_hybrid_modifiers(vol_block.get("hybrid_weight_modifiers", {})),
+        per_trade_nav_pct=per_trade,
+        max_per_trade_nav_pct=cap,
+        base_weights=_base_weights(_obj(raw, "hybrid").get("base_weights")),
+        trend=trend,
+        idle=idle,
+        hmm=resolve_hmm_keys(_obj(raw, "hmm"), env),
+        demo=demo,
+        exchange_options=exchanges,
+    )
+
+
+def _obj(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a JSON object")
+    return value
+
+
+def _num(
+    raw: Mapping[str, Any], dotted: str, default: float | None, lo: float, hi: float, *, lo_open: bool = False
+) -> float:
+    leaf = dotted.rsplit(".", 1)[-1]
+    if leaf not in raw:
+        if default is None:
+            raise ConfigError(dotted, "is required")
+        return default
+    return _float_in(lo, hi, lo_open=lo_open)(dotted, raw[leaf])
+
+
+def _int(raw: Mapping[str, Any], dotted: str, default: int, lo: int, hi: int) -> int:
+    leaf = dotted.rsplit(".", 1)[-1]
+    return default if leaf not in raw else _int_in(lo, hi)(dotted, raw[leaf])
+
+
+def _universe(raw: Any) -> tuple[SeriesSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("universe", "must be a non-empty list of {exchange, symbol, timeframe, tier}")
+    out: list[SeriesSpec] = []
+    seen: set[SeriesKey] = set()
+    for i, item in enumerate(raw):
+        where = f"universe[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(where, "must be an object")
+        extra = sorted(set(item) - {"exchange", "symbol", "timeframe", "tier"})
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}", "unknown key")
+        try:
+            exchange = check_exchange(str(item.get("exchange", "")))
+        except ContractError as exc:
+            raise ConfigError(f"{where}.exchange", exc.reason) from None
+        symbol = item.get("symbol")
+        if not isinstance(symbol, str):
+            raise ConfigError(f"{where}.symbol", "must be a string such as BTC/USD")
+        try:
+            encode_symbol(symbol)
+        except ContractError as exc:
+            raise ConfigError(f"{where}.symbol", exc.reason) from None
+        tf = item.get("timeframe")
+        if tf not in TIMEFRAMES_MS:
+            raise ConfigError(f"{where}.timeframe", f"expected one of {list(TIMEFRAMES_MS)}, got {tf!r}")
+        tier = item.get("tier", "CORE")
+        if not isinstance(tier, str) or not tier:
+            raise ConfigError(f"{where}.tier", "must be a tier name such as CORE")
+        key = SeriesKey(exchange, symbol, tf)
+        if key in seen:
+            raise ConfigError(where, f"duplicate series {key.id}")
+        seen.add(key)
+        out.append(SeriesSpec(key, tier))
+    return tuple(out)
+
+
+def _label_map(raw: Any, where: str, lo: float, hi: float) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be an object of regime -> number")
+    out: dict[str, float] = {}
+    for label, value in raw.items():
+        if label not in VOL_LABELS:
+            raise ConfigError(f"{where}.{label}", f"unknown regime (expected {', '.join(VOL_LABELS)})")
+        out[label] = _float_in(lo, hi)(f"{where}.{label}", value)
+    return out
+
+
+def _sizing_multipliers(raw: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(raw, dict):
+        raise ConfigError("vol_regimes.sizing_multipliers", "must be an object of tier -> regime -> multiplier")
+    return {tier: _label_map(m, f"vol_regimes.sizing_multipliers.{tier}", 0.0, 10.0) for tier, m in raw.items()}
+
+
+def _hybrid_modifiers(raw: Any) -> dict[str, dict[str, dict[str, float]]]:
+    where = "vol_regimes.hybrid_weight_modifiers"
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be an object of default/tier -> regime -> component -> multiplier")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for scope, per_label in raw.items():
+        if not isinstance(per_label, dict):
+            raise ConfigError(f"{where}.{scope}", "must be an object of regime -> modifiers")
+        out[scope] = {}
+        for label, mods in per_label.items():
+            if label not in VOL_LABELS:
+                raise ConfigError(f"{where}.{scope}.{label}", "unknown regime")
+            if not isinstance(mods, dict):
+                raise ConfigError(f"{where}.{scope}.{label}", "must be an object of component -> multiplier")
+            for comp in mods:
+                if comp not in ("carry", "expectancy", "router", "trend"):
+                    raise ConfigError(f"{where}.{scope}.{label}.{comp}", "unknown component")
+            out[scope][label] = {
+                comp: _float_in(0.0, 10.0)(f"{where}.{scope}.{label}.{comp}", v) for comp, v in mods.items()
+            }
+    return out
+
+
+def _base_weights(raw: Any) -> dict[str, float]:
+    defaults = {"trend": 0.40, "carry": 0.25, "expectancy": 0.20, "router": 0.15}
+    if raw is None:
+        return defaults
+    if not isinstance(raw, dict):
+        raise ConfigError("hybrid.base_weights", "must be an object of component -> weight")
+    extra = sorted(set(raw) - set(HYBRID_COMPONENTS))
+    if extra:
+        raise ConfigError(f"hybrid.base_weights.{extra[0]}", "unknown component")
+    out = {c: _float_in(0.0, 1.0)(f"hybrid.base_weights.{c}", raw.get(c, defaults[c])) for c in HYBRID_COMPONENTS}
+    if sum(out.values()) <= 0:
+        raise ConfigError("hybrid.base_weights", "weights must not all be zero")
+    return out

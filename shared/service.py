@@ -1,0 +1,142 @@
+"""How every service starts and stops: settings, config, logging, NATS, streams, metrics, health, signals.
+
+A service's ``__main__`` only supplies ``build(runtime) -> list of coroutines``;
+:func:`run` does the rest, in the shape of nats.py's micro-service example:
+signals set an ``asyncio.Event``, resources live on an ``AsyncExitStack``, and
+the connection is drained on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from prometheus_client import start_http_server
+
+from shared.bus import Bus, Health, connect, ensure_streams, kv_bucket
+from shared.config import Settings, StrategyConfig, load_strategy_config
+from shared.errors import ConfigError
+from shared.subjects import Names
+from shared.telemetry import Metrics, configure_logging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a service's wiring needs, built once in :func:`run` and passed in."""
+
+    service: str
+    settings: Settings
+    config: StrategyConfig
+    nc: NATS
+    bus: Bus
+    metrics: Metrics
+    health: Health
+    stop: asyncio.Event
+    stack: AsyncExitStack
+
+    @property
+    def names(self) -> Names:
+        return self.settings.names
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.bus.js
+
+    @property
+    def partition(self) -> tuple[int, int]:
+        return self.settings.replica, self.settings.replicas
+
+    def durable(self, suffix: str = "") -> str:
+        name = f"{self.service}_{suffix}" if suffix else self.service
+        return self.names.durable(name, self.settings.replica, self.settings.replicas)
+
+
+Build = Callable[[Runtime], Awaitable[list[Coroutine[Any, Any, None]]]]
+
+
+def load(env: Mapping[str, str] | None = None) -> tuple[Settings, StrategyConfig]:
+    """Settings and strategy config, or ConfigError naming the key."""
+    settings = Settings.from_env(env)
+    return settings, load_strategy_config(settings.strategy_config, env)
+
+
+def run(service: str, build: Build) -> None:
+    """Entry point of every service: exits 2 on bad config, 0 on a clean stop, 1 when a task died."""
+    try:
+        settings, config = load()
+    except ConfigError as exc:
+        print(f"{service}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(service, settings.log_level, settings.log_json)
+    try:
+        code = asyncio.run(serve(service, build, settings, config))
+    except ConfigError as exc:  # found while wiring, e.g. a port already taken
+        print(f"{service}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code)
+
+
+async def serve(
+    service: str,
+    build: Build,
+    settings: Settings,
+    config: StrategyConfig,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run one service until ``stop`` is set (by a signal, or by a test) or one of its tasks fails."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
+        # Outside the main thread (tests) there are no signal handlers: the caller owns `stop`.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics.create(service)
+    async with AsyncExitStack() as stack:
+        nc = await connect(settings.nats_url, service, stop)
+        stack.push_async_callback(_close, nc)
+        bus = Bus(nc, settings.names, service, metrics)
+        await ensure_streams(bus.js, settings.names, int(config.hmm["HMM_OHLCV_RETENTION_DAYS"]))
+        health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0)
+        health = Health(health_kv, service, settings.replica, settings.replicas, metrics)
+        if settings.metrics_port:
+            server, _thread = start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
+            stack.callback(server.shutdown)
+        rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack)
+        coros = [*await build(rt), health.run(stop, settings.health_interval_sec)]
+        tasks = [asyncio.create_task(c) for c in coros]
+        stopper = asyncio.create_task(stop.wait())
+        log.info("started", extra={"fields": {"nats": settings.nats_url, "namespace": settings.namespace}})
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
+        for task in failed:
+            log.error("task failed; stopping", exc_info=task.exception())
+        stop.set()
+        # Tasks watch `stop` and finish their batch; give them a moment before cancelling.
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=5.0)
+            for t in still:
+                t.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        stopper.cancel()
+        log.info("stopped")
+        return 1 if failed else 0
+
+
+async def _close(nc: NATS) -> None:
+    if nc.is_connected:
+        await nc.drain()
+    else:
+        await nc.close()

@@ -1,0 +1,39 @@
+"""The Redis read model: key names, written by state_publisher only, read by dashboard_api only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.subjects import Names
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    names: Names
+
+    @property
+    def symbols(self) -> str:
+        """SET of series tokens with a snapshot."""
+        return self.names.redis_key("symbols")
+
+    def symbol(self, token: str) -> str:
+        """JSON snapshot of one series."""
+        return self.names.redis_key("symbol", token)
+
+    def transitions(self, token: str) -> str:
+        """LIST of JSON regime transitions, newest first, capped."""
+        return self.names.redis_key("transitions", token)
+
+    def history(self, token: str) -> str:
+        """LIST of JSON history points (close, regimes, probabilities), oldest first, capped."""
+        return self.names.redis_key("history", token)
+
+    @property
+    def summary(self) -> str:
+        """JSON: symbols per regime (``vol_regime_summary``) and their HMM twin."""
+        return self.names.redis_key("summary")
+
+    @property
+    def changes(self) -> str:
+        """Pub/sub channel: a JSON notice after every batch the publisher writes."""
+        return self.names.redis_key("changes")

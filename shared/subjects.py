@@ -1,0 +1,232 @@
+"""Subject names, stream names, KV buckets and symbol encoding: the bus's address book.
+
+Every name the stack puts on NATS or in Redis is built here, under an optional
+namespace so that two stacks (paper and live, or two tests) can share one NATS
+and one Redis without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.errors import ConfigError, ContractError
+
+# Timeframe token -> bar length in ms. Only these reach the bus.
+TIMEFRAMES_MS: dict[str, int] = {
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+}
+
+_EXCHANGE_RE = re.compile(r"^[a-z0-9]{1,32}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_]{0,32}$")
+_PLAIN = re.compile(r"[A-Za-z0-9]")
+_TOKEN_RE = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """Bar length of ``timeframe`` in ms; ContractError for a timeframe we do not carry."""
+    try:
+        return TIMEFRAMES_MS[timeframe]
+    except KeyError:
+        raise ContractError(f"unknown timeframe {timeframe!r}") from None
+
+
+def encode_symbol(symbol: str) -> str:
+    """``BTC/USD`` -> ``BTC-USD``: a token valid in a NATS subject and a KV key.
+
+    ``/`` becomes ``-``; any other character that is not a letter or digit
+    becomes ``_`` plus two hex digits (``ETH/USDT:USDT`` -> ``ETH-USDT_3AUSDT``),
+    so the encoding is reversible.
+    """
+    if not symbol or len(symbol) > 64:
+        raise ContractError(f"symbol must be 1..64 characters, got {symbol!r}")
+    out: list[str] = []
+    for ch in symbol:
+        if ch == "/":
+            out.append("-")
+        elif _PLAIN.match(ch):
+            out.append(ch)
+        elif ord(ch) < 256 and not ch.isspace():
+            out.append(f"_{ord(ch):02X}")
+        else:
+            raise ContractError(f"symbol {symbol!r} holds a character that cannot be carried: {ch!r}")
+    return "".join(out)
+
+
+def decode_symbol(token: str) -> str:
+    """Inverse of :func:`encode_symbol`."""
+    if not _TOKEN_RE.match(token):
+        raise ContractError(f"not an encoded symbol: {token!r}")
+    out: list[str] = []
+    i = 0
+    while i < len(token):
+        ch = token[i]
+        if ch == "-":
+            out.append("/")
+            i += 1
+        elif ch == "_":
+            out.append(chr(int(token[i + 1 : i + 3], 16)))
+            i += 3
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def check_exchange(exchange: str) -> str:
+    if not _EXCHANGE_RE.match(exchange):
+        raise ContractError(f"exchange id must be lowercase letters and digits, got {exchange!r}")
+    return exchange
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SeriesKey:
+    """One candle series: an exchange's symbol at one timeframe."""
+
+    exchange: str
+    symbol: str  # display form, e.g. "BTC/USD"
+    timeframe: str
+
+    @property
+    def token(self) -> str:
+        """``kraken.BTC-USD.1m``: the subject suffix, also the KV key of this series."""
+        return f"{self.exchange}.{encode_symbol(self.symbol)}.{self.timeframe}"
+
+    @property
+    def id(self) -> str:
+        """``kraken:BTC/USD:1m``: how the API and logs name the series."""
+        return f"{self.exchange}:{self.symbol}:{self.timeframe}"
+
+    @classmethod
+    def from_token(cls, token: str) -> SeriesKey:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise ContractError(f"series token needs exchange.symbol.timeframe, got {token!r}")
+        exchange, sym, tf = parts
+        check_exchange(exchange)
+        timeframe_ms(tf)
+        return cls(exchange, decode_symbol(sym), tf)
+
+    def owned_by(self, replica: int, replicas: int) -> bool:
+        """Whether replica ``replica`` of ``replicas`` (0-based) processes this series.
+
+        A stable hash (not Python's salted ``hash``) so every replica agrees.
+        """
+        if replicas <= 1:
+            return True
+        h = 2166136261
+        for b in self.token.encode():
+            h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+        return h % replicas == replica
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Every NATS subject, stream, KV bucket and Redis key of one stack."""
+
+    namespace: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE_RE.match(self.namespace):
+            raise ConfigError("REGIMES_NAMESPACE", "letters, digits and _ only, at most 32")
+
+    def _s(self, subject: str) -> str:
+        return f"{self.namespace}.{subject}" if self.namespace else subject
+
+    def _n(self, name: str) -> str:
+        return f"{self.namespace}_{name}" if self.namespace else name
+
+    # --- subjects -------------------------------------------------------
+    def ohlcv(self, key: SeriesKey) -> str:
+        return self._s(f"ohlcv.{key.token}")
+
+    def vol(self, key: SeriesKey) -> str:
+        return self._s(f"regime.vol.{key.token}")
+
+    def hmm(self, key: SeriesKey) -> str:
+        return self._s(f"regime.hmm.{key.token}")
+
+    def score(self, component: str, key: SeriesKey) -> str:
+        return self._s(f"scores.{component}.{key.token}")
+
+    def screener(self, key: SeriesKey) -> str:
+        return self._s(f"screener.{key.token}")
+
+    def pipeline(self, key: SeriesKey) -> str:
+        """Ingest's per-series data-pipeline telemetry (freshness, coverage, backfill)."""
+        return self._s(f"telemetry.pipeline.{key.token}")
+
+    def dlq(self, service: str) -> str:
+        return self._s(f"dlq.{service}")
+
+    def control(self, verb: str) -> str:
+        """Request/reply subjects for operator commands, e.g. ``control.backfill``."""
+        return self._s(f"control.{verb}")
+
+    @property
+    def ohlcv_all(self) -> str:
+        return self._s("ohlcv.>")
+
+    @property
+    def vol_all(self) -> str:
+        return self._s("regime.vol.>")
+
+    @property
+    def hmm_all(self) -> str:
+        return self._s("regime.hmm.>")
+
+    @property
+    def scores_all(self) -> str:
+        return self._s("scores.>")
+
+    @property
+    def screener_all(self) -> str:
+        return self._s("screener.>")
+
+    @property
+    def pipeline_all(self) -> str:
+        return self._s("telemetry.pipeline.>")
+
+    @property
+    def dlq_all(self) -> str:
+        return self._s("dlq.>")
+
+    def series_of(self, subject: str) -> SeriesKey:
+        """The series named by the last three tokens of any per-series subject."""
+        return SeriesKey.from_token(".".join(subject.split(".")[-3:]))
+
+    # --- streams and buckets ------------------------------------------
+    @property
+    def stream_ohlcv(self) -> str:
+        return self._n("OHLCV")
+
+    @property
+    def stream_regimes(self) -> str:
+        return self._n("REGIMES")
+
+    @property
+    def stream_dlq(self) -> str:
+        return self._n("DLQ")
+
+    def bucket(self, name: str) -> str:
+        """KV bucket ``name`` (e.g. ``vol_state``) of this stack."""
+        return self._n(name)
+
+    def durable(self, service: str, replica: int = 0, replicas: int = 1) -> str:
+        base = self._n(service)
+        return base if replicas <= 1 else f"{base}-{replica}of{replicas}"
+
+    # --- redis ----------------------------------------------------------
+    def redis_key(self, *parts: str) -> str:
+        prefix = f"regimes:{self.namespace}" if self.namespace else "regimes"
+        return ":".join((prefix, *parts))
