@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextlib
 import logging
 import os
 import socket
@@ -242,7 +241,7 @@ class Consumer:
     batch: int = 256
     fetch_timeout: float = 1.0
     after_batch: Callable[[], Awaitable[None]] | None = None
-    _handled: int = field(default=0, init=False)
+    pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         cfg = js_api.ConsumerConfig(
@@ -343,7 +342,8 @@ class Consumer:
             await self.after_batch()
         for msg in msgs:
             await msg.ack()
-        self._handled += len(msgs)
+        if msgs:
+            self.pending = msgs[-1].metadata.num_pending
 
 
 class Health:
@@ -402,3 +402,31 @@ async def read_health(js: JetStreamContext, names: Names) -> list[dict[str, Any]
         if entry.value:
             out.append(msgpack.unpackb(entry.value, raw=False))
     return sorted(out, key=lambda r: (r.get("service", ""), r.get("replica", "")))
+
+
+async def read_subject(
+    js: JetStreamContext, subject: str, *, keep_last: int, decode_as: type[Any], timeout: float = 5.0
+) -> list[Any]:
+    """The newest ``keep_last`` messages stored under ``subject``, decoded; undecodable ones are left out.
+
+    An ephemeral ordered consumer reads the subject once, front to back; for a
+    series' candles over the retention window (about 20k at 1m) that is quick
+    and needs no index.
+    """
+    from collections import deque
+
+    out: deque[Any] = deque(maxlen=keep_last)
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=timeout)
+            except nats.errors.TimeoutError:
+                break
+            with contextlib.suppress(ContractError):
+                out.append(decode(msg.data, (decode_as,)))
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return list(out)

@@ -8,12 +8,13 @@ its own namespace, so its subjects, streams, buckets and Redis keys are its own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from shared.servers import ManagedServer, start_nats, start_redis
+from tests.harness import StackFactory, _make_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,3 +36,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedSe
 @pytest.fixture
 def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def make_stack(nats_server: ManagedServer, redis_server: ManagedServer) -> AsyncIterator[StackFactory]:
+    """Build stacks (each in its own namespace) on the session's servers; all stopped at the end."""
+    async for factory in _make_stack(nats_server, redis_server):
+        yield factory

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.hmm import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
-
 from shared.config import HYBRID_COMPONENTS, StrategyConfig, TrendConfig
 from shared.contracts import (
     SCORE_COMPONENTS,
@@ -28,6 +26,7 @@ from shared.contracts import (
     from_plain,
     to_plain,
 )
+from shared.hmm import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
 # Beyond this many candles waiting for their HMM event, decide without it rather than stall.

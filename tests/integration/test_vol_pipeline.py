@@ -11,7 +11,7 @@ import numpy as np
 
 from shared.contracts import Candle, DeadLetter, decode, encode
 from shared.subjects import SeriesKey
-from tests.integration.conftest import (
+from tests.harness import (
     StackFactory,
     candles_from_returns,
     eventually,

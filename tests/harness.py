@@ -1,0 +1,203 @@
+"""The test harness: in-process services against the session's real nats-server and Redis.
+
+Each service runs through the same ``shared.service.serve`` its ``__main__``
+uses, as a task that a test can stop and start again (a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+
+from shared.bus import connect, ensure_streams
+from shared.config import Settings, StrategyConfig, parse_strategy_config
+from shared.contracts import Candle, encode
+from shared.servers import ManagedServer, free_port
+from shared.service import serve
+from shared.subjects import Names, SeriesKey
+
+SMALL_VOL = {
+    "defaults": {
+        "short_window_bars": 8,
+        "long_window_bars": 32,
+        "short_halflife_bars": 2,
+        "long_halflife_bars": 16,
+        "ratio_low_high": {"low": 0.6, "normal": 1.2, "high": 1.8},
+    },
+    "sizing_multipliers": {
+        "CORE": {"low": 1.15, "normal": 1.0, "high": 0.75, "crisis": 0.5},
+        "SATELLITE": {"low": 1.1, "normal": 1.0, "high": 0.7, "crisis": 0.4},
+    },
+    "hybrid_weight_modifiers": {
+        "default": {
+            "low": {"carry": 1.0, "expectancy": 1.0, "router": 1.0},
+            "normal": {"carry": 1.0, "expectancy": 1.0, "router": 1.0},
+            "high": {"carry": 0.7, "expectancy": 0.9, "router": 1.0},
+            "crisis": {"carry": 0.4, "expectancy": 0.8, "router": 1.1},
+        }
+    },
+}
+
+
+def small_config(series: Iterable[tuple[str, str]], **overrides: Any) -> StrategyConfig:
+    """A strategy config with short windows (32 bars) so a test needs few candles."""
+    raw: dict[str, Any] = {
+        "universe": [{"exchange": "test", "symbol": s, "timeframe": "1m", "tier": t} for s, t in series],
+        "sizing": {"per_trade_nav_pct": 0.02},
+        "vol_regimes": SMALL_VOL,
+        "trend": {"fast_ema_bars": 3, "slow_ema_bars": 8, "score_scale": 0.004},
+        "hmm": {"HMM_ENABLED": False},
+    }
+    for key, value in overrides.items():
+        raw[key] = value
+    return parse_strategy_config(raw, {})
+
+
+def candles_from_returns(
+    key: SeriesKey, returns: Sequence[float], start_ts: int = 60_000 * 1_000_000, price: float = 100.0
+) -> list[Candle]:
+    """Closes following ``returns`` (log), one bar per minute, OHLC consistent."""
+    out = []
+    close = price
+    ts = start_ts
+    for r in [0.0, *returns]:
+        prev, close = close, close * float(np.exp(r))
+        hi, lo = max(prev, close) * 1.0005, min(prev, close) * 0.9995
+        out.append(Candle(key.exchange, key.symbol, key.timeframe, ts, prev, hi, lo, close, 10.0))
+        ts += 60_000
+    return out
+
+
+def regime_returns(kind: str, rng: np.random.Generator, n_calm: int = 40, n_tail: int = 4) -> np.ndarray:
+    """Return series whose last bars put the 32/8-bar test config in ``kind`` (crisis, low, normal).
+
+    Alternating signs give each stretch an exact volatility; ``rng`` adds only a
+    little texture, so the verdict does not depend on the seed.
+    """
+
+    def stretch(sigma: float, n: int) -> np.ndarray:
+        signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+        return sigma * signs * (1.0 + 0.05 * rng.standard_normal(n))
+
+    if kind == "crisis":
+        return np.concatenate([stretch(0.001, n_calm), stretch(0.04, n_tail)])
+    if kind == "low":
+        return np.concatenate([stretch(0.02, n_calm), stretch(0.0005, n_tail * 2)])
+    return stretch(0.002, n_calm + n_tail)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail with its last value after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+class Stack:
+    """Services of one test's namespace, each running in-process through ``serve``."""
+
+    def __init__(self, settings: Settings, config: StrategyConfig, nc: NATS, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.redis = redis
+        self.names: Names = settings.names
+        self._running: dict[str, tuple[asyncio.Event, asyncio.Task[int]]] = {}
+
+    async def start(self, service: str, config: StrategyConfig | None = None, **settings: Any) -> None:
+        build = importlib.import_module(f"services.{service}.__main__").build
+        stop = asyncio.Event()
+        s = Settings(**{**self._settings_kw(), **settings})
+        task = asyncio.create_task(serve(service, build, s, config or self.config, stop, handle_signals=False))
+        self._running[service] = (stop, task)
+        # Started = its consumer exists (or it died trying, which the test should see).
+        await eventually(lambda: self._started(service, task), timeout=20)
+        if task.done():
+            task.result()
+
+    async def _started(self, service: str, task: asyncio.Task[int]) -> bool:
+        if task.done():
+            return True
+        health = self.names.bucket("health")
+        try:
+            kv = await self.js.key_value(health)
+            keys = await kv.keys()
+        except Exception:
+            return False
+        return any(k.startswith(f"{service}.") for k in keys)
+
+    async def stop(self, service: str) -> int:
+        stop, task = self._running.pop(service)
+        stop.set()
+        return await asyncio.wait_for(task, 20)
+
+    async def stop_all(self) -> None:
+        """Stop everything still running; a service that already died is reported by its own test."""
+        for service in list(self._running):
+            with contextlib.suppress(Exception):
+                await self.stop(service)
+
+    def _settings_kw(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "nats_url": s.nats_url,
+            "redis_url": s.redis_url,
+            "namespace": s.namespace,
+            "api_port": s.api_port,
+            "health_interval_sec": 0.2,
+        }
+
+    async def publish(self, candles: Iterable[Candle]) -> None:
+        for c in candles:
+            await self.js.publish(self.names.ohlcv(c.key), encode(c), headers={"Nats-Msg-Id": c.msg_id})
+
+    async def snapshot(self, key: SeriesKey) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.names.redis_key("symbol", key.token))
+        return json.loads(raw) if raw else None
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+async def _make_stack(nats_server: ManagedServer, redis_server: ManagedServer) -> AsyncIterator[StackFactory]:
+    """Stacks on the session's servers, each in a namespace of its own; all stopped at the end."""
+    made: list[Stack] = []
+    nc = await connect(nats_server.url, "tests", attempts=5)
+    redis = aioredis.from_url(redis_server.url, decode_responses=True)
+
+    async def make(config: StrategyConfig) -> Stack:
+        settings = Settings(
+            nats_url=nats_server.url,
+            redis_url=redis_server.url,
+            namespace="t" + uuid.uuid4().hex[:12],
+            api_port=free_port(),
+        )
+        st = Stack(settings, config, nc, redis)
+        await ensure_streams(st.js, st.names, 14)
+        made.append(st)
+        return st
+
+    try:
+        yield make
+    finally:
+        for st in made:
+            await st.stop_all()
+        await redis.aclose()
+        await nc.drain()
