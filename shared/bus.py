@@ -92,7 +92,7 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None, attemp
 
 
 async def ensure_streams(js: JetStreamContext, names: Names, retention_days: int) -> None:
-    """Create or update the three streams. Idempotent; every service calls it at start."""
+    """Create or update the streams. Idempotent; every service calls it at start."""
     specs = [
         js_api.StreamConfig(
             name=names.stream_ohlcv,
@@ -104,9 +104,17 @@ async def ensure_streams(js: JetStreamContext, names: Names, retention_days: int
         ),
         js_api.StreamConfig(
             name=names.stream_regimes,
-            subjects=[names.vol_all, names.hmm_all, names.scores_all, names.screener_all, names.pipeline_all],
+            subjects=[names.vol_all, names.hmm_all, names.scores_all, names.screener_all],
             max_age=max(retention_days, 1) * _DAY_S,
             duplicate_window=600.0,
+            storage=js_api.StorageType.FILE,
+        ),
+        js_api.StreamConfig(
+            # Reports supersede each other: keep the last few per series, not a history.
+            name=names.stream_telemetry,
+            subjects=[names.pipeline_all],
+            max_msgs_per_subject=5,
+            max_age=_DAY_S,
             storage=js_api.StorageType.FILE,
         ),
         js_api.StreamConfig(
@@ -279,7 +287,7 @@ class Consumer:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when nothing came
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
                 log.warning("fetch interrupted (%s); retrying", exc)
@@ -405,23 +413,26 @@ async def read_health(js: JetStreamContext, names: Names) -> list[dict[str, Any]
 
 
 async def read_subject(
-    js: JetStreamContext, subject: str, *, keep_last: int, decode_as: type[Any], timeout: float = 5.0
+    js: JetStreamContext, stream: str, subject: str, *, keep_last: int, decode_as: type[Any], timeout: float = 5.0
 ) -> list[Any]:
-    """The newest ``keep_last`` messages stored under ``subject``, decoded; undecodable ones are left out.
+    """The newest ``keep_last`` messages stored under ``subject`` of ``stream``, decoded; bad ones left out.
 
     An ephemeral ordered consumer reads the subject once, front to back; for a
     series' candles over the retention window (about 20k at 1m) that is quick
-    and needs no index.
+    and needs no index. An empty subject costs one stream-info request.
     """
     from collections import deque
 
+    info = await js.stream_info(stream, subjects_filter=subject)
+    if not (info.state.subjects or {}).get(subject):
+        return []
     out: deque[Any] = deque(maxlen=keep_last)
     sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
     try:
         while True:
             try:
                 msg = await sub.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 break
             with contextlib.suppress(ContractError):
                 out.append(decode(msg.data, (decode_as,)))

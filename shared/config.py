@@ -274,7 +274,7 @@ class DemoConfig:
     """The demo market: seed, bars published at start-up, and live pace (bars per wall-clock second)."""
 
     seed: int = 7
-    history_bars: int = 1500
+    history_bars: int = 1200
     bars_per_sec: float = 4.0
 
 
@@ -354,7 +354,7 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     demo_raw = _obj(raw, "demo")
     demo = DemoConfig(
         seed=_int(demo_raw, "demo.seed", 7, 0, 2**31),
-        history_bars=_int(demo_raw, "demo.history_bars", 1500, 0, 100_000),
+        history_bars=_int(demo_raw, "demo.history_bars", 1200, 0, 100_000),
         bars_per_sec=_num(demo_raw, "demo.bars_per_sec", 4.0, 0.0, 10_000.0, lo_open=True),
     )
     exchanges = _obj(raw, "exchanges")

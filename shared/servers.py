@@ -80,7 +80,7 @@ def find_redis_server() -> str:
     return str(get_binary_path())
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the child gets SIGTERM if the supervisor dies, so nothing is left behind even on SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -95,7 +95,7 @@ def popen(args: list[str], *, env: dict[str, str] | None = None, log: Path | Non
         stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
         env=env,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
     )
 
 

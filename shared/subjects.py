@@ -215,6 +215,10 @@ class Names:
         return self._n("REGIMES")
 
     @property
+    def stream_telemetry(self) -> str:
+        return self._n("TELEMETRY")
+
+    @property
     def stream_dlq(self) -> str:
         return self._n("DLQ")
 

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 
 import numpy as np
-import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
@@ -24,7 +23,7 @@ from shared.bus import connect, ensure_streams
 from shared.config import Settings, StrategyConfig, parse_strategy_config
 from shared.contracts import Candle, encode
 from shared.servers import ManagedServer, free_port
-from shared.service import serve
+from shared.service import Build, serve
 from shared.subjects import Names, SeriesKey
 
 SMALL_VOL = {
@@ -53,7 +52,7 @@ SMALL_VOL = {
 def small_config(series: Iterable[tuple[str, str]], **overrides: Any) -> StrategyConfig:
     """A strategy config with short windows (32 bars) so a test needs few candles."""
     raw: dict[str, Any] = {
-        "universe": [{"exchange": "test", "symbol": s, "timeframe": "1m", "tier": t} for s, t in series],
+        "universe": [{"exchange": "test", "symbol": s, "timeframe": "1m", "tier": t} for s, t in series] or None,
         "sizing": {"per_trade_nav_pct": 0.02},
         "vol_regimes": SMALL_VOL,
         "trend": {"fast_ema_bars": 3, "slow_ema_bars": 8, "score_scale": 0.004},
@@ -121,8 +120,10 @@ class Stack:
         self.names: Names = settings.names
         self._running: dict[str, tuple[asyncio.Event, asyncio.Task[int]]] = {}
 
-    async def start(self, service: str, config: StrategyConfig | None = None, **settings: Any) -> None:
-        build = importlib.import_module(f"services.{service}.__main__").build
+    async def start(
+        self, service: str, config: StrategyConfig | None = None, build: Build | None = None, **settings: Any
+    ) -> None:
+        build = build or importlib.import_module(f"services.{service}.__main__").build
         stop = asyncio.Event()
         s = Settings(**{**self._settings_kw(), **settings})
         task = asyncio.create_task(serve(service, build, s, config or self.config, stop, handle_signals=False))

@@ -7,6 +7,7 @@ hand it its own Redis and NATS.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import nats.errors
 import redis.asyncio as aioredis
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from nats.aio.client import Client as NATS
@@ -25,6 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from services.dashboard_api.models import (
+    BackfillRequest,
+    BackfillResponse,
     Problem,
     Readiness,
     SeriesStatus,
@@ -254,6 +257,34 @@ def create_app(
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.post(
+        "/api/backfill",
+        response_model=BackfillResponse,
+        tags=["operator"],
+        responses={401: {"model": Problem}, 403: {"model": Problem}, 503: {"model": Problem}, 504: {"model": Problem}},
+    )
+    async def backfill(
+        body: BackfillRequest,
+        authorization: str | None = Header(None, description="Bearer <API_TOKEN>"),
+        timeout: float = Query(300.0, gt=0, le=3600, description="seconds to wait for ingest"),
+    ) -> dict[str, Any]:
+        """Ask ingest for deeper history (seed 003 ``/backfill_ohlcv``); answers when the run is done."""
+        token = settings.api_token
+        if token is None:
+            raise HTTPException(403, "operator endpoints are disabled: start dashboard_api with API_TOKEN set")
+        presented = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(presented.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token")
+        if body.series is not None and body.series not in {s.key.id for s in config.universe}:
+            raise HTTPException(400, f"{body.series} is not in the universe")
+        try:
+            reply = await nc.request(names.control("backfill"), body.model_dump_json().encode(), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise HTTPException(503, "no ohlcv_ingest is running to serve the backfill") from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise HTTPException(504, f"ingest did not answer within {timeout:.0f}s") from None
+        return json.loads(reply.data)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

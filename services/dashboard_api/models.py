@@ -205,3 +205,24 @@ class Readiness(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class BackfillRequest(BaseModel):
+    """The seed's ``/backfill_ohlcv [target_candles] [max_pages]``, for one series or all."""
+
+    series: str | None = Field(None, description="exchange:symbol:timeframe; null for every series")
+    target_candles: int | None = Field(None, ge=1, le=1_000_000, description="default HMM_TRAINING_CANDLES")
+    max_pages: int | None = Field(None, ge=1, le=10_000, description="default HMM_OHLCV_BACKFILL_MAX_PAGES")
+
+
+class BackfillResult(BaseModel):
+    series: str
+    ok: bool
+    rows: int = Field(description="candles new to the stream")
+    message: str
+
+
+class BackfillResponse(BaseModel):
+    ok: bool
+    results: list[BackfillResult]
+    error: str | None = None

@@ -55,7 +55,11 @@ async def build(rt: Runtime) -> list[Any]:
         state = await store.get(key)
         if not state.history_loaded and len(state.history) < int(cfg["HMM_TRAINING_CANDLES"]):
             older = await read_subject(
-                rt.js, names.ohlcv(key), keep_last=int(cfg["HMM_TRAINING_CANDLES"]), decode_as=Candle
+                rt.js,
+                names.stream_ohlcv,
+                names.ohlcv(key),
+                keep_last=int(cfg["HMM_TRAINING_CANDLES"]),
+                decode_as=Candle,
             )
             state.prepend(older)
         if not can_train(state, cfg):
@@ -94,8 +98,13 @@ async def build(rt: Runtime) -> list[Any]:
                 continue
 
     consumer = Consumer(
-        rt.bus, names.stream_ohlcv, [names.ohlcv_all], rt.durable(), {Candle: on_candle},
-        stores=[store], partition=rt.partition,
+        rt.bus,
+        names.stream_ohlcv,
+        [names.ohlcv_all],
+        rt.durable(),
+        {Candle: on_candle},
+        stores=[store],
+        partition=rt.partition,
     )
     return [consumer.run(rt.stop), trainer()]
 

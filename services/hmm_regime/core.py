@@ -61,7 +61,9 @@ class SeriesHmm:
         if self.last_ts is None:
             return
         first = self.history[0][0] if self.history else self.last_ts + 1
-        rows = [(c.ts, c.close, c.volume) for c in older if c.ts < first]
+        # The stream holds candles in publish order; a later backfill adds older ones at its end.
+        by_ts = {c.ts: (c.ts, c.close, c.volume) for c in older if c.ts < first}
+        rows = [by_ts[ts] for ts in sorted(by_ts)]
         keep = self.history.maxlen or len(rows) + len(self.history)
         merged = [*rows, *self.history][-keep:]
         self.history.clear()

@@ -90,12 +90,15 @@ async def build(rt: Runtime) -> list[Any]:
         PipelineStatus: on(lambda s, e: apply_pipeline(s, e, now_ms())),
     }
     names = rt.names
-    consumer = Consumer(
-        rt.bus, names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all, names.pipeline_all],
+    regimes = Consumer(
+        rt.bus, names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all],
         rt.durable(), handlers, after_batch=write,
     )
+    telemetry = Consumer(
+        rt.bus, names.stream_telemetry, [names.pipeline_all], rt.durable("telemetry"), handlers, after_batch=write,
+    )
     await write()
-    return [consumer.run(rt.stop)]
+    return [regimes.run(rt.stop), telemetry.run(rt.stop)]
 
 
 def main() -> None:

@@ -52,7 +52,9 @@ async def test_service_trains_from_history_and_resumes_without_retraining(make_s
 
     await eventually(lambda: _seen(verdicts, history[-1].ts), timeout=30)
     early = verdicts.events[0]
-    assert early.trained is False and early.regime == "RANGING" and early.bias_signal == 0.0
+    assert early.trained is False
+    assert early.regime == "RANGING"
+    assert early.bias_signal == 0.0
 
     # The model trained on the history is adopted at the next candle.
     for candle in live:

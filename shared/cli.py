@@ -1,0 +1,116 @@
+"""The ``regimes`` command: run the stack, one service, or feed it candles from files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from shared.config import Settings, load_strategy_config
+from shared.errors import ConfigError
+from shared.subjects import TIMEFRAMES_MS
+from shared.supervisor import SERVICES, Supervisor, UpOptions
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regimes", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="embedded NATS + Redis and all six services, with the demo market")
+    up.add_argument("--host", default="127.0.0.1", help="dashboard/API address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="dashboard/API port (default 8000)")
+    up.add_argument("--nats-port", type=int, default=0, help="embedded nats-server port (default: a free one)")
+    up.add_argument("--redis-port", type=int, default=0, help="embedded Redis port (default: a free one)")
+    up.add_argument("--nats-url", help="use this NATS (JetStream on) instead of starting one")
+    up.add_argument("--redis-url", help="use this Redis instead of starting one")
+    up.add_argument("--data-dir", type=Path, help="keep JetStream data here across runs (default: a fresh temp dir)")
+    up.add_argument("--config", type=Path, help="strategy config (default config/strategy_config.json)")
+    up.add_argument("--namespace", default="", help="prefix for every subject, stream, bucket and Redis key")
+    up.add_argument("--only", nargs="+", choices=SERVICES, help="start only these services")
+
+    run = sub.add_parser("run", help="run one service in the foreground (settings from the environment)")
+    run.add_argument("service", choices=SERVICES)
+
+    for name, helptext in (
+        ("replay", "publish candles from a file at a pace (CSV or freqtrade json/jsongz/feather/parquet)"),
+        ("import", "publish candles from files or a freqtrade data directory as fast as possible"),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
+        sp.add_argument("--exchange", default="file", help="exchange id to publish under (default: file)")
+        sp.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
+        sp.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
+        if name == "replay":
+            sp.add_argument("--speed", type=float, default=60.0, help="x real time (default 60); 0: fastest")
+
+    bf = sub.add_parser("backfill", help="ask ingest for deeper history (the seed's /backfill_ohlcv)")
+    bf.add_argument("--series", help="exchange:symbol:timeframe (default: every series)")
+    bf.add_argument("--target-candles", type=int, help="default HMM_TRAINING_CANDLES")
+    bf.add_argument("--max-pages", type=int, help="default HMM_OHLCV_BACKFILL_MAX_PAGES")
+    bf.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per series (default 300)")
+
+    cc = sub.add_parser("check-config", help="validate a strategy config and print what it sets")
+    cc.add_argument("path", type=Path, nargs="?", help="default: $STRATEGY_CONFIG or config/strategy_config.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        opts = UpOptions(
+            host=args.host, port=args.port, nats_port=args.nats_port, redis_port=args.redis_port,
+            nats_url=args.nats_url, redis_url=args.redis_url, data_dir=args.data_dir, config=args.config,
+            namespace=args.namespace, services=tuple(args.only or SERVICES),
+        )
+        if args.config is not None:
+            _check(args.config)
+        raise SystemExit(Supervisor(opts).run())
+    if args.command == "run":
+        importlib.import_module(f"services.{args.service}.__main__").main()
+        return
+    if args.command == "check-config":
+        path = args.path or Settings.from_env().strategy_config
+        cfg = _check(path)
+        print(f"{path}: ok")
+        print(f"  universe: {len(cfg.universe)} series ({', '.join(s.key.id for s in cfg.universe)})")
+        print(f"  vol windows: {cfg.vol.short_window_bars}/{cfg.vol.long_window_bars} bars")
+        print(f"  HMM: {'on' if cfg.hmm['HMM_ENABLED'] else 'off'}, blend {cfg.hmm['HMM_BLEND_WITH_TREND']}")
+        return
+    from shared import feed  # file and control commands need NATS; imported late to keep `up` light
+
+    try:
+        if args.command in ("replay", "import"):
+            speed = None if args.command == "import" or not args.speed else args.speed
+            code = asyncio.run(feed.publish_files(args.paths, args.exchange, args.symbol, args.timeframe, speed))
+        else:
+            code = asyncio.run(feed.backfill(args.series, args.target_candles, args.max_pages, args.timeout))
+    except ConfigError as exc:
+        print(f"regimes: {exc}", file=sys.stderr)
+        code = 2
+    except feed.FeedError as exc:
+        print(f"regimes: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+def _check(path: Path):  # type: ignore[no-untyped-def]
+    try:
+        return load_strategy_config(path)
+    except ConfigError as exc:
+        print(f"regimes: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def progress(done: int, total: int, label: str, started: float) -> None:
+    """A one-line progress bar on stderr."""
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(1e-9, time.monotonic() - started)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label} {rate:,.0f}/s ")
+    sys.stderr.flush()
+    if done >= total:
+        sys.stderr.write("\n")
+

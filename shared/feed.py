@@ -1,0 +1,124 @@
+"""The CLI's bus-side commands: publish candle files (replay/import) and ask ingest to backfill.
+
+Settings come from the environment like a service's (NATS_URL, REGIMES_NAMESPACE, STRATEGY_CONFIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import nats.errors
+
+from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
+from services.ohlcv_ingest.replay import ReplayPlan, interleave
+from shared.bus import connect, ensure_streams
+from shared.config import Settings, load_strategy_config
+from shared.contracts import Candle, ContractError, encode
+
+
+class FeedError(RuntimeError):
+    """A file or a request that cannot be carried out; the message names the file and row, or the series."""
+
+
+def _targets(paths: list[Path], symbol: str | None, timeframe: str | None) -> list[tuple[Path, str, str]]:
+    out: list[tuple[Path, str, str]] = []
+    for path in paths:
+        if path.is_dir():
+            found = find_freqtrade_files(path)
+            if not found:
+                raise FeedError(f"{path}: no freqtrade candle files found")
+            out.extend((f.path, f.symbol, f.timeframe) for f in found)
+            continue
+        if not path.is_file():
+            raise FeedError(f"{path}: no such file")
+        sym, tf = symbol, timeframe
+        if sym is None or tf is None:
+            try:
+                parsed_sym, parsed_tf, _fmt = parse_freqtrade_filename(path.name)
+            except ValueError:
+                raise FeedError(f"{path}: give --symbol and --timeframe (the name is not freqtrade's)") from None
+            sym, tf = sym or parsed_sym, tf or parsed_tf
+        out.append((path, sym, tf))
+    return out
+
+
+def load_files(paths: list[Path], exchange: str, symbol: str | None, timeframe: str | None) -> list[list[Candle]]:
+    """Every file read and validated before anything is published: one bad row publishes nothing."""
+    series = []
+    for path, sym, tf in _targets(paths, symbol, timeframe):
+        try:
+            series.append(read_candles(path, exchange, sym, tf))
+        except CandleFileError as exc:
+            raise FeedError(str(exc)) from None
+        except ContractError as exc:
+            raise FeedError(f"{path}: {exc.reason}") from None
+    return series
+
+
+async def publish_files(
+    paths: list[Path], exchange: str, symbol: str | None, timeframe: str | None, speed: float | None
+) -> int:
+    """Publish the files' candles in time order; ``speed`` x real time, None as fast as possible."""
+    from shared.cli import progress
+
+    candles = interleave(*load_files(paths, exchange, symbol, timeframe))
+    settings = Settings.from_env()
+    config = load_strategy_config(settings.strategy_config)
+    nc = await connect(settings.nats_url, "regimes-feed", attempts=3)
+    try:
+        js = nc.jetstream()
+        names = settings.names
+        await ensure_streams(js, names, int(config.hmm["HMM_OHLCV_RETENTION_DAYS"]))
+        plan = ReplayPlan(candles, speed, max_delay_s=5.0 if speed else None)
+        started = time.monotonic()
+        new = 0
+        for i, candle in enumerate(candles):
+            wait = plan.seconds_until(i, time.monotonic() - started)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            ack = await js.publish(names.ohlcv(candle.key), encode(candle), headers={"Nats-Msg-Id": candle.msg_id})
+            new += not ack.duplicate
+            if i % 200 == 0 or i == len(candles) - 1:
+                progress(i + 1, len(candles), "candles", started)
+        print(f"published {len(candles)} candles ({new} new, {len(candles) - new} already in the stream)")
+    finally:
+        await nc.drain()
+    return 0
+
+
+async def backfill(series: str | None, target: int | None, max_pages: int | None, timeout: float) -> int:
+    """Ask ingest (``control.backfill``) for deeper history, series by series, with a progress bar."""
+    from shared.cli import progress
+
+    settings = Settings.from_env()
+    config = load_strategy_config(settings.strategy_config)
+    wanted = [s.key.id for s in config.universe if series in (None, s.key.id)]
+    if not wanted:
+        raise FeedError(f"{series} is not in the universe of {settings.strategy_config}")
+    nc = await connect(settings.nats_url, "regimes-backfill", attempts=3)
+    failures = 0
+    started = time.monotonic()
+    try:
+        for i, sid in enumerate(wanted):
+            progress(i, len(wanted), sid, started)
+            body = json.dumps({"series": sid, "target_candles": target, "max_pages": max_pages}).encode()
+            try:
+                reply = await nc.request(settings.names.control("backfill"), body, timeout=timeout)
+            except nats.errors.NoRespondersError:
+                raise FeedError("no ohlcv_ingest is running to serve the backfill") from None
+            except nats.errors.TimeoutError:
+                raise FeedError(f"{sid}: no answer within {timeout:.0f}s") from None
+            answer = json.loads(reply.data)
+            for result in answer.get("results", []):
+                print(f"\n{result['series']}: {result['rows']} new candles; {result['message']}")
+            if not answer.get("ok"):
+                failures += 1
+                if answer.get("error"):
+                    print(f"\n{sid}: {answer['error']}")
+        progress(len(wanted), len(wanted), "series", started)
+    finally:
+        await nc.drain()
+    return 1 if failures else 0
