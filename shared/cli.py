@@ -114,3 +114,7 @@ def progress(done: int, total: int, label: str, started: float) -> None:
     if done >= total:
         sys.stderr.write("\n")
 
+
+
+if __name__ == "__main__":
+    main()

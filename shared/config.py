@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from shared.errors import ConfigError, ContractError
@@ -75,6 +75,22 @@ class Settings:
     replica: int = 0  # 0-based
     replicas: int = 1
     health_interval_sec: float = 5.0
+
+    # Every environment variable from_env reads (the HMM_* keys are the strategy config's).
+    ENV_KEYS: ClassVar[tuple[str, ...]] = (
+        "NATS_URL",
+        "REDIS_URL",
+        "REGIMES_NAMESPACE",
+        "STRATEGY_CONFIG",
+        "LOG_LEVEL",
+        "LOG_JSON",
+        "METRICS_PORT",
+        "API_HOST",
+        "API_PORT",
+        "API_TOKEN",
+        "REPLICA",
+        "HEALTH_INTERVAL_SEC",
+    )
 
     @property
     def names(self) -> Names:
