@@ -1,0 +1,487 @@
+"""The dashboard in headless Chromium, against the real API over a stack each test starts.
+
+Regimes are constructed by publishing verdicts into the REGIMES stream (or,
+for the live test, candles through vol_regime and the screener); the page is
+then read the way an operator reads it. Screenshots of every view, at desktop
+and phone width, land in artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared.contracts import HMM_LABELS, VOL_LABELS
+from shared.subjects import SeriesKey
+from tests.e2e.conftest import (
+    PHONE,
+    Bar,
+    OpenDashboard,
+    api_get,
+    api_up,
+    dashboard_stack,
+    hmm_event,
+    pipeline_status,
+    publish_events,
+    recent_start,
+    regime_events,
+    stretch,
+    vol_event,
+)
+from tests.harness import StackFactory, candles_from_returns, regime_returns
+
+pw = pytest.importorskip("playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')")
+expect = pw.expect
+expect.set_options(timeout=10_000)
+
+LETTER = {"low": "L", "normal": "N", "high": "H", "crisis": "C"}
+COLOUR = {"low": "blue", "normal": "grey-green", "high": "orange", "crisis": "red"}
+
+
+def key(symbol: str) -> SeriesKey:
+    return SeriesKey("test", symbol, "1m")
+
+
+def colour_name(css: str) -> str:
+    """Name a CSS rgb()/rgba() colour the way the seed does: blue, grey-green, orange, red."""
+    r, g, b = (int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])
+    hue, _light, sat = colorsys.rgb_to_hls(r, g, b)
+    deg = hue * 360
+    if sat < 0.06:
+        return "grey"
+    if deg < 15 or deg >= 345:
+        return "red"
+    if deg < 45:
+        return "orange"
+    if 75 <= deg < 170:
+        return "grey-green" if sat < 0.4 else "green"
+    if 190 <= deg < 250:
+        return "blue"
+    return f"other ({deg:.0f} deg)"
+
+
+def events_for(config: Any, scenario: dict[SeriesKey, list[Bar]], seed: int = 1) -> list[Any]:
+    start = recent_start(max(len(bars) for bars in scenario.values()))
+    events: list[Any] = []
+    for i, (k, bars) in enumerate(scenario.items()):
+        events += regime_events(config, k, bars, start, price=100.0 * (i + 1), seed=seed + i)
+    return events
+
+
+# --------------------------------------------------------------------------- a constructed market
+
+BTC, ETH, SOL, XRP, ADA, DOGE = (key(s) for s in ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD"))
+MARKET_UNIVERSE = [
+    ("BTC/USD", "CORE"), ("ETH/USD", "CORE"), ("SOL/USD", "SATELLITE"),
+    ("XRP/USD", "SATELLITE"), ("ADA/USD", "TACTICAL"), ("DOGE/USD", "TACTICAL"),
+]
+# Each series ends in a known pair of regimes; BTC has a history with every vol regime in it.
+MARKET = {
+    BTC: stretch(40, "normal", "RANGING", 0.3) + stretch(30, "low", "BULLISH", 0.7) + stretch(25, "high", "BULLISH", 0.5)
+    + stretch(25, "crisis", "BEARISH", 0.8) + stretch(30, "normal", "RANGING", 0.35) + stretch(30, "low", "BULLISH", 0.8),
+    ETH: stretch(60, "normal", "BULLISH", 0.4) + stretch(40, "high", "BEARISH", 0.6) + stretch(20, "crisis", "BEARISH", 0.75),
+    SOL: stretch(80, "normal", "RANGING", 0.5) + stretch(40, "crisis", "BEARISH", 0.5),
+    XRP: stretch(70, "low", "RANGING", 0.3) + stretch(50, "normal", "BULLISH", 0.55),
+    ADA: stretch(90, "normal", "BEARISH", 0.3) + stretch(30, "high", "RANGING", 0.45),
+    DOGE: stretch(120, "normal", "RANGING", 0.0, trained=False),
+}
+FINAL_VOL = {BTC: "low", ETH: "crisis", SOL: "crisis", XRP: "normal", ADA: "high", DOGE: "normal"}
+FINAL_HMM = {BTC: "BULLISH", ETH: "BEARISH", SOL: "BEARISH", XRP: "BULLISH", ADA: "RANGING", DOGE: None}
+
+
+async def constructed_market(make_stack: StackFactory) -> Any:
+    st = await dashboard_stack(make_stack, MARKET_UNIVERSE)
+    events = events_for(st.config, MARKET)
+    last_ts = max(e.ts for e in events)
+    for i, k in enumerate(MARKET):
+        stale = {"freshness_sec": 420.0, "freshness_ok": False, "last_error": "gateway timeout (504)"} if k == ADA else {}
+        events.append(pipeline_status(k, last_ts, samples=4_000 + 500 * i, **stale))
+    await publish_events(st, events)
+    return st
+
+
+# --------------------------------------------------------------------------- overview
+
+
+async def test_badges_show_letter_and_colour_per_regime(make_stack: StackFactory, open_dashboard: OpenDashboard) -> None:
+    universe = [("LOW/USD", "CORE"), ("NRM/USD", "CORE"), ("HGH/USD", "SATELLITE"), ("CRI/USD", "SATELLITE")]
+    final = {key("LOW/USD"): "low", key("NRM/USD"): "normal", key("HGH/USD"): "high", key("CRI/USD"): "crisis"}
+    st = await dashboard_stack(make_stack, universe)
+    await publish_events(st, events_for(st.config, {k: stretch(6, "normal") + stretch(4, v) for k, v in final.items()}))
+    dash = await open_dashboard(st)
+
+    for k, label in final.items():
+        badge = dash.cell(k, "vol").get_by_test_id("vol-badge")
+        await expect(badge).to_have_text(LETTER[label])
+        await expect(badge).to_have_attribute("data-regime", label)
+        background = await badge.evaluate("el => getComputedStyle(el).backgroundColor")
+        assert colour_name(background) == COLOUR[label], f"{label} badge is {background}"
+        vol = (await st.snapshot(k))["vol"]
+        tip = await badge.get_attribute("data-tip") or ""
+        assert f"ratio {vol['ratio']:.2f}" in tip
+        assert f"short {vol['short'] * 100:.3f}%" in tip and f"long {vol['long'] * 100:.3f}%" in tip
+
+    crisis = dash.cell(key("CRI/USD"), "vol").get_by_test_id("vol-badge")
+    await crisis.hover()
+    await expect(dash.page.locator("#tip")).to_be_visible()
+    await expect(dash.page.locator("#tip")).to_contain_text("ratio")
+    await dash.screenshot("badges-desktop")
+    dash.assert_console_clean()
+
+
+async def test_summary_charts_count_symbols_per_regime(make_stack: StackFactory, open_dashboard: OpenDashboard) -> None:
+    st = await constructed_market(make_stack)
+    dash = await open_dashboard(st)
+    summary = await api_get(st, "/api/summary")
+    vol_counts = {label: list(FINAL_VOL.values()).count(label) for label in VOL_LABELS}
+    hmm_counts = {label: list(FINAL_HMM.values()).count(label) for label in HMM_LABELS}
+    assert summary["vol_regime_summary"] == vol_counts
+    assert summary["hmm_regime_summary"] == hmm_counts
+
+    for label, n in vol_counts.items():
+        bar = dash.page.locator(f'[data-testid="vol-summary-bar"][data-regime="{label}"]')
+        await expect(bar).to_have_attribute("data-count", str(n))
+        await expect(bar.get_by_test_id("bar-count")).to_have_text(str(n))
+    for label, n in {**hmm_counts, "untrained": 1, "none": 0}.items():
+        bar = dash.page.locator(f'[data-testid="hmm-summary-bar"][data-regime="{label}"]')
+        await expect(bar).to_have_attribute("data-count", str(n))
+    await dash.screenshot("overview-desktop")
+
+    phone = await open_dashboard(st, viewport=PHONE)
+    await expect(phone.page.locator('[data-testid="vol-summary-bar"][data-regime="crisis"]')).to_have_attribute(
+        "data-count", str(vol_counts["crisis"])
+    )
+    columns = await phone.page.evaluate(
+        "() => [...document.querySelectorAll('.ov-top > .card')].map(c => Math.round(c.getBoundingClientRect().left))"
+    )
+    assert len(set(columns)) == 1, f"phone width should stack the overview in one column, lefts: {columns}"
+    width = await phone.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], "nothing on the phone overview may scroll sideways"
+    await phone.screenshot("overview-phone")
+    dash.assert_console_clean()
+    phone.assert_console_clean()
+
+
+async def test_table_filters_by_regime_and_tier_and_sorts(make_stack: StackFactory, open_dashboard: OpenDashboard) -> None:
+    st = await constructed_market(make_stack)
+    dash = await open_dashboard(st)
+    rows = dash.page.get_by_test_id("row")
+    await expect(rows).to_have_count(len(MARKET))
+
+    await dash.page.get_by_test_id("filter-vol").select_option("crisis")
+    await expect(rows).to_have_count(2)
+    await expect(rows.get_by_test_id("vol-badge")).to_have_text(["C", "C"])
+    await dash.page.get_by_test_id("filter-hmm").select_option("BEARISH")
+    await expect(rows).to_have_count(2)
+    await dash.page.get_by_test_id("filter-tier").select_option("CORE")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_have_attribute("data-series", ETH.id)
+    await dash.page.locator("#f-clear").click()
+    await expect(rows).to_have_count(len(MARKET))
+
+    # Clicking a bar of the summary chart filters by that regime.
+    await dash.page.locator('[data-testid="hmm-summary-bar"][data-regime="untrained"]').click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.first.get_by_test_id("hmm-status")).to_have_text("untrained")
+    await dash.page.locator("#f-clear").click()
+
+    await dash.page.locator('th[data-sort="vol"] button').click()  # most volatile first
+    order = [await r.get_attribute("data-series") for r in await rows.all()]
+    ranks = [VOL_LABELS.index(FINAL_VOL[SeriesKey.from_token(_token(s))]) for s in order]
+    assert ranks == sorted(ranks, reverse=True), order
+    await dash.page.locator('th[data-sort="vol"] button').click()
+    first = await rows.first.get_attribute("data-series")
+    assert first == BTC.id, "ascending: the one low-vol series first"
+    dash.assert_console_clean()
+
+
+def _token(series_id: str) -> str:
+    exchange, symbol, timeframe = series_id.split(":")
+    return SeriesKey(exchange, symbol, timeframe).token
+
+
+# --------------------------------------------------------------------------- live
+
+
+async def test_a_new_candle_that_changes_the_regime_updates_the_page_without_reload(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    live, calm = key("LIV/USD"), key("CLM/USD")
+    st = await dashboard_stack(make_stack, [("LIV/USD", "CORE"), ("CLM/USD", "CORE")], "vol_regime", "screener", hmm=False)
+    rng = np.random.default_rng(3)
+    returns = regime_returns("crisis", rng)  # 40 calm returns, then 4 wild ones
+    candles = candles_from_returns(live, returns, start_ts=recent_start(len(returns) + 1))
+    quiet, storm = candles[:-4], candles[-4:]
+    await st.publish(quiet)
+    await st.publish(candles_from_returns(calm, regime_returns("normal", rng), start_ts=recent_start(45)))
+
+    overview = await open_dashboard(st)
+    symbol = await open_dashboard(st, "/#/symbol/test/LIV-USD/1m")
+    overview_badge = overview.cell(live, "vol").get_by_test_id("vol-badge")
+    symbol_badge = symbol.page.get_by_test_id("symbol-vol").get_by_test_id("vol-badge")
+    await expect(overview_badge).to_have_text("N")
+    await expect(symbol_badge).to_have_text("N")
+    await expect(symbol.page.get_by_test_id("price-chart")).to_be_visible()
+    for dash in (overview, symbol):
+        await dash.mark_loaded()
+
+    await st.publish(storm)
+
+    await expect(overview_badge).to_have_text("C")
+    await expect(overview.cell(live, "sizing")).to_have_text("×0.50")
+    await expect(overview.cell(live, "nav")).to_have_text("1.00%")
+    await expect(symbol_badge).to_have_text("C")
+    transition = symbol.page.locator('[data-testid="transition"][data-kind="vol"]').first
+    await expect(transition).to_have_attribute("data-to", "crisis")
+    await expect(symbol.page.locator('[data-testid="band"][data-regime="crisis"]')).to_have_count(1)
+    await expect(overview.page.locator('[data-testid="vol-summary-bar"][data-regime="crisis"]')).to_have_attribute(
+        "data-count", "1"
+    )
+    for dash in (overview, symbol):
+        assert await dash.never_reloaded(), "the page must update in place, not reload"
+        await expect(dash.page.get_by_test_id("live-status")).to_have_attribute("data-state", "live")
+        dash.assert_console_clean()
+
+
+async def test_page_recovers_by_itself_after_the_api_restarts(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    k = key("RST/USD")
+    st = await dashboard_stack(make_stack, [("RST/USD", "CORE")])
+    start = recent_start(12)
+    await publish_events(st, events_for(st.config, {k: stretch(10, "normal", "RANGING")}))
+    dash = await open_dashboard(st)
+    badge = dash.cell(k, "vol").get_by_test_id("vol-badge")
+    await expect(badge).to_have_text("N")
+    await dash.mark_loaded()
+    status = dash.page.get_by_test_id("live-status")
+
+    assert await st.stop("dashboard_api") == 0
+    await expect(status).to_have_attribute("data-state", "reconnecting")
+    await st.start("dashboard_api")
+    await api_up(st)
+    await expect(status).to_have_attribute("data-state", "live", timeout=15_000)
+
+    await publish_events(st, [vol_event(k, start + 11 * 60_000, "crisis", 101.0, prev="normal")])
+    await expect(badge).to_have_text("C")
+    assert await dash.never_reloaded()
+    # While the API was down the browser logged its failed reconnects; nothing else may appear.
+    dash.assert_console_clean(expected=lambda text: "ERR_CONNECTION_REFUSED" in text or "api/stream" in text)
+
+
+# --------------------------------------------------------------------------- missing data
+
+
+async def test_missing_fields_render_a_dash_and_missing_hmm_says_so(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    empty, vol_only, untrained = key("NIL/USD"), key("VOL/USD"), key("UNT/USD")
+    universe = [("NIL/USD", "CORE"), ("VOL/USD", "SATELLITE"), ("UNT/USD", "CORE")]
+    st = await dashboard_stack(make_stack, universe)
+    start = recent_start(8)
+    events = [vol_event(vol_only, start, "high", 50.0, prev=None)]  # a vol verdict and nothing else
+    events += regime_events(st.config, untrained, stretch(8, "normal", "RANGING", trained=False), start)
+    await publish_events(st, events)
+    dash = await open_dashboard(st)
+
+    for name in ("vol", "ratio", "confidence", "bias", "sizing", "nav", "score", "fresh"):
+        await expect(dash.cell(empty, name)).to_have_text("—")
+    await expect(dash.cell(empty, "hmm").get_by_test_id("hmm-status")).to_have_text("no HMM yet")
+    await expect(dash.cell(vol_only, "vol").get_by_test_id("vol-badge")).to_have_text("H")
+    for name in ("confidence", "bias", "sizing", "nav", "score"):
+        await expect(dash.cell(vol_only, name)).to_have_text("—")
+    await expect(dash.cell(untrained, "hmm").get_by_test_id("hmm-status")).to_have_text("untrained")
+    await expect(dash.cell(untrained, "confidence")).to_have_text("—")
+    await expect(dash.cell(untrained, "nav")).to_have_text("2.00%")
+    await expect(dash.cell(untrained, "hmm").get_by_test_id("prob-bar")).to_have_count(0)
+    await expect(dash.page.locator('[data-testid="hmm-summary-bar"][data-regime="untrained"]')).to_have_attribute(
+        "data-count", "1"
+    )
+    await expect(dash.page.get_by_test_id("market-state")).to_have_text("No trained HMM yet")
+    await dash.screenshot("missing-overview-desktop")
+
+    await dash.mark_loaded()
+    await dash.row(empty).get_by_test_id("symbol-link").click()
+    view = dash.page.get_by_test_id("symbol-view")
+    await expect(view.get_by_test_id("symbol-title")).to_have_text("NIL/USD")
+    await expect(view.get_by_test_id("no-history")).to_be_visible()
+    await expect(view.get_by_test_id("hmm-missing")).to_contain_text("No HMM verdict yet")
+    for name in ("vol-short", "vol-long", "vol-ratio", "sizing-mult", "effective-nav", "hybrid-score", "grid-mode"):
+        await expect(view.get_by_test_id(name).locator(".v")).to_have_text("—")
+    await expect(view.get_by_test_id("symbol-price")).to_have_text("—")
+    await expect(view.get_by_test_id("symbol-organism").get_by_test_id("organism")).to_have_attribute("data-status", "none")
+    await dash.screenshot("missing-symbol-desktop")
+
+    await dash.page.evaluate("location.hash = '#/symbol/test/UNT-USD/1m'")
+    await expect(view.get_by_test_id("hmm-missing")).to_contain_text("not trained")
+    await expect(view.get_by_test_id("price-chart")).to_be_visible()
+    await expect(view.get_by_test_id("no-probabilities")).to_be_visible()
+
+    await dash.page.evaluate("location.hash = '#/advanced'")
+    await expect(dash.page.get_by_test_id("pipeline-row")).to_have_count(3)
+    await expect(dash.page.locator(f'[data-testid="pipeline-row"][data-series="{empty.id}"] td').nth(1)).to_have_text("—")
+    assert await dash.never_reloaded()
+    dash.assert_console_clean()
+
+
+# --------------------------------------------------------------------------- symbol view, advanced, organism
+
+
+async def test_symbol_view_draws_regime_history_probabilities_and_transitions(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    st = await constructed_market(make_stack)
+    detail = await api_get(st, "/api/symbols/test/BTC-USD?timeframe=1m")
+    dash = await open_dashboard(st, "/#/symbol/test/BTC-USD/1m")
+    view = dash.page.get_by_test_id("symbol-view")
+    await expect(view.get_by_test_id("symbol-title")).to_have_text("BTC/USD")
+    await expect(view.get_by_test_id("symbol-vol").get_by_test_id("vol-badge")).to_have_text("L")
+    await expect(view.get_by_test_id("symbol-hmm")).to_have_text("Bullish")
+
+    history = detail["history"]
+    vol_runs = [p["vol"] for i, p in enumerate(history) if i == 0 or history[i - 1]["vol"] != p["vol"]]
+    bands = view.locator('[data-testid="band"][data-kind="vol"]')
+    await expect(bands).to_have_count(len(vol_runs))
+    assert [await b.get_attribute("data-regime") for b in await bands.all()] == vol_runs
+    assert {await b.get_attribute("data-value") for b in await view.get_by_test_id("threshold").all()} == {"0.6", "1.2", "1.8"}
+    await expect(view.locator('[data-testid="prob-area"][data-regime="BULLISH"]')).to_have_count(1)
+
+    await view.locator('button[data-bands="hmm"]').click()
+    hmm_bands = view.locator('[data-testid="band"][data-kind="hmm"]')
+    await expect(hmm_bands.last).to_have_attribute("data-regime", history[-1]["hmm"])
+
+    transitions = view.get_by_test_id("transition")
+    await expect(transitions).to_have_count(len(detail["transitions"]))
+    newest = detail["transitions"][0]
+    await expect(transitions.first).to_have_attribute("data-to", newest["to"])
+    await expect(transitions.first).to_have_attribute("data-kind", newest["kind"])
+
+    screener = detail["snapshot"]["screener"]
+    widths = await view.get_by_test_id("weights-stack").locator("i").evaluate_all(
+        "els => els.map(e => parseFloat(e.style.width))"
+    )
+    assert sum(widths) == pytest.approx(100.0, abs=0.1)
+    await expect(view.get_by_test_id("idle-target").locator(".v")).to_have_text(f"{screener['dynamic_idle_target'] * 100:.1f}%")
+    sign = "+" if screener["hybrid_score"] > 0 else "\u2212"
+    await expect(view.get_by_test_id("hybrid-score")).to_contain_text(f"{sign}{abs(screener['hybrid_score']):.2f}")
+    await expect(view.get_by_test_id("grid-mode").locator(".v")).to_contain_text(
+        {"symmetric": "Symmetric", "long_bias": "Long bias", "short_bias": "Short bias"}[screener["grid_bias"]["mode"]]
+    )
+
+    # The cursor on one chart reads out that bar across all of them.
+    chart = view.get_by_test_id("price-chart").locator("rect.hit")
+    box = await chart.bounding_box()
+    assert box is not None
+    await dash.page.mouse.move(box["x"] + 3, box["y"] + box["height"] / 2)
+    await expect(view.get_by_test_id("chart-readout")).to_contain_text("at ")
+    await dash.page.mouse.move(0, 0)
+    await dash.screenshot("symbol-desktop")
+
+    phone = await open_dashboard(st, "/#/symbol/test/BTC-USD/1m", viewport=PHONE)
+    await expect(phone.page.get_by_test_id("price-chart")).to_be_visible()
+    width = await phone.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], "the symbol view must fit a phone without sideways scrolling"
+    await phone.screenshot("symbol-phone")
+    dash.assert_console_clean()
+    phone.assert_console_clean()
+
+
+async def test_advanced_tab_shows_vol_regimes_weights_tuning_and_pipeline(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    st = await constructed_market(make_stack)
+    summary = await api_get(st, "/api/summary")
+    snaps = await api_get(st, "/api/symbols")
+    dash = await open_dashboard(st, "/#/advanced")
+    block = dash.page.get_by_test_id("vol-regimes-block")
+    await expect(block.locator("h2")).to_have_text("Vol Regimes")
+    for label in VOL_LABELS:
+        row = block.locator(f'[data-testid="vol-regime-row"][data-regime="{label}"]')
+        await expect(row.get_by_test_id("vol-regime-count")).to_have_text(str(summary["vol_regime_summary"][label]))
+        avg = summary["vol_regime_avg_vol_short"][label]
+        text = await row.get_by_test_id("vol-regime-avg").inner_text()
+        if avg is None:
+            assert text == "—"
+        else:
+            assert float(text.rstrip("%")) == pytest.approx(avg * 100, rel=0.01)
+
+    # Weights in force per regime: crisis cuts carry (modifier 0.4) relative to normal.
+    crisis_carry = np.mean([s["screener"]["weights"]["carry"] for s in snaps if s["vol_regime"] == "crisis"])
+    crisis_row = dash.page.locator('[data-testid="weights-row"][data-regime="crisis"]')
+    await expect(crisis_row.locator("td").nth(3)).to_contain_text(f"{crisis_carry * 100:.1f}%")
+    rel = await crisis_row.locator("td").nth(3).locator(".rel").inner_text()
+    assert float(rel.lstrip("×")) < 1.0
+
+    await expect(dash.page.get_by_test_id("hmm-tuning-row")).to_have_count(len(MARKET))
+    await expect(dash.page.get_by_test_id("pipeline-row")).to_have_count(len(MARKET))
+    stale = dash.page.locator(f'[data-testid="pipeline-row"][data-series="{ADA.id}"]')
+    await expect(stale.locator(".fresh")).to_have_class(re.compile(r"\bstale\b"))
+    await expect(stale).to_contain_text("gateway timeout")
+    await expect(dash.page.get_by_test_id("services")).to_contain_text("state_publisher")
+    await dash.screenshot("advanced-desktop")
+    phone = await open_dashboard(st, "/#/advanced", viewport=PHONE)
+    await expect(phone.page.get_by_test_id("vol-regimes-block")).to_be_visible()
+    await phone.screenshot("advanced-phone")
+    dash.assert_console_clean()
+    phone.assert_console_clean()
+
+
+async def test_organism_follows_regime_confidence_and_bias_and_morphs_smoothly(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    bull, bear = key("BUL/USD"), key("BER/USD")
+    st = await dashboard_stack(make_stack, [("BUL/USD", "CORE"), ("BER/USD", "CORE")])
+    start = recent_start(31)
+    events = regime_events(st.config, bull, stretch(30, "normal", "BULLISH", 0.9), start)
+    events += regime_events(st.config, bear, stretch(30, "normal", "BEARISH", 0.2), start)
+    await publish_events(st, events)
+    dash = await open_dashboard(st)
+    org = {k: dash.row(k).get_by_test_id("organism") for k in (bull, bear)}
+    await expect(org[bull]).to_have_attribute("data-regime", "BULLISH")
+    await expect(org[bear]).to_have_attribute("data-regime", "BEARISH")
+    assert float(await org[bull].get_attribute("data-bias") or 0) > 0.5
+    assert float(await org[bear].get_attribute("data-bias") or 0) < 0
+    await expect(dash.page.get_by_test_id("market-organism").get_by_test_id("organism")).to_have_attribute(
+        "data-status", "ok"
+    )
+
+    blur_of = "el => parseFloat(el.querySelector('feGaussianBlur').getAttribute('stdDeviation'))"
+    lean_of = "el => el.querySelector('.og-lean').getAttribute('transform')"
+    # Eased in: the confident organism ends sharp, the unsure one blurred; each leans its bias' way.
+    await dash.page.wait_for_function(
+        f"""() => {{
+          const [a, b] = ['{bull.id}', '{bear.id}'].map(id =>
+            document.querySelector(`tr[data-series="${{id}}"] [data-testid=organism]`));
+          const blur = {blur_of};
+          return blur(a) < 1.0 && blur(b) > 3.0;
+        }}"""
+    )
+    assert "rotate(2" in await org[bull].evaluate(lean_of) or "rotate(1" in await org[bull].evaluate(lean_of)
+    path = await org[bull].evaluate("el => el.querySelector('.og-body').getAttribute('d')")
+    await dash.page.wait_for_function(
+        f"""() => document.querySelector('tr[data-series="{bull.id}"] .og-body').getAttribute('d') !== {path!r}"""
+    )  # alive: the body moves by itself
+
+    # A sudden flip to bearish: the bullish share of the ring shrinks through intermediate values.
+    await dash.page.evaluate(
+        f"""() => {{
+          const arc = document.querySelector('tr[data-series="{bull.id}"] .og-bull');
+          window.__bullShare = [];
+          const sample = () => {{
+            window.__bullShare.push(parseFloat(arc.getAttribute('stroke-dasharray')));
+            if (window.__bullShare.length < 2000) requestAnimationFrame(sample);
+          }};
+          requestAnimationFrame(sample);
+        }}"""
+    )
+    await publish_events(st, [hmm_event(bull, start + 30 * 60_000, [0.9, 0.08, 0.02], count=31)])
+    await expect(org[bull]).to_have_attribute("data-regime", "BEARISH")
+    await dash.page.wait_for_function("() => window.__bullShare.at(-1) < 5")
+    shares = await dash.page.evaluate("window.__bullShare")
+    between = {round(s) for s in shares if 15 < s < 60}
+    assert len(between) >= 5, f"the body should morph through the way, not cut: {sorted(set(map(round, shares)))}"
+    dash.assert_console_clean()
