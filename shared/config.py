@@ -69,6 +69,7 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     metrics_port: int = 0  # 0: no /metrics listener (dashboard_api serves its own)
+    metrics_host: str = "0.0.0.0"  # a container's scrape target; `regimes up` keeps it on loopback
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = None  # bearer token for operator endpoints (POST /api/backfill)
@@ -121,6 +122,8 @@ class Settings:
             kw["log_json"] = _env_bool("LOG_JSON", env["LOG_JSON"])
         if "METRICS_PORT" in env:
             kw["metrics_port"] = _env_int("METRICS_PORT", env["METRICS_PORT"], 0, 65535)
+        if "METRICS_HOST" in env:
+            kw["metrics_host"] = env["METRICS_HOST"]
         if "API_HOST" in env:
             kw["api_host"] = env["API_HOST"]
         if "API_PORT" in env:

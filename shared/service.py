@@ -111,7 +111,7 @@ async def serve(
         health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0)
         health = Health(health_kv, service, settings.replica, settings.replicas, metrics)
         if settings.metrics_port:
-            server, _thread = start_http_server(settings.metrics_port, addr="0.0.0.0", registry=metrics.registry)
+            server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
             stack.callback(server.shutdown)
         rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack)
         coros = [*await build(rt), health.run(stop, settings.health_interval_sec)]

@@ -27,6 +27,7 @@ from shared.servers import (
     ManagedServer,
     ServerError,
     die_with_parent,
+    free_port,
     port_in_use,
     start_nats,
     start_redis,
@@ -133,10 +134,18 @@ class Supervisor:
         )
         if opts.config is not None:
             env["STRATEGY_CONFIG"] = str(opts.config)
-        self.children = [Child(name, env) for name in opts.services]
+        metrics: dict[str, int] = {}
+        for name in opts.services:
+            child_env = dict(env)
+            if name != "dashboard_api":  # it serves /metrics on its own port
+                metrics[name] = free_port(opts.host)
+                child_env["METRICS_PORT"] = str(metrics[name])
+                child_env["METRICS_HOST"] = opts.host
+            self.children.append(Child(name, child_env))
         for child in self.children:
             child.start()
         say(f"data in {data_dir}; NATS {nats_url}; Redis {redis_url}")
+        say("metrics: " + ", ".join(f"{n} :{p}" for n, p in metrics.items()))
         announced = False
         try:
             while not self.stopping:

@@ -225,7 +225,9 @@ def _target_probabilities(regime: str, confidence: float) -> np.ndarray:
     return out
 
 
-def hmm_event(key: SeriesKey, ts: int, probs: Sequence[float], *, trained: bool = True, count: int = 1) -> HmmRegimeEvent:
+def hmm_event(
+    key: SeriesKey, ts: int, probs: Sequence[float], *, trained: bool = True, count: int = 1
+) -> HmmRegimeEvent:
     """The verdict a detector with these filtered probabilities publishes (gain 1, threshold 0.15)."""
     p = np.asarray(probs, dtype=float)
     p = p / p.sum()
@@ -233,7 +235,10 @@ def hmm_event(key: SeriesKey, ts: int, probs: Sequence[float], *, trained: bool 
     confidence = float(top - second)
     bias = float(np.clip(p[2] - p[0], -1.0, 1.0)) if confidence >= 0.15 else 0.0
     return HmmRegimeEvent(
-        key.exchange, key.symbol, key.timeframe, ts,
+        key.exchange,
+        key.symbol,
+        key.timeframe,
+        ts,
         regime=HMM_LABELS[int(np.argmax(p))] if trained else "RANGING",
         probabilities=(float(p[0]), float(p[1]), 1.0 - float(p[0]) - float(p[1])) if trained else (0.0, 1.0, 0.0),
         confidence=confidence if trained else 0.0,
@@ -250,9 +255,19 @@ def vol_event(
     ratio = RATIO[label] if ratio is None else ratio
     vol_long = 0.004
     return VolRegimeEvent(
-        key.exchange, key.symbol, key.timeframe, ts, close, label,
-        vol_short=ratio * vol_long, vol_long=vol_long, ratio=ratio,
-        prev_label=prev, changed=prev is not None and prev != label, samples=samples, sufficient=True,
+        key.exchange,
+        key.symbol,
+        key.timeframe,
+        ts,
+        close,
+        label,
+        vol_short=ratio * vol_long,
+        vol_long=vol_long,
+        ratio=ratio,
+        prev_label=prev,
+        changed=prev is not None and prev != label,
+        samples=samples,
+        sufficient=True,
     )
 
 

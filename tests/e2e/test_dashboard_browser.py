@@ -34,7 +34,9 @@ from tests.e2e.conftest import (
 )
 from tests.harness import StackFactory, candles_from_returns, regime_returns
 
-pw = pytest.importorskip("playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')")
+pw = pytest.importorskip(
+    "playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')"
+)
 expect = pw.expect
 expect.set_options(timeout=10_000)
 
@@ -64,6 +66,18 @@ def colour_name(css: str) -> str:
     return f"other ({deg:.0f} deg)"
 
 
+def vol_pct(v: float) -> str:
+    """Volatility as the page writes it: a percentage with three significant digits."""
+    x = abs(v * 100)
+    digits = 2 if x == 0 else 1 if x >= 10 else 2 if x >= 1 else 3 if x >= 0.1 else 4
+    return f"{v * 100:.{digits}f}%"
+
+
+def signed(v: float, digits: int = 2) -> str:
+    text = f"{abs(v):.{digits}f}"
+    return text if float(text) == 0 else ("+" if v > 0 else "\u2212") + text
+
+
 def events_for(config: Any, scenario: dict[SeriesKey, list[Bar]], seed: int = 1) -> list[Any]:
     start = recent_start(max(len(bars) for bars in scenario.values()))
     events: list[Any] = []
@@ -76,17 +90,32 @@ def events_for(config: Any, scenario: dict[SeriesKey, list[Bar]], seed: int = 1)
 
 BTC, ETH, SOL, XRP, ADA, DOGE = (key(s) for s in ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD"))
 MARKET_UNIVERSE = [
-    ("BTC/USD", "CORE"), ("ETH/USD", "CORE"), ("SOL/USD", "SATELLITE"),
-    ("XRP/USD", "SATELLITE"), ("ADA/USD", "TACTICAL"), ("DOGE/USD", "TACTICAL"),
+    ("BTC/USD", "CORE"),
+    ("ETH/USD", "CORE"),
+    ("SOL/USD", "SATELLITE"),
+    ("XRP/USD", "SATELLITE"),
+    ("ADA/USD", "TACTICAL"),
+    ("DOGE/USD", "TACTICAL"),
 ]
 # Each series ends in a known pair of regimes; BTC has a history with every vol regime in it.
+BTC_BARS = [
+    *stretch(40, "normal", "RANGING", 0.3),
+    *stretch(30, "low", "BULLISH", 0.7),
+    *stretch(25, "high", "BULLISH", 0.5),
+    *stretch(25, "crisis", "BEARISH", 0.8),
+    *stretch(30, "normal", "RANGING", 0.35),
+    *stretch(30, "low", "BULLISH", 0.8),
+]
 MARKET = {
-    BTC: stretch(40, "normal", "RANGING", 0.3) + stretch(30, "low", "BULLISH", 0.7) + stretch(25, "high", "BULLISH", 0.5)
-    + stretch(25, "crisis", "BEARISH", 0.8) + stretch(30, "normal", "RANGING", 0.35) + stretch(30, "low", "BULLISH", 0.8),
-    ETH: stretch(60, "normal", "BULLISH", 0.4) + stretch(40, "high", "BEARISH", 0.6) + stretch(20, "crisis", "BEARISH", 0.75),
-    SOL: stretch(80, "normal", "RANGING", 0.5) + stretch(40, "crisis", "BEARISH", 0.5),
-    XRP: stretch(70, "low", "RANGING", 0.3) + stretch(50, "normal", "BULLISH", 0.55),
-    ADA: stretch(90, "normal", "BEARISH", 0.3) + stretch(30, "high", "RANGING", 0.45),
+    BTC: BTC_BARS,
+    ETH: [
+        *stretch(60, "normal", "BULLISH", 0.4),
+        *stretch(40, "high", "BEARISH", 0.6),
+        *stretch(20, "crisis", "BEARISH"),
+    ],
+    SOL: [*stretch(80, "normal", "RANGING", 0.5), *stretch(40, "crisis", "BEARISH", 0.5)],
+    XRP: [*stretch(70, "low", "RANGING", 0.3), *stretch(50, "normal", "BULLISH", 0.55)],
+    ADA: [*stretch(90, "normal", "BEARISH", 0.3), *stretch(30, "high", "RANGING", 0.45)],
     DOGE: stretch(120, "normal", "RANGING", 0.0, trained=False),
 }
 FINAL_VOL = {BTC: "low", ETH: "crisis", SOL: "crisis", XRP: "normal", ADA: "high", DOGE: "normal"}
@@ -97,9 +126,9 @@ async def constructed_market(make_stack: StackFactory) -> Any:
     st = await dashboard_stack(make_stack, MARKET_UNIVERSE)
     events = events_for(st.config, MARKET)
     last_ts = max(e.ts for e in events)
+    stale = {"freshness_sec": 420.0, "freshness_ok": False, "last_error": "gateway timeout (504)"}
     for i, k in enumerate(MARKET):
-        stale = {"freshness_sec": 420.0, "freshness_ok": False, "last_error": "gateway timeout (504)"} if k == ADA else {}
-        events.append(pipeline_status(k, last_ts, samples=4_000 + 500 * i, **stale))
+        events.append(pipeline_status(k, last_ts, samples=4_000 + 500 * i, **(stale if k == ADA else {})))
     await publish_events(st, events)
     return st
 
@@ -107,7 +136,9 @@ async def constructed_market(make_stack: StackFactory) -> Any:
 # --------------------------------------------------------------------------- overview
 
 
-async def test_badges_show_letter_and_colour_per_regime(make_stack: StackFactory, open_dashboard: OpenDashboard) -> None:
+async def test_badges_show_letter_and_colour_per_regime(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
     universe = [("LOW/USD", "CORE"), ("NRM/USD", "CORE"), ("HGH/USD", "SATELLITE"), ("CRI/USD", "SATELLITE")]
     final = {key("LOW/USD"): "low", key("NRM/USD"): "normal", key("HGH/USD"): "high", key("CRI/USD"): "crisis"}
     st = await dashboard_stack(make_stack, universe)
@@ -123,7 +154,8 @@ async def test_badges_show_letter_and_colour_per_regime(make_stack: StackFactory
         vol = (await st.snapshot(k))["vol"]
         tip = await badge.get_attribute("data-tip") or ""
         assert f"ratio {vol['ratio']:.2f}" in tip
-        assert f"short {vol['short'] * 100:.3f}%" in tip and f"long {vol['long'] * 100:.3f}%" in tip
+        assert f"short {vol_pct(vol['short'])}" in tip
+        assert f"long {vol_pct(vol['long'])}" in tip
 
     crisis = dash.cell(key("CRI/USD"), "vol").get_by_test_id("vol-badge")
     await crisis.hover()
@@ -166,7 +198,9 @@ async def test_summary_charts_count_symbols_per_regime(make_stack: StackFactory,
     phone.assert_console_clean()
 
 
-async def test_table_filters_by_regime_and_tier_and_sorts(make_stack: StackFactory, open_dashboard: OpenDashboard) -> None:
+async def test_table_filters_by_regime_and_tier_and_sorts(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
     st = await constructed_market(make_stack)
     dash = await open_dashboard(st)
     rows = dash.page.get_by_test_id("row")
@@ -190,18 +224,14 @@ async def test_table_filters_by_regime_and_tier_and_sorts(make_stack: StackFacto
     await dash.page.locator("#f-clear").click()
 
     await dash.page.locator('th[data-sort="vol"] button').click()  # most volatile first
+    by_id = {k.id: k for k in MARKET}
     order = [await r.get_attribute("data-series") for r in await rows.all()]
-    ranks = [VOL_LABELS.index(FINAL_VOL[SeriesKey.from_token(_token(s))]) for s in order]
+    ranks = [VOL_LABELS.index(FINAL_VOL[by_id[s or ""]]) for s in order]
     assert ranks == sorted(ranks, reverse=True), order
     await dash.page.locator('th[data-sort="vol"] button').click()
     first = await rows.first.get_attribute("data-series")
     assert first == BTC.id, "ascending: the one low-vol series first"
     dash.assert_console_clean()
-
-
-def _token(series_id: str) -> str:
-    exchange, symbol, timeframe = series_id.split(":")
-    return SeriesKey(exchange, symbol, timeframe).token
 
 
 # --------------------------------------------------------------------------- live
@@ -211,7 +241,9 @@ async def test_a_new_candle_that_changes_the_regime_updates_the_page_without_rel
     make_stack: StackFactory, open_dashboard: OpenDashboard
 ) -> None:
     live, calm = key("LIV/USD"), key("CLM/USD")
-    st = await dashboard_stack(make_stack, [("LIV/USD", "CORE"), ("CLM/USD", "CORE")], "vol_regime", "screener", hmm=False)
+    st = await dashboard_stack(
+        make_stack, [("LIV/USD", "CORE"), ("CLM/USD", "CORE")], "vol_regime", "screener", hmm=False
+    )
     rng = np.random.default_rng(3)
     returns = regime_returns("crisis", rng)  # 40 calm returns, then 4 wild ones
     candles = candles_from_returns(live, returns, start_ts=recent_start(len(returns) + 1))
@@ -252,7 +284,6 @@ async def test_page_recovers_by_itself_after_the_api_restarts(
 ) -> None:
     k = key("RST/USD")
     st = await dashboard_stack(make_stack, [("RST/USD", "CORE")])
-    start = recent_start(12)
     await publish_events(st, events_for(st.config, {k: stretch(10, "normal", "RANGING")}))
     dash = await open_dashboard(st)
     badge = dash.cell(k, "vol").get_by_test_id("vol-badge")
@@ -266,7 +297,9 @@ async def test_page_recovers_by_itself_after_the_api_restarts(
     await api_up(st)
     await expect(status).to_have_attribute("data-state", "live", timeout=15_000)
 
-    await publish_events(st, [vol_event(k, start + 11 * 60_000, "crisis", 101.0, prev="normal")])
+    snap = await st.snapshot(k)
+    assert snap is not None
+    await publish_events(st, [vol_event(k, snap["vol"]["ts"] + 60_000, "crisis", 101.0, prev="normal")])
     await expect(badge).to_have_text("C")
     assert await dash.never_reloaded()
     # While the API was down the browser logged its failed reconnects; nothing else may appear.
@@ -313,7 +346,9 @@ async def test_missing_fields_render_a_dash_and_missing_hmm_says_so(
     for name in ("vol-short", "vol-long", "vol-ratio", "sizing-mult", "effective-nav", "hybrid-score", "grid-mode"):
         await expect(view.get_by_test_id(name).locator(".v")).to_have_text("—")
     await expect(view.get_by_test_id("symbol-price")).to_have_text("—")
-    await expect(view.get_by_test_id("symbol-organism").get_by_test_id("organism")).to_have_attribute("data-status", "none")
+    await expect(view.get_by_test_id("symbol-organism").get_by_test_id("organism")).to_have_attribute(
+        "data-status", "none"
+    )
     await dash.screenshot("missing-symbol-desktop")
 
     await dash.page.evaluate("location.hash = '#/symbol/test/UNT-USD/1m'")
@@ -323,7 +358,8 @@ async def test_missing_fields_render_a_dash_and_missing_hmm_says_so(
 
     await dash.page.evaluate("location.hash = '#/advanced'")
     await expect(dash.page.get_by_test_id("pipeline-row")).to_have_count(3)
-    await expect(dash.page.locator(f'[data-testid="pipeline-row"][data-series="{empty.id}"] td').nth(1)).to_have_text("—")
+    source = dash.page.locator(f'[data-testid="pipeline-row"][data-series="{empty.id}"] td').nth(1)
+    await expect(source).to_have_text("—")
     assert await dash.never_reloaded()
     dash.assert_console_clean()
 
@@ -347,7 +383,8 @@ async def test_symbol_view_draws_regime_history_probabilities_and_transitions(
     bands = view.locator('[data-testid="band"][data-kind="vol"]')
     await expect(bands).to_have_count(len(vol_runs))
     assert [await b.get_attribute("data-regime") for b in await bands.all()] == vol_runs
-    assert {await b.get_attribute("data-value") for b in await view.get_by_test_id("threshold").all()} == {"0.6", "1.2", "1.8"}
+    thresholds = {await b.get_attribute("data-value") for b in await view.get_by_test_id("threshold").all()}
+    assert thresholds == {"0.6", "1.2", "1.8"}
     await expect(view.locator('[data-testid="prob-area"][data-regime="BULLISH"]')).to_have_count(1)
 
     await view.locator('button[data-bands="hmm"]').click()
@@ -361,13 +398,15 @@ async def test_symbol_view_draws_regime_history_probabilities_and_transitions(
     await expect(transitions.first).to_have_attribute("data-kind", newest["kind"])
 
     screener = detail["snapshot"]["screener"]
-    widths = await view.get_by_test_id("weights-stack").locator("i").evaluate_all(
-        "els => els.map(e => parseFloat(e.style.width))"
+    widths = (
+        await view.get_by_test_id("weights-stack")
+        .locator("i")
+        .evaluate_all("els => els.map(e => parseFloat(e.style.width))")
     )
     assert sum(widths) == pytest.approx(100.0, abs=0.1)
-    await expect(view.get_by_test_id("idle-target").locator(".v")).to_have_text(f"{screener['dynamic_idle_target'] * 100:.1f}%")
-    sign = "+" if screener["hybrid_score"] > 0 else "\u2212"
-    await expect(view.get_by_test_id("hybrid-score")).to_contain_text(f"{sign}{abs(screener['hybrid_score']):.2f}")
+    idle = f"{screener['dynamic_idle_target'] * 100:.1f}%"
+    await expect(view.get_by_test_id("idle-target").locator(".v")).to_have_text(idle)
+    await expect(view.get_by_test_id("hybrid-score")).to_contain_text(signed(screener["hybrid_score"]))
     await expect(view.get_by_test_id("grid-mode").locator(".v")).to_contain_text(
         {"symmetric": "Symmetric", "long_bias": "Long bias", "short_bias": "Short bias"}[screener["grid_bias"]["mode"]]
     )
@@ -460,7 +499,9 @@ async def test_organism_follows_regime_confidence_and_bias_and_morphs_smoothly(
           return blur(a) < 1.0 && blur(b) > 3.0;
         }}"""
     )
-    assert "rotate(2" in await org[bull].evaluate(lean_of) or "rotate(1" in await org[bull].evaluate(lean_of)
+    leans = {k: float(re.findall(r"rotate\(([-\d.]+)", await org[k].evaluate(lean_of))[0]) for k in (bull, bear)}
+    assert leans[bull] > 10, leans
+    assert leans[bear] < -2, leans
     path = await org[bull].evaluate("el => el.querySelector('.og-body').getAttribute('d')")
     await dash.page.wait_for_function(
         f"""() => document.querySelector('tr[data-series="{bull.id}"] .og-body').getAttribute('d') !== {path!r}"""

@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 
 from shared.contracts import Candle, DeadLetter, decode, encode
+from shared.servers import free_port
 from shared.subjects import SeriesKey
 from tests.harness import (
     StackFactory,
@@ -142,7 +143,8 @@ async def test_restarted_vol_regime_ends_with_the_same_snapshot(make_stack: Stac
 async def test_bad_messages_are_dead_lettered_and_processing_continues(make_stack: StackFactory) -> None:
     st = await make_stack(small_config(UNIVERSE))
     dlq = await st.js.subscribe(st.names.dlq("vol_regime"))
-    await st.start("vol_regime")
+    metrics_port = free_port()
+    await st.start("vol_regime", metrics_port=metrics_port, metrics_host="127.0.0.1")
     good = market()[CALM]
     subject = st.names.ohlcv(CALM)
     nan_price = msgpack.unpackb(encode(good[1]))
@@ -168,6 +170,10 @@ async def test_bad_messages_are_dead_lettered_and_processing_continues(make_stac
 
     # Every good candle still became a vol event: the bad ones cost nothing but themselves.
     await eventually(lambda: _vol_count(st, CALM, len(good)))
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    assert 'regimes_messages_total{outcome="dead_lettered",service="vol_regime"} 3.0' in text
+    assert f'regimes_messages_total{{outcome="handled",service="vol_regime"}} {len(good)}.0' in text
 
 
 async def _vol_count(st: Any, key: SeriesKey, expected: int) -> bool:

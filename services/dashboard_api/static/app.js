@@ -772,10 +772,17 @@ function pipelineCard(snap, now) {
     ${p.last_error ? kv("Last error", `<span class="bad-text">${esc(p.last_error)}</span>`) : ""}${training}`;
 }
 
+/** History to draw. A model that was never trained publishes the neutral default, not a belief: hide it. */
+function chartPoints(detail) {
+  const h = detail.snapshot.hmm_regime;
+  const neverTrained = h && !h.trained && !isNum(h.trained_at);
+  return neverTrained ? detail.history.map((p) => ({ ...p, hmm: null, p: null })) : detail.history;
+}
+
 function drawCharts() {
   const box = document.getElementById("charts");
   if (!box || !S.detail || !S.detail.history.length) return;
-  const points = S.detail.history;
+  const points = chartPoints(S.detail);
   const width = Math.max(280, Math.floor(box.clientWidth || 640));
   document.getElementById("ch-price").innerHTML = priceChart(points, { width, bands: S.bands });
   document.getElementById("ch-ratio").innerHTML = ratioChart(points, S.detail.thresholds, { width });
