@@ -36,14 +36,30 @@ HMM_LABELS: tuple[str, ...] = ("BEARISH", "RANGING", "BULLISH")
 SCORE_COMPONENTS: tuple[str, ...] = ("carry", "expectancy", "router")
 
 
-def _check_series(exchange: str, symbol: str, timeframe: str) -> None:
-    check_exchange(exchange)
-    timeframe_ms(timeframe)
-    SeriesKey(exchange, symbol, timeframe).token  # noqa: B018 - raises when the symbol cannot be carried
+class _PerSeries:
+    """What every message about one series shares: its ``key``, and the checks of the series fields."""
+
+    __slots__ = ()
+    exchange: str
+    symbol: str
+    timeframe: str
+
+    @property
+    def key(self) -> SeriesKey:
+        return SeriesKey(self.exchange, self.symbol, self.timeframe)
+
+    def check(self) -> None:
+        check_exchange(self.exchange)
+        timeframe_ms(self.timeframe)
+        self.key.token  # noqa: B018 - raises when the symbol cannot be carried
+        self._check()
+
+    def _check(self) -> None:
+        """The message's own rules, beyond the series fields."""
 
 
 @dataclass(frozen=True, slots=True)
-class Candle:
+class Candle(_PerSeries):
     """One closed OHLCV bar. Idempotent by (exchange, symbol, timeframe, ts)."""
 
     KIND: ClassVar[str] = "candle"
@@ -59,16 +75,11 @@ class Candle:
     v: int = SCHEMA_VERSION
 
     @property
-    def key(self) -> SeriesKey:
-        return SeriesKey(self.exchange, self.symbol, self.timeframe)
-
-    @property
     def msg_id(self) -> str:
         """JetStream ``Nats-Msg-Id``: the candle's idempotency key."""
         return f"{self.key.token}.{self.ts}"
 
-    def check(self) -> None:
-        _check_series(self.exchange, self.symbol, self.timeframe)
+    def _check(self) -> None:
         if self.ts < 0 or self.ts % timeframe_ms(self.timeframe):
             raise ContractError(f"ts {self.ts} is not aligned to {self.timeframe}")
         if min(self.open, self.high, self.low, self.close) <= 0:
@@ -84,7 +95,7 @@ class Candle:
 
 
 @dataclass(frozen=True, slots=True)
-class VolRegimeEvent:
+class VolRegimeEvent(_PerSeries):
     """vol_regime's verdict for one series after one candle (seed 000 §2)."""
 
     KIND: ClassVar[str] = "vol_regime"
@@ -103,18 +114,13 @@ class VolRegimeEvent:
     sufficient: bool  # whether samples covered the long window (else the seed's "normal with zeros")
     v: int = SCHEMA_VERSION
 
-    @property
-    def key(self) -> SeriesKey:
-        return SeriesKey(self.exchange, self.symbol, self.timeframe)
-
-    def check(self) -> None:
-        _check_series(self.exchange, self.symbol, self.timeframe)
+    def _check(self) -> None:
         if min(self.vol_short, self.vol_long, self.ratio) < 0:
             raise ContractError("negative volatility or ratio")
 
 
 @dataclass(frozen=True, slots=True)
-class HmmRegimeEvent:
+class HmmRegimeEvent(_PerSeries):
     """hmm_regime's verdict for one series after one candle (seed 003)."""
 
     KIND: ClassVar[str] = "hmm_regime"
@@ -131,12 +137,7 @@ class HmmRegimeEvent:
     trained_at: int | None  # ms UTC of the last successful training, None if never
     v: int = SCHEMA_VERSION
 
-    @property
-    def key(self) -> SeriesKey:
-        return SeriesKey(self.exchange, self.symbol, self.timeframe)
-
-    def check(self) -> None:
-        _check_series(self.exchange, self.symbol, self.timeframe)
+    def _check(self) -> None:
         if any(p < 0 or p > 1 for p in self.probabilities):
             raise ContractError("probability outside [0, 1]")
         if abs(sum(self.probabilities) - 1.0) > 1e-6:
@@ -146,7 +147,7 @@ class HmmRegimeEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class ScoreEvent:
+class ScoreEvent(_PerSeries):
     """An external score for one series, published by whoever computes it (carry, expectancy, router)."""
 
     KIND: ClassVar[str] = "score"
@@ -158,12 +159,7 @@ class ScoreEvent:
     score: float  # in [-1, 1]; positive favours the trade
     v: int = SCHEMA_VERSION
 
-    @property
-    def key(self) -> SeriesKey:
-        return SeriesKey(self.exchange, self.symbol, self.timeframe)
-
-    def check(self) -> None:
-        _check_series(self.exchange, self.symbol, self.timeframe)
+    def _check(self) -> None:
         if self.component not in SCORE_COMPONENTS:
             raise ContractError(f"unknown score component {self.component!r}")
         if not -1.0 <= self.score <= 1.0:
@@ -181,7 +177,7 @@ class GridBias:
 
 
 @dataclass(frozen=True, slots=True)
-class ScreenerDecision:
+class ScreenerDecision(_PerSeries):
     """The screener's decision for one series after one candle, with every input it used (seed 000 §3)."""
 
     KIND: ClassVar[str] = "screener_decision"
@@ -212,16 +208,9 @@ class ScreenerDecision:
     grid_bias: GridBias
     v: int = SCHEMA_VERSION
 
-    @property
-    def key(self) -> SeriesKey:
-        return SeriesKey(self.exchange, self.symbol, self.timeframe)
-
-    def check(self) -> None:
-        _check_series(self.exchange, self.symbol, self.timeframe)
-
 
 @dataclass(frozen=True, slots=True)
-class PipelineStatus:
+class PipelineStatus(_PerSeries):
     """ingest's data-pipeline report for one series (seed 003 §2.6 ``hmm_data_pipeline``)."""
 
     KIND: ClassVar[str] = "pipeline_status"
@@ -244,13 +233,6 @@ class PipelineStatus:
     last_error: str | None  # last exchange error, cleared by the next success
     reported_at: int  # ms UTC
     v: int = SCHEMA_VERSION
-
-    @property
-    def key(self) -> SeriesKey:
-        return SeriesKey(self.exchange, self.symbol, self.timeframe)
-
-    def check(self) -> None:
-        _check_series(self.exchange, self.symbol, self.timeframe)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,33 +142,37 @@ def _wait_ready(server: ManagedServer, ready: str, timeout: float) -> None:
     raise ServerError(f"{server.name} not ready after {timeout:.0f}s:\n{server.tail()}")
 
 
-def start_nats(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
-    """nats-server with JetStream storing in ``data_dir``; port 0 picks a free one."""
+def _start(
+    name: str, flag: str, scheme: str, data_dir: Path, port: int, host: str, timeout: float, ready: str,
+    args: Callable[[int, Path], list[str]],
+) -> ManagedServer:
     if port and port_in_use(port, host):
-        raise ServerError(f"NATS port {port} is taken: choose another with --nats-port")
+        raise ServerError(f"{name} port {port} is taken: choose another with {flag}")
     port = port or free_port(host)
     data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir / "nats-server.log"
+    log = data_dir / f"{name}.log"
     log.write_text("")
-    args = [find_nats_server(), "-a", host, "-p", str(port), "-js", "-sd", str(data_dir / "jetstream")]
-    args += ["-l", str(log)]
-    server = ManagedServer("nats-server", port, f"nats://{host}:{port}", popen(args), log)
-    _wait_ready(server, "Server is ready", timeout)
+    server = ManagedServer(name, port, f"{scheme}://{host}:{port}", popen(args(port, log)), log)
+    _wait_ready(server, ready, timeout)
     return server
+
+
+def start_nats(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
+    """nats-server with JetStream storing in ``data_dir``; port 0 picks a free one."""
+    binary = find_nats_server()
+    return _start(
+        "nats-server", "--nats-port", "nats", data_dir, port, host, timeout, "Server is ready",
+        lambda p, log: [binary, "-a", host, "-p", str(p), "-js", "-sd", str(data_dir / "jetstream"), "-l", str(log)],
+    )
 
 
 def start_redis(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
     """A Redis-compatible server persisting nothing; port 0 picks a free one."""
-    if port and port_in_use(port, host):
-        raise ServerError(f"Redis port {port} is taken: choose another with --redis-port")
-    port = port or free_port(host)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = data_dir / "redis-server.log"
-    log.write_text("")
-    args = [
-        find_redis_server(), "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no",
-        "--dir", str(data_dir), "--logfile", str(log), "--daemonize", "no",
-    ]
-    server = ManagedServer("redis-server", port, f"redis://{host}:{port}/0", popen(args), log)
-    _wait_ready(server, "Ready to accept connections", timeout)
-    return server
+    binary = find_redis_server()
+    return _start(
+        "redis-server", "--redis-port", "redis", data_dir, port, host, timeout, "Ready to accept connections",
+        lambda p, log: [
+            binary, "--bind", host, "--port", str(p), "--save", "", "--appendonly", "no",
+            "--dir", str(data_dir), "--logfile", str(log), "--daemonize", "no",
+        ],
+    )

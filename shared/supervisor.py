@@ -160,19 +160,18 @@ class Supervisor:
 
     def _servers(self, data_dir: Path) -> tuple[str, str]:
         opts = self.opts
-        if opts.nats_url:
-            nats_url = opts.nats_url
-        else:
-            nats = start_nats(data_dir / "nats", opts.nats_port)
-            self.servers.append(nats)
-            nats_url = nats.url
-        if opts.redis_url:
-            redis_url = opts.redis_url
-        else:
-            redis = start_redis(data_dir / "redis", opts.redis_port)
-            self.servers.append(redis)
-            redis_url = redis.url
-        return nats_url, redis_url
+        urls = []
+        for given, start, port, sub in (
+            (opts.nats_url, start_nats, opts.nats_port, "nats"),
+            (opts.redis_url, start_redis, opts.redis_port, "redis"),
+        ):
+            if given:
+                urls.append(given)
+                continue
+            server = start(data_dir / sub, port)
+            self.servers.append(server)
+            urls.append(server.url)
+        return urls[0], urls[1]
 
     def _healthy(self) -> bool:
         url = f"http://{self.opts.host}:{self.opts.port}/healthz"
