@@ -49,7 +49,8 @@ def _env_int(key: str, raw: str, lo: int, hi: int) -> int:
 
 def _url(key: str, raw: str, schemes: tuple[str, ...]) -> str:
     parsed = urlparse(raw)
-    if parsed.scheme not in schemes or not parsed.hostname:
+    where = parsed.path if parsed.scheme == "unix" else parsed.hostname
+    if parsed.scheme not in schemes or not where:
         raise ConfigError(key, f"expected a {'/'.join(schemes)} URL, got {raw!r}")
     return raw
 
@@ -86,6 +87,7 @@ class Settings:
         "LOG_LEVEL",
         "LOG_JSON",
         "METRICS_PORT",
+        "METRICS_HOST",
         "API_HOST",
         "API_PORT",
         "API_TOKEN",

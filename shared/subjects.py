@@ -30,6 +30,7 @@ TIMEFRAMES_MS: dict[str, int] = {
 _EXCHANGE_RE = re.compile(r"^[a-z0-9]{1,32}$")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_]{0,32}$")
 _PLAIN = re.compile(r"[A-Za-z0-9]")
+_SUBJECT_ROOTS = frozenset({"ohlcv", "regime", "scores", "screener", "telemetry", "dlq", "control"})
 _TOKEN_RE = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
 
 
@@ -139,6 +140,9 @@ class Names:
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
             raise ConfigError("REGIMES_NAMESPACE", "letters, digits and _ only, at most 32")
+        if self.namespace in _SUBJECT_ROOTS:
+            # "ohlcv.ohlcv.…" would match the default stack's "ohlcv.>": the two would see each other.
+            raise ConfigError("REGIMES_NAMESPACE", f"{self.namespace!r} is a subject root; choose another name")
 
     def _s(self, subject: str) -> str:
         return f"{self.namespace}.{subject}" if self.namespace else subject

@@ -36,15 +36,20 @@ MAX_PENDING = 2000
 def sizing_multiplier(cfg: StrategyConfig, tier: str, label: str) -> float:
     """``sizing_multipliers[tier][label]``; an unknown tier uses CORE's row; anything missing is 1.0."""
     table = cfg.sizing_multipliers
-    row = table.get(tier) or table.get("CORE") or {}
+    row = table[tier] if tier in table else table.get("CORE", {})
     return float(row.get(label, 1.0))
 
 
 def hybrid_weights(cfg: StrategyConfig, tier: str, label: str) -> dict[str, float]:
-    """Base weights x the regime's modifiers (tier-specific block first, then ``default``), normalised to 1."""
-    mods_by_scope = cfg.hybrid_modifiers
-    scope = mods_by_scope.get(tier) or mods_by_scope.get("default") or {}
-    mods = scope.get(label, {})
+    """Base weights x the regime's modifiers, normalised to 1.
+
+    The tier's own block decides for the regimes it names; for the others the
+    ``default`` block does, so a tier block that only tunes ``crisis`` keeps the
+    default carry cut in ``high``.
+    """
+    by_scope = cfg.hybrid_modifiers
+    tier_block = by_scope.get(tier, {})
+    mods = tier_block[label] if label in tier_block else by_scope.get("default", {}).get(label, {})
     raw = {c: cfg.base_weights[c] * mods.get(c, 1.0) for c in HYBRID_COMPONENTS}
     total = sum(raw.values())
     return {c: (w / total if total > 0 else 0.0) for c, w in raw.items()}
@@ -200,7 +205,8 @@ def decide(
         else:
             scores[comp] = 0.0
             defaulted.append(comp)
-    blend = float(cfg.hmm["HMM_BLEND_WITH_TREND"])
+    # With the HMM off the bot falls back to the trend alone (seed 003 §5), exactly as in shadow mode.
+    blend = float(cfg.hmm["HMM_BLEND_WITH_TREND"]) if cfg.hmm["HMM_ENABLED"] else 1.0
     shadow = blend >= 1.0
     hmm_bias = hmm.bias_signal if hmm is not None and hmm.trained else 0.0
     idle = cfg.idle

@@ -1,0 +1,491 @@
+"""Settings from the environment, the strategy config from JSON, and the HMM_* keys of seed 003 §7.
+
+Every bad value raises ConfigError naming the key, so a service refuses to start with a clear message.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.config import (
+    DEFAULT_CONFIG_PATH,
+    HMM_KEYS,
+    Settings,
+    load_strategy_config,
+    parse_strategy_config,
+    resolve_hmm_keys,
+)
+from shared.errors import ConfigError
+from shared.hmm import HMM_DEFAULTS
+from shared.subjects import SeriesKey
+
+CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "strategy_config.json"
+SHIPPED: dict[str, Any] = json.loads(CONFIG_PATH.read_text())
+
+# Seed 003 §7, verbatim.
+SEED_HMM_TABLE: dict[str, Any] = {
+    "HMM_ENABLED": False,
+    "HMM_OHLCV_ENABLED": True,
+    "HMM_OHLCV_INTERVAL_MIN": 1,
+    "HMM_OHLCV_SYNC_INTERVAL_SEC": 60.0,
+    "HMM_OHLCV_RETENTION_DAYS": 14,
+    "HMM_OHLCV_BACKFILL_ON_STARTUP": True,
+    "HMM_OHLCV_BACKFILL_MAX_PAGES": 40,
+    "HMM_TRAINING_CANDLES": 2000,
+    "HMM_RECENT_CANDLES": 100,
+    "HMM_READINESS_CACHE_SEC": 300.0,
+    "HMM_N_STATES": 3,
+    "HMM_N_ITER": 100,
+    "HMM_COVARIANCE_TYPE": "diag",
+    "HMM_INFERENCE_WINDOW": 50,
+    "HMM_CONFIDENCE_THRESHOLD": 0.15,
+    "HMM_RETRAIN_INTERVAL_SEC": 86400.0,
+    "HMM_MIN_TRAIN_SAMPLES": 500,
+    "HMM_BIAS_GAIN": 1.0,
+    "HMM_BLEND_WITH_TREND": 0.5,
+}
+# The one documented deviation: 0 selects the exact forward filter (one O(K^2) step per candle).
+DEVIATIONS = {"HMM_INFERENCE_WINDOW": 0}
+
+
+def raises_naming(key: str, fn: Callable[[], Any]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        fn()
+    err = info.value
+    assert err.key == key, f"expected the error to name {key!r}, got {err.key!r}: {err}"
+    assert str(err) == f"config {key}: {err.reason}"
+    assert err.reason
+    return err
+
+
+def raw_config(**changes: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(SHIPPED)
+    raw.update(changes)
+    return raw
+
+
+# --- Settings.from_env -----------------------------------------------------------------------------------
+
+
+def test_empty_environment_gives_the_defaults() -> None:
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert (s.nats_url, s.redis_url, s.namespace) == ("nats://127.0.0.1:4222", "redis://127.0.0.1:6379/0", "")
+    assert (s.replica, s.replicas, s.api_token, s.strategy_config) == (0, 1, None, DEFAULT_CONFIG_PATH)
+
+
+def test_good_values_are_read(tmp_path: Path) -> None:
+    cfg = tmp_path / "strategy.json"
+    cfg.write_text("{}")
+    s = Settings.from_env(
+        {
+            "NATS_URL": "tls://nats.internal:4443",
+            "REDIS_URL": "rediss://user:pw@redis.internal:6380/2",
+            "REGIMES_NAMESPACE": "paper_1",
+            "STRATEGY_CONFIG": str(cfg),
+            "LOG_LEVEL": "debug",
+            "LOG_JSON": "off",
+            "METRICS_PORT": "9100",
+            "METRICS_HOST": "127.0.0.1",
+            "API_HOST": "0.0.0.0",
+            "API_PORT": "8080",
+            "API_TOKEN": "s3cret-token-0123456789",
+            "REPLICA": "2/3",
+            "HEALTH_INTERVAL_SEC": "2.5",
+        }
+    )
+    assert s.nats_url == "tls://nats.internal:4443"
+    assert s.redis_url == "rediss://user:pw@redis.internal:6380/2"
+    assert s.namespace == "paper_1"
+    assert s.names.vol(SeriesKey("kraken", "BTC/USD", "1m")).startswith("paper_1.")
+    assert s.strategy_config == cfg
+    assert (s.log_level, s.log_json) == ("DEBUG", False)
+    assert (s.metrics_port, s.metrics_host, s.api_host, s.api_port) == (9100, "127.0.0.1", "0.0.0.0", 8080)
+    assert s.api_token == "s3cret-token-0123456789"
+    assert (s.replica, s.replicas) == (1, 3)  # REPLICA is 1-based, replica 0-based
+    assert s.health_interval_sec == 2.5
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("TRUE", True), ("yes", True), ("0", False), ("No", False)])
+def test_boolean_spellings(raw: str, value: bool) -> None:
+    assert Settings.from_env({"LOG_JSON": raw}).log_json is value
+
+
+def test_empty_api_token_means_no_token() -> None:
+    assert Settings.from_env({"API_TOKEN": ""}).api_token is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("NATS_URL", "http://localhost:4222"),
+        ("NATS_URL", "localhost:4222"),
+        ("NATS_URL", "nats://"),
+        ("REDIS_URL", "nats://localhost:6379"),
+        ("REDIS_URL", "redis://"),
+        ("REGIMES_NAMESPACE", "paper.live"),
+        ("REGIMES_NAMESPACE", "has space"),
+        ("STRATEGY_CONFIG", "/definitely/not/here.json"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_JSON", "maybe"),
+        ("METRICS_PORT", "abc"),
+        ("METRICS_PORT", "-1"),
+        ("METRICS_PORT", "65536"),
+        ("API_PORT", "0"),
+        ("API_PORT", "80.5"),
+        ("API_TOKEN", "short"),
+        ("REPLICA", "3"),
+        ("REPLICA", "0/3"),
+        ("REPLICA", "4/3"),
+        ("REPLICA", "a/b"),
+        ("REPLICA", "1/65"),
+        ("HEALTH_INTERVAL_SEC", "0"),
+        ("HEALTH_INTERVAL_SEC", "-2"),
+        ("HEALTH_INTERVAL_SEC", "soon"),
+    ],
+)
+def test_bad_setting_is_refused_naming_its_key(key: str, value: str) -> None:
+    raises_naming(key, lambda: Settings.from_env({key: value}))
+
+
+def test_bad_setting_is_named_even_among_good_ones() -> None:
+    env = {"NATS_URL": "nats://n:4222", "LOG_LEVEL": "INFO", "API_PORT": "99999", "REPLICA": "1/2"}
+    raises_naming("API_PORT", lambda: Settings.from_env(env))
+
+
+def test_redis_unix_socket_url_is_accepted() -> None:
+    # "unix" is one of the accepted REDIS_URL schemes; a unix-socket URL has a path, never a host.
+    assert Settings.from_env({"REDIS_URL": "unix:///run/redis/redis.sock"}).redis_url == "unix:///run/redis/redis.sock"
+
+
+class RecordingEnv(dict[str, str]):
+    """An environment that remembers which variables were looked at."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        self.seen.add(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> str:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.seen.add(key)
+        return super().get(key, default)
+
+
+def test_env_keys_lists_every_variable_from_env_reads() -> None:
+    env = RecordingEnv()
+    Settings.from_env(env)
+    assert env.seen, "from_env read nothing through the mapping it was given"
+    assert env.seen <= set(Settings.ENV_KEYS), f"read but not in ENV_KEYS: {env.seen - set(Settings.ENV_KEYS)}"
+
+
+def test_from_env_reads_no_hmm_keys_itself() -> None:
+    env = RecordingEnv()
+    Settings.from_env(env)
+    assert not env.seen & set(HMM_KEYS)
+
+
+# --- parse_strategy_config --------------------------------------------------------------------------------
+
+
+def test_shipped_config_parses() -> None:
+    cfg = load_strategy_config(CONFIG_PATH, env={})
+    assert len(cfg.universe) == 8
+    assert cfg.vol_regimes_present is True
+    assert cfg.per_trade_nav_pct == 0.02
+    assert cfg.max_per_trade_nav_pct == 0.022
+    assert cfg.sizing_multipliers["CORE"] == {"low": 1.15, "normal": 1.0, "high": 0.75, "crisis": 0.5}
+    assert cfg.hybrid_modifiers["default"]["crisis"] == {"carry": 0.4, "expectancy": 0.8, "router": 1.1}
+    assert cfg.base_weights == {"trend": 0.40, "carry": 0.25, "expectancy": 0.20, "router": 0.15}
+    assert cfg.vol.short_window_bars == 168
+    assert cfg.vol.ratio_high == 1.8
+    assert cfg.tier_of(SeriesKey("demo", "PEPE/USD", "1m")) == "ALT-EXT"
+    assert cfg.tier_of(SeriesKey("demo", "NOPE/USD", "1m")) == "CORE"
+
+
+def test_minimal_config_takes_the_defaults() -> None:
+    cfg = parse_strategy_config({"universe": [{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1h"}]}, env={})
+    assert cfg.universe[0].tier == "CORE"
+    assert cfg.vol_regimes_present is False
+    assert cfg.sizing_multipliers == {}
+    assert cfg.hybrid_modifiers == {}
+    assert (cfg.per_trade_nav_pct, cfg.max_per_trade_nav_pct) == (0.02, None)
+    assert cfg.hmm == resolve_hmm_keys({}, {})
+
+
+def test_keys_starting_with_underscore_are_comments() -> None:
+    parse_strategy_config(raw_config(_comment="tuned 2026-02"), env={})
+
+
+@pytest.mark.parametrize("key", ["sizng", "vol_regime", "HMM", "universes"])
+def test_unknown_top_level_key_is_named(key: str) -> None:
+    raises_naming(key, lambda: parse_strategy_config(raw_config(**{key: {}}), env={}))
+
+
+def test_config_must_be_an_object() -> None:
+    raises_naming("(root)", lambda: parse_strategy_config([], env={}))
+
+
+@pytest.mark.parametrize(
+    ("universe", "key"),
+    [
+        (None, "universe"),
+        ([], "universe"),
+        ({"exchange": "kraken"}, "universe"),
+        (["BTC/USD"], "universe[0]"),
+        ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m", "size": 1}], "universe[0].size"),
+        ([{"exchange": "Kraken", "symbol": "BTC/USD", "timeframe": "1m"}], "universe[0].exchange"),
+        ([{"symbol": "BTC/USD", "timeframe": "1m"}], "universe[0].exchange"),
+        ([{"exchange": "kraken", "symbol": 42, "timeframe": "1m"}], "universe[0].symbol"),
+        ([{"exchange": "kraken", "symbol": "BTC USD", "timeframe": "1m"}], "universe[0].symbol"),
+        ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "7m"}], "universe[0].timeframe"),
+        ([{"exchange": "kraken", "symbol": "BTC/USD"}], "universe[0].timeframe"),
+        ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m", "tier": ""}], "universe[0].tier"),
+        ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m", "tier": 1}], "universe[0].tier"),
+    ],
+)
+def test_bad_universe_entry_is_named(universe: Any, key: str) -> None:
+    raises_naming(key, lambda: parse_strategy_config(raw_config(universe=universe), env={}))
+
+
+def test_duplicate_series_is_named() -> None:
+    entry = {"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m", "tier": "CORE"}
+    other = {"exchange": "kraken", "symbol": "ETH/USD", "timeframe": "1m"}
+    err = raises_naming(
+        "universe[2]", lambda: parse_strategy_config(raw_config(universe=[entry, other, {**entry, "tier": "TACTICAL"}]))
+    )
+    assert "duplicate series kraken:BTC/USD:1m" in err.reason
+
+
+def test_same_symbol_on_another_timeframe_is_not_a_duplicate() -> None:
+    entry = {"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m"}
+    cfg = parse_strategy_config(raw_config(universe=[entry, {**entry, "timeframe": "5m"}]), env={})
+    assert len(cfg.series) == 2
+
+
+def with_vol_block(**changes: Any) -> dict[str, Any]:
+    raw = raw_config()
+    raw["vol_regimes"].update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("sizing", "key"),
+    [
+        ({"CORE": {"extreme": 1.0}}, "vol_regimes.sizing_multipliers.CORE.extreme"),
+        ({"SATELLITE": {"Crisis": 0.4}}, "vol_regimes.sizing_multipliers.SATELLITE.Crisis"),
+        ({"CORE": {"low": -0.5}}, "vol_regimes.sizing_multipliers.CORE.low"),
+        ({"CORE": {"low": "1.1x"}}, "vol_regimes.sizing_multipliers.CORE.low"),
+        ({"CORE": {"low": True}}, "vol_regimes.sizing_multipliers.CORE.low"),
+        ({"CORE": [1.15, 1.0, 0.75, 0.5]}, "vol_regimes.sizing_multipliers.CORE"),
+        ([1.0], "vol_regimes.sizing_multipliers"),
+    ],
+)
+def test_bad_sizing_multiplier_is_named(sizing: Any, key: str) -> None:
+    raises_naming(key, lambda: parse_strategy_config(with_vol_block(sizing_multipliers=sizing), env={}))
+
+
+@pytest.mark.parametrize(
+    ("mods", "key"),
+    [
+        ({"default": {"panic": {"carry": 0.4}}}, "vol_regimes.hybrid_weight_modifiers.default.panic"),
+        ({"default": {"crisis": {"funding": 0.4}}}, "vol_regimes.hybrid_weight_modifiers.default.crisis.funding"),
+        ({"default": {"crisis": {"carry": -1}}}, "vol_regimes.hybrid_weight_modifiers.default.crisis.carry"),
+        ({"default": {"crisis": 0.4}}, "vol_regimes.hybrid_weight_modifiers.default.crisis"),
+        ({"default": 1}, "vol_regimes.hybrid_weight_modifiers.default"),
+    ],
+)
+def test_bad_hybrid_modifier_is_named(mods: Any, key: str) -> None:
+    raises_naming(key, lambda: parse_strategy_config(with_vol_block(hybrid_weight_modifiers=mods), env={}))
+
+
+@pytest.mark.parametrize(
+    ("weights", "key"),
+    [
+        ({"trend": -0.1}, "hybrid.base_weights.trend"),
+        ({"carry": 1.5}, "hybrid.base_weights.carry"),
+        ({"router": "0.15"}, None),  # a numeric string is a number
+        ({"router": "lots"}, "hybrid.base_weights.router"),
+        ({"expectancy": True}, "hybrid.base_weights.expectancy"),
+        ({"momentum": 0.1}, "hybrid.base_weights.momentum"),
+        ({"trend": 0, "carry": 0, "expectancy": 0, "router": 0}, "hybrid.base_weights"),
+        ([0.4, 0.25, 0.2, 0.15], "hybrid.base_weights"),
+    ],
+)
+def test_bad_base_weight_is_named(weights: Any, key: str | None) -> None:
+    raw = raw_config(hybrid={"base_weights": weights})
+    if key is None:
+        assert parse_strategy_config(raw, env={}).base_weights["router"] == 0.15
+    else:
+        raises_naming(key, lambda: parse_strategy_config(raw, env={}))
+
+
+def test_missing_base_weights_take_the_seed_defaults() -> None:
+    cfg = parse_strategy_config(raw_config(hybrid={"base_weights": {"trend": 0.5}}), env={})
+    assert cfg.base_weights == {"trend": 0.5, "carry": 0.25, "expectancy": 0.20, "router": 0.15}
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "key"),
+    [
+        ("sizing", {"per_trade_nav_pct": 1.5}, "sizing.per_trade_nav_pct"),
+        ("sizing", {"per_trade_nav_pct": 0.02, "max_per_trade_nav_pct": -0.1}, "sizing.max_per_trade_nav_pct"),
+        ("trend", {"fast_ema_bars": 48, "slow_ema_bars": 48}, "trend.fast_ema_bars"),
+        ("trend", {"score_scale": 0}, "trend.score_scale"),
+        ("idle_target", {"TREND_IDLE_FLOOR": 0.7, "TREND_IDLE_CEILING": 0.6}, "idle_target.TREND_IDLE_FLOOR"),
+        ("demo", {"bars_per_sec": 0}, "demo.bars_per_sec"),
+        ("exchanges", {"kraken": 5}, "exchanges.kraken"),
+        ("sizing", 0.02, "sizing"),
+        ("vol_regimes", [], "vol_regimes"),
+    ],
+)
+def test_other_bad_sections_are_named(section: str, value: Any, key: str) -> None:
+    raises_naming(key, lambda: parse_strategy_config(raw_config(**{section: value}), env={}))
+
+
+def test_bad_vol_defaults_are_named() -> None:
+    raw = raw_config()
+    raw["vol_regimes"]["defaults"]["ratio_low_high"]["high"] = 1.0  # below normal
+    raises_naming("vol_regimes.defaults.ratio_low_high.high", lambda: parse_strategy_config(raw, env={}))
+
+
+def test_load_strategy_config_names_the_file_setting(tmp_path: Path) -> None:
+    raises_naming("STRATEGY_CONFIG", lambda: load_strategy_config(tmp_path / "missing.json", env={}))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    raises_naming("STRATEGY_CONFIG", lambda: load_strategy_config(bad, env={}))
+
+
+# --- HMM keys (seed 003 §7) ---------------------------------------------------------------------------------
+
+
+def test_hmm_keys_are_exactly_the_seed_table() -> None:
+    assert list(HMM_KEYS) == list(SEED_HMM_TABLE)
+
+
+@pytest.mark.parametrize("key", list(SEED_HMM_TABLE))
+def test_hmm_default_equals_the_seed_table(key: str) -> None:
+    expected = DEVIATIONS.get(key, SEED_HMM_TABLE[key])
+    got = resolve_hmm_keys({}, {})[key]
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+def test_inference_window_default_is_the_documented_forward_filter_deviation() -> None:
+    assert resolve_hmm_keys({}, {})["HMM_INFERENCE_WINDOW"] == 0
+    # The seed's 50 (a sliding window of observations) stays available as a setting.
+    assert resolve_hmm_keys({"HMM_INFERENCE_WINDOW": 50}, {})["HMM_INFERENCE_WINDOW"] == 50
+
+
+def test_detector_defaults_agree_with_the_config_defaults() -> None:
+    defaults = resolve_hmm_keys({}, {})
+    for key, value in HMM_DEFAULTS.items():
+        assert defaults[key] == value, key
+
+
+ENV_SPELLINGS: dict[str, tuple[str, Any]] = {
+    "HMM_ENABLED": ("true", True),
+    "HMM_OHLCV_ENABLED": ("0", False),
+    "HMM_OHLCV_INTERVAL_MIN": ("5", 5),
+    "HMM_OHLCV_SYNC_INTERVAL_SEC": ("30", 30.0),
+    "HMM_OHLCV_RETENTION_DAYS": ("7", 7),
+    "HMM_OHLCV_BACKFILL_ON_STARTUP": ("no", False),
+    "HMM_OHLCV_BACKFILL_MAX_PAGES": ("3", 3),
+    "HMM_TRAINING_CANDLES": ("3000", 3000),
+    "HMM_RECENT_CANDLES": ("50", 50),
+    "HMM_READINESS_CACHE_SEC": ("0", 0.0),
+    "HMM_N_STATES": ("4", 4),
+    "HMM_N_ITER": ("20", 20),
+    "HMM_COVARIANCE_TYPE": ("full", "full"),
+    "HMM_INFERENCE_WINDOW": ("50", 50),
+    "HMM_CONFIDENCE_THRESHOLD": ("0.3", 0.3),
+    "HMM_RETRAIN_INTERVAL_SEC": ("3600", 3600.0),
+    "HMM_MIN_TRAIN_SAMPLES": ("200", 200),
+    "HMM_BIAS_GAIN": ("2.5", 2.5),
+    "HMM_BLEND_WITH_TREND": ("1.0", 1.0),
+}
+
+
+def test_every_hmm_key_can_be_set_from_the_environment() -> None:
+    assert set(ENV_SPELLINGS) == set(HMM_KEYS)
+    got = resolve_hmm_keys({}, {k: raw for k, (raw, _) in ENV_SPELLINGS.items()})
+    assert got == {k: value for k, (_, value) in ENV_SPELLINGS.items()}
+
+
+def test_environment_overrides_file_overrides_default() -> None:
+    file = {"HMM_N_ITER": 50, "HMM_BLEND_WITH_TREND": 0.7, "HMM_ENABLED": True}
+    env = {"HMM_N_ITER": "70"}
+    got = resolve_hmm_keys(file, env)
+    assert got["HMM_N_ITER"] == 70  # env beats file
+    assert got["HMM_BLEND_WITH_TREND"] == 0.7  # file beats default
+    assert got["HMM_ENABLED"] is True
+    assert got["HMM_N_STATES"] == 3  # default
+
+
+def test_strategy_config_resolves_hmm_keys_with_the_environment() -> None:
+    cfg = parse_strategy_config(raw_config(), env={"HMM_BLEND_WITH_TREND": "1.0", "HMM_ENABLED": "false"})
+    assert cfg.hmm["HMM_BLEND_WITH_TREND"] == 1.0
+    assert cfg.hmm["HMM_ENABLED"] is False
+    assert cfg.hmm["HMM_TRAINING_CANDLES"] == SHIPPED["hmm"]["HMM_TRAINING_CANDLES"]
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("HMM_ENABLED", "perhaps"),
+        ("HMM_N_STATES", "1"),
+        ("HMM_N_STATES", "three"),
+        ("HMM_N_ITER", "0"),
+        ("HMM_COVARIANCE_TYPE", "DIAG"),
+        ("HMM_CONFIDENCE_THRESHOLD", "1.5"),
+        ("HMM_BLEND_WITH_TREND", "-0.1"),
+        ("HMM_OHLCV_SYNC_INTERVAL_SEC", "0"),
+        ("HMM_RETRAIN_INTERVAL_SEC", "nan"),
+        ("HMM_INFERENCE_WINDOW", "-1"),
+    ],
+)
+def test_bad_hmm_env_value_names_the_key(key: str, raw: str) -> None:
+    raises_naming(key, lambda: resolve_hmm_keys({}, {key: raw}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("HMM_N_STATES", 1),
+        ("HMM_N_STATES", 3.0),
+        ("HMM_N_STATES", True),
+        ("HMM_ENABLED", 1),
+        ("HMM_BIAS_GAIN", False),
+        ("HMM_BLEND_WITH_TREND", 2),
+        ("HMM_COVARIANCE_TYPE", None),
+    ],
+)
+def test_bad_hmm_file_value_names_the_key_in_its_section(key: str, value: Any) -> None:
+    raises_naming(f"hmm.{key}", lambda: resolve_hmm_keys({key: value}, {}))
+
+
+def test_unknown_hmm_file_key_is_named() -> None:
+    raises_naming("hmm.HMM_N_STATE", lambda: resolve_hmm_keys({"HMM_N_STATE": 3}, {}))
+
+
+def test_min_train_samples_cannot_exceed_training_candles() -> None:
+    raises_naming(
+        "HMM_MIN_TRAIN_SAMPLES",
+        lambda: resolve_hmm_keys({"HMM_TRAINING_CANDLES": 400}, {"HMM_MIN_TRAIN_SAMPLES": "500"}),
+    )
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    assert resolve_hmm_keys({}, {"HMM": "x", "hmm_enabled": "maybe", "PATH": "/bin"}) == resolve_hmm_keys({}, {})
