@@ -121,19 +121,26 @@ class Stack:
         self._running: dict[str, tuple[asyncio.Event, asyncio.Task[int]]] = {}
 
     async def start(
-        self, service: str, config: StrategyConfig | None = None, build: Build | None = None, **settings: Any
+        self,
+        service: str,
+        config: StrategyConfig | None = None,
+        build: Build | None = None,
+        instance: str | None = None,
+        **settings: Any,
     ) -> None:
+        """Start ``service``; ``instance`` names a second copy of it (a replica), stopped by that name."""
         build = build or importlib.import_module(f"services.{service}.__main__").build
         stop = asyncio.Event()
         s = Settings(**{**self._settings_kw(), **settings})
         task = asyncio.create_task(serve(service, build, s, config or self.config, stop, handle_signals=False))
-        self._running[service] = (stop, task)
-        # Started = its consumer exists (or it died trying, which the test should see).
-        await eventually(lambda: self._started(service, task), timeout=20)
+        self._running[instance or service] = (stop, task)
+        # Started = its heartbeat is in (or it died trying, which the test should see).
+        health_key = f"{service}.{s.replica + 1}of{s.replicas}"
+        await eventually(lambda: self._started(health_key, task), timeout=20)
         if task.done():
             task.result()
 
-    async def _started(self, service: str, task: asyncio.Task[int]) -> bool:
+    async def _started(self, health_key: str, task: asyncio.Task[int]) -> bool:
         if task.done():
             return True
         health = self.names.bucket("health")
@@ -142,7 +149,7 @@ class Stack:
             keys = await kv.keys()
         except Exception:
             return False
-        return any(k.startswith(f"{service}.") for k in keys)
+        return health_key in keys
 
     async def stop(self, service: str) -> int:
         stop, task = self._running.pop(service)
