@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -44,8 +43,8 @@ async def test_service_trains_from_history_and_resumes_without_retraining(make_s
     st = await make_stack(small_config([("HMM/USD", "CORE")], hmm=HMM_FAST))
     verdicts = Verdicts()
     await st.nc.subscribe(st.names.hmm_all, cb=verdicts.on_msg)
-    candles = demo_candles(520)
-    history, live, after_restart = candles[:440], candles[440:480], candles[480:]
+    candles = demo_candles(1000)
+    history = candles[:440]
     await st.publish(history)  # already in the stream when the service first starts
     for service in ("hmm_regime", "vol_regime", "screener", "state_publisher", "dashboard_api"):
         await st.start(service)
@@ -56,11 +55,10 @@ async def test_service_trains_from_history_and_resumes_without_retraining(make_s
     assert early.regime == "RANGING"
     assert early.bias_signal == 0.0
 
-    # The model trained on the history is adopted at the next candle.
-    for candle in live:
-        await st.publish([candle])
-        if await _trained(verdicts, candle.ts):
-            break
+    # The model trained on the history is adopted at the next candle: feed candles until one is trained.
+    fed = await feed_until(st, verdicts, candles[440:], lambda: any(e.trained for e in verdicts.events))
+    live, after_restart = candles[440 : 440 + fed + 10], candles[440 + fed + 10 : 440 + fed + 30]
+    await st.publish(live[fed:])
     trained = [e for e in verdicts.events if e.trained]
     assert trained, "no trained verdict after the history was consumed"
     first = trained[0]
@@ -69,7 +67,6 @@ async def test_service_trains_from_history_and_resumes_without_retraining(make_s
     assert 0.0 <= first.confidence <= 1.0
     trained_at = first.trained_at
     assert trained_at is not None
-    await st.publish([c for c in live if c.ts > first.ts])
     await eventually(lambda: _seen(verdicts, live[-1].ts))
 
     assert await st.stop("hmm_regime") == 0
@@ -103,9 +100,33 @@ async def _seen(verdicts: Verdicts, ts: int) -> bool:
     return any(e.ts == ts for e in verdicts.events)
 
 
-async def _trained(verdicts: Verdicts, ts: int) -> bool:
-    for _ in range(50):
-        if _seen_now := [e for e in verdicts.events if e.ts == ts]:
-            return _seen_now[0].trained
-        await asyncio.sleep(0.1)
-    return False
+async def feed_until(st: Any, verdicts: Verdicts, candles: list[Candle], done: Any) -> int:
+    """Publish candles one verdict at a time until ``done()``; returns how many were fed."""
+    for n, candle in enumerate(candles, start=1):
+        await st.publish([candle])
+        await eventually(lambda ts=candle.ts: _seen(verdicts, ts), interval=0.02)
+        if done():
+            return n
+    raise AssertionError(f"condition not met after {len(candles)} candles")
+
+
+async def test_retraining_leaves_no_gap_in_the_verdicts(make_stack: StackFactory) -> None:
+    hmm = {**HMM_FAST, "HMM_RETRAIN_INTERVAL_SEC": 1.0}
+    st = await make_stack(small_config([("HMM/USD", "CORE")], hmm=hmm))
+    verdicts = Verdicts()
+    await st.nc.subscribe(st.names.hmm_all, cb=verdicts.on_msg)
+    candles = demo_candles(1400)
+    await st.publish(candles[:440])
+    await st.start("hmm_regime")
+    await eventually(lambda: _seen(verdicts, candles[439].ts), timeout=30)
+    # Candles keep coming, one verdict at a time, while the model retrains every second in the
+    # background; a retrained model is adopted at the series' next candle.
+    await feed_until(
+        st, verdicts, candles[440:], lambda: len({e.trained_at for e in verdicts.events if e.trained}) >= 2
+    )
+    sent = [c.ts for c in candles if c.ts <= max(e.ts for e in verdicts.events)]
+    await eventually(lambda: _seen(verdicts, sent[-1]))
+    assert [e.ts for e in verdicts.events] == sent  # one verdict per candle, none skipped, in order
+    trained = [e for e in verdicts.events if e.trained]
+    assert trained
+    assert all(e.trained for e in verdicts.events[verdicts.events.index(trained[0]) :])
