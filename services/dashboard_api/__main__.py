@@ -40,7 +40,7 @@ async def build(rt: Runtime) -> list[Any]:
     _check_port(rt.settings.api_host, rt.settings.api_port)
     redis = aioredis.from_url(rt.settings.redis_url, decode_responses=True)
     rt.stack.push_async_callback(redis.aclose)
-    app = create_app(rt.settings, rt.config, redis, rt.nc, rt.metrics)
+    app = create_app(rt.settings, rt.config, redis, rt.nc, rt.metrics, shutdown=rt.stop)
     server = _Server(
         uvicorn.Config(
             app, host=rt.settings.api_host, port=rt.settings.api_port, log_config=None,

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from services.dashboard_api.models import (
     BackfillRequest,
     BackfillResponse,
+    ConfigView,
     Problem,
     Readiness,
     SeriesStatus,
@@ -47,6 +48,7 @@ from shared.telemetry import Metrics
 
 STATIC = Path(__file__).resolve().parent / "static"
 SSE_KEEPALIVE_SEC = 15.0
+SSE_POLL_SEC = 1.0
 
 
 @dataclass
@@ -82,8 +84,9 @@ def create_app(
     redis: aioredis.Redis,
     nc: NATS,
     metrics: Metrics,
-    extra_routes: Callable[[FastAPI], None] | None = None,
+    shutdown: asyncio.Event | None = None,
 ) -> FastAPI:
+    """The app over ready-made clients; ``shutdown`` set ends open event streams so the server can stop."""
     keys = RedisKeys(settings.names)
     names = settings.names
     readiness_cache = _ReadinessCache(float(config.hmm["HMM_READINESS_CACHE_SEC"]))
@@ -167,6 +170,32 @@ def create_app(
         raw = await redis.get(keys.summary)
         return json.loads(raw) if raw else _empty_summary()
 
+    @app.get("/api/config", response_model=ConfigView, tags=["status"])
+    async def strategy_config() -> dict[str, Any]:
+        """The strategy config in force (read-only): what the decisions were computed with."""
+        return {
+            "universe": [{"series": s.key.id, "tier": s.tier} for s in config.universe],
+            "per_trade_nav_pct": config.per_trade_nav_pct,
+            "max_per_trade_nav_pct": config.max_per_trade_nav_pct,
+            "base_weights": dict(config.base_weights),
+            "sizing_multipliers": {t: dict(r) for t, r in config.sizing_multipliers.items()},
+            "hybrid_weight_modifiers": {
+                scope: {label: dict(m) for label, m in per.items()} for scope, per in config.hybrid_modifiers.items()
+            },
+            "vol_thresholds": {
+                "low": config.vol.ratio_low,
+                "normal": config.vol.ratio_normal,
+                "high": config.vol.ratio_high,
+            },
+            "idle_target": {
+                "base_target": config.idle.base_target,
+                "sensitivity": config.idle.sensitivity,
+                "floor": config.idle.floor,
+                "ceiling": config.idle.ceiling,
+            },
+            "hmm": dict(config.hmm),
+        }
+
     @app.get("/api/tuning", tags=["regimes"])
     async def tuning() -> list[dict[str, Any]]:
         """Seed 003 §4: per series, flips per day, dwell per regime, mean forward return per regime."""
@@ -243,12 +272,18 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             try:
                 yield "retry: 2000\nevent: hello\ndata: {}\n\n"
-                while not await request.is_disconnected():
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SSE_KEEPALIVE_SEC)
-                    if msg is None:
-                        yield ": keepalive\n\n"
-                    else:
+                quiet = 0.0
+                # Short waits, so a stopping server or a gone client ends the stream within a second.
+                while not (shutdown is not None and shutdown.is_set()) and not await request.is_disconnected():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SSE_POLL_SEC)
+                    if msg is not None:
+                        quiet = 0.0
                         yield f"event: change\ndata: {msg['data']}\n\n"
+                        continue
+                    quiet += SSE_POLL_SEC
+                    if quiet >= SSE_KEEPALIVE_SEC:
+                        quiet = 0.0
+                        yield ": keepalive\n\n"
             except (RedisError, asyncio.CancelledError):
                 # Redis went away or the server is stopping: end the stream, the browser reconnects.
                 return
@@ -293,9 +328,6 @@ def create_app(
     @app.exception_handler(RedisConnectionError)
     async def redis_down(_request: Request, exc: RedisConnectionError) -> JSONResponse:
         return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
-
-    if extra_routes is not None:
-        extra_routes(app)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

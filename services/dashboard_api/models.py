@@ -226,3 +226,17 @@ class BackfillResponse(BaseModel):
     ok: bool
     results: list[BackfillResult]
     error: str | None = None
+
+
+class ConfigView(BaseModel):
+    """The strategy config in force, as the screener applies it."""
+
+    universe: list[dict[str, str]]
+    per_trade_nav_pct: float
+    max_per_trade_nav_pct: float | None
+    base_weights: dict[str, float]
+    sizing_multipliers: dict[str, dict[str, float]]
+    hybrid_weight_modifiers: dict[str, dict[str, dict[str, float]]]
+    vol_thresholds: dict[str, float]
+    idle_target: dict[str, float]
+    hmm: dict[str, Any]

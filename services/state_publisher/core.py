@@ -125,31 +125,47 @@ def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Updat
     snap["screener"] = {
         k: plain[k]
         for k in (
-            "ts", "tier", "sizing_multiplier", "base_per_trade_nav_pct", "effective_per_trade_nav_pct", "capped",
-            "weights", "scores", "defaulted", "hybrid_score", "trend_score", "hmm_bias", "hmm_confidence",
-            "blend_factor", "dynamic_idle_target", "grid_bias",
+            "ts",
+            "tier",
+            "sizing_multiplier",
+            "base_per_trade_nav_pct",
+            "effective_per_trade_nav_pct",
+            "capped",
+            "weights",
+            "scores",
+            "defaulted",
+            "hybrid_score",
+            "trend_score",
+            "hmm_bias",
+            "hmm_confidence",
+            "blend_factor",
+            "dynamic_idle_target",
+            "grid_bias",
         )
     }
     snap["tier"] = d.tier
     snap["updated_at"] = now
     snap["vol_tuning"] = RegimeStats.load(snap["vol_tuning"], VOL_LABELS).add(d.ts, d.vol_regime, d.close).dump()
-    if d.hmm_regime is not None:
-        snap["hmm_tuning"] = RegimeStats.load(snap["hmm_tuning"], HMM_LABELS).add(d.ts, d.hmm_regime, d.close).dump()
+    # The HMM verdict of this bar counts only once a model is trained: before that, RANGING is a placeholder.
+    # (Its event precedes the decision in the stream, since the screener waited for it.)
+    hmm = snap["hmm_regime"]
+    verdict = hmm if d.hmm_regime is not None and hmm is not None and hmm["ts"] == d.ts and hmm["trained"] else None
+    if verdict is not None:
+        snap["hmm_tuning"] = (
+            RegimeStats.load(snap["hmm_tuning"], HMM_LABELS).add(d.ts, verdict["regime"], d.close).dump()
+        )
+    p = verdict["probabilities"] if verdict is not None else None
     point = {
         "ts": d.ts,
         "close": d.close,
         "vol": d.vol_regime,
         "ratio": d.vol_ratio,
-        "hmm": d.hmm_regime,
-        "p": None,
+        "hmm": verdict["regime"] if verdict is not None else None,
+        "p": [p["bearish"], p["ranging"], p["bullish"]] if p is not None else None,
         "nav": d.effective_per_trade_nav_pct,
         "idle": d.dynamic_idle_target,
         "score": d.hybrid_score,
     }
-    hmm = snap["hmm_regime"]
-    if d.hmm_regime is not None and hmm is not None and hmm["ts"] == d.ts:
-        p = hmm["probabilities"]
-        point["p"] = [p["bearish"], p["ranging"], p["bullish"]]
     return Update(history=[point], kinds={"screener"})
 
 

@@ -279,6 +279,24 @@ async def test_a_new_candle_that_changes_the_regime_updates_the_page_without_rel
         dash.assert_console_clean()
 
 
+async def test_an_idle_page_sends_no_requests_while_its_clock_moves_on(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    k = key("IDL/USD")
+    st = await dashboard_stack(make_stack, [("IDL/USD", "CORE")])
+    await publish_events(st, events_for(st.config, {k: stretch(5, "normal")}))
+    dash = await open_dashboard(st)
+    fresh = dash.cell(k, "fresh")
+    await expect(fresh).not_to_have_text("—")
+    await expect(dash.page.get_by_test_id("live-status")).to_have_attribute("data-state", "live")
+    sent: list[str] = []
+    dash.page.on("request", lambda request: sent.append(request.url))
+    for _ in range(2):  # two ticks of the page's own clock
+        await expect(fresh).not_to_have_text(await fresh.inner_text())
+    assert sent == [], f"nothing changed, so nothing may be fetched: {sent}"
+    dash.assert_console_clean()
+
+
 async def test_page_recovers_by_itself_after_the_api_restarts(
     make_stack: StackFactory, open_dashboard: OpenDashboard
 ) -> None:
@@ -302,8 +320,11 @@ async def test_page_recovers_by_itself_after_the_api_restarts(
     await publish_events(st, [vol_event(k, snap["vol"]["ts"] + 60_000, "crisis", 101.0, prev="normal")])
     await expect(badge).to_have_text("C")
     assert await dash.never_reloaded()
-    # While the API was down the browser logged its failed reconnects; nothing else may appear.
-    dash.assert_console_clean(expected=lambda text: "ERR_CONNECTION_REFUSED" in text or "api/stream" in text)
+    # While the API was down the browser logged its failed reconnects (and the page a refresh that
+    # could not reach the API, if one was due); nothing else may appear.
+    dash.assert_console_clean(
+        expected=lambda text: bool(re.search(r"ERR_CONNECTION_REFUSED|api/stream|refresh failed", text))
+    )
 
 
 # --------------------------------------------------------------------------- missing data
@@ -521,8 +542,8 @@ async def test_organism_follows_regime_confidence_and_bias_and_morphs_smoothly(
     )
     await publish_events(st, [hmm_event(bull, start + 30 * 60_000, [0.9, 0.08, 0.02], count=31)])
     await expect(org[bull]).to_have_attribute("data-regime", "BEARISH")
-    await dash.page.wait_for_function("() => window.__bullShare.at(-1) < 5")
+    await dash.page.wait_for_function("() => window.__bullShare.at(-1) < 12")
     shares = await dash.page.evaluate("window.__bullShare")
-    between = {round(s) for s in shares if 15 < s < 60}
+    between = {round(s) for s in shares if 20 < s < 70}
     assert len(between) >= 5, f"the body should morph through the way, not cut: {sorted(set(map(round, shares)))}"
     dash.assert_console_clean()

@@ -7,6 +7,7 @@ transitions only on change, and every ``apply_*`` is idempotent by ts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any
 
@@ -504,7 +505,9 @@ def test_regime_stats_resume_identically_after_dump_and_load() -> None:
 def test_decisions_feed_the_tuning_stats() -> None:
     snap = fresh()
     for i, (label, close) in enumerate(SEQUENCE):
-        apply_decision(snap, decision(T0 + i * H4, label, "BULLISH" if i < 3 else "BEARISH", close=close), NOW)
+        regime = "BULLISH" if i < 3 else "BEARISH"
+        apply_hmm(snap, dataclasses.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
+        apply_decision(snap, decision(T0 + i * H4, label, regime, close=close), NOW)
     assert {k: v for k, v in snap["vol_tuning"].items() if k != "_acc"} == {
         k: v for k, v in stats_of(SEQUENCE).dump().items() if k != "_acc"
     }
@@ -517,3 +520,19 @@ def test_decisions_without_hmm_leave_hmm_tuning_empty() -> None:
     apply_decision(snap, decision(ts(0), "normal", None), NOW)
     assert snap["hmm_tuning"] is None
     assert snap["vol_tuning"]["bars"]["normal"] == 1
+
+
+def test_untrained_hmm_verdicts_stay_out_of_tuning_and_history() -> None:
+    snap = fresh()
+    apply_hmm(snap, hmm_event(0, regime="RANGING", trained=False), 0.5, NOW)
+    update = apply_decision(snap, decision(ts(0), "normal", "RANGING"), NOW)
+    assert update is not None
+    assert snap["hmm_tuning"] is None
+    (point,) = update.history
+    assert point["hmm"] is None
+    assert point["p"] is None
+    apply_hmm(snap, hmm_event(1, regime="BULLISH", trained=True), 0.5, NOW)
+    update = apply_decision(snap, decision(ts(1), "normal", "BULLISH"), NOW)
+    assert update is not None
+    assert update.history[0]["hmm"] == "BULLISH"
+    assert snap["hmm_tuning"]["bars"]["BULLISH"] == 1

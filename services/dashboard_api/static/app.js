@@ -7,13 +7,15 @@
 import { bindCursor, priceChart, probChart, ratioChart, scoreChart } from "./charts.js";
 import {
   COMPONENTS, HMM_LABELS, HMM_SHORT, NA, TIERS, VOL_LABELS, VOL_LETTER,
-  decodeSymbol, encodeSymbol, esc, fmtAge, fmtBp, fmtClock, fmtDateTime, fmtMult, fmtNum, fmtPct,
+  decodeSymbol, encodeSymbol, esc, fmtAge, fmtBp, fmtDateTime, fmtMult, fmtNum, fmtPct,
   fmtPrice, fmtSigned, fmtVol, freshnessLimitOf, freshnessOf, isNum, na, titleCase,
 } from "./format.js";
 import { Organism, marketParams, paramsOf, wake } from "./organism.js";
 
-const DEBOUNCE_MS = 150;
-const MAX_WAIT_MS = 700;
+const DEBOUNCE_MS = 150; // a burst of change events becomes one refetch...
+const MAX_WAIT_MS = 900; // ...at most this late after its first event...
+const MIN_GAP_MS = 700; // ...and never sooner than this after the previous refetch began
+
 const HISTORY = 600;
 
 const S = {
@@ -24,6 +26,7 @@ const S = {
   detailKey: null,
   detailError: null,
   status: null,
+  config: null,
   route: parseRoute(),
   shown: null, // the route whose skeleton is on screen
   sort: restore("sort", { key: "symbol", dir: 1 }),
@@ -100,19 +103,24 @@ async function api(path) {
 
 let timer = null;
 let firstPending = 0;
+let lastRefresh = -Infinity;
 let pendingAll = false;
 const pendingSeries = new Set();
 let running = false;
 let again = false;
+let urgentPending = false;
 
-/** Ask for a refetch; bursts of change events collapse into one (at most MAX_WAIT_MS late). */
-function schedule(series, all = false) {
+/** Ask for a refetch; bursts of change events collapse into one. ``urgent`` (navigation, a fresh
+ * connection) goes at once. */
+function schedule(series, all = false, urgent = false) {
   if (all) pendingAll = true;
   for (const id of series || []) pendingSeries.add(id);
   const now = performance.now();
+  if (urgent) urgentPending = true;
   if (timer === null) firstPending = now;
   else clearTimeout(timer);
-  timer = setTimeout(flush, Math.max(0, Math.min(DEBOUNCE_MS, firstPending + MAX_WAIT_MS - now)));
+  const settle = Math.min(DEBOUNCE_MS, firstPending + MAX_WAIT_MS - now);
+  timer = setTimeout(flush, urgentPending ? 0 : Math.max(0, settle, lastRefresh + MIN_GAP_MS - now));
 }
 
 async function flush() {
@@ -122,6 +130,8 @@ async function flush() {
     return;
   }
   running = true;
+  urgentPending = false;
+  lastRefresh = performance.now();
   const all = pendingAll;
   const changed = new Set(pendingSeries);
   pendingAll = false;
@@ -132,7 +142,7 @@ async function flush() {
     running = false;
     if (again) {
       again = false;
-      flush();
+      schedule(null);
     }
   }
 }
@@ -176,6 +186,7 @@ async function loadDetail() {
 
 async function loadStatus() {
   try {
+    if (!S.config) S.config = await api("/api/config");
     S.status = await api("/api/status");
   } catch (err) {
     if (!err.status) throw err;
@@ -197,7 +208,7 @@ function connect() {
   });
   source.addEventListener("hello", () => {
     setLive("live");
-    schedule(null, true);
+    schedule(null, true, true);
   });
   source.addEventListener("change", (ev) => {
     let notice = null;
@@ -241,7 +252,7 @@ function organismFor(id) {
 
 function placeOrganism(slot, org, params, label) {
   if (!slot) return;
-  org.set(params, label);
+  if (S.loaded) org.set(params, label); // before the first fetch there is nothing to show, not "no verdict"
   if (org.svg.parentNode !== slot) slot.replaceChildren(org.svg);
   wake();
 }
@@ -623,7 +634,12 @@ function renderMarket() {
     return;
   }
   const [pb, pr, pu] = params.probs;
-  read.innerHTML = `<div class="big-state h-text-${params.regime}" data-testid="market-state">${titleCase(params.regime)}</div>
+  // Under the detector's confidence threshold the market has no clear regime, only a lean.
+  const clear = params.confidence >= 0.15;
+  const state = clear
+    ? `<div class="big-state h-text-${params.regime}" data-testid="market-state">${titleCase(params.regime)}</div>`
+    : `<div class="big-state" data-testid="market-state">Mixed <span class="lean h-text-${params.regime}">leaning ${params.regime.toLowerCase()}</span></div>`;
+  read.innerHTML = `${state}
     ${kv("Bullish", fmtPct(pu, 0))}${kv("Ranging", fmtPct(pr, 0))}${kv("Bearish", fmtPct(pb, 0))}
     ${kv("Confidence", fmtPct(params.confidence, 0))}${kv("Mean bias", biasArrow(params.bias))}`;
 }
@@ -639,25 +655,30 @@ function renderSymbol() {
       <div class="card empty">${S.detailError ? `Cannot show this series: ${esc(S.detailError)}` : "Loading…"}</div>`;
     return;
   }
+  // Other series' changes leave this view alone (and the chart cursor where it is).
+  if (root._detail === S.detail && root._bands === S.bands) return;
+  root._detail = S.detail;
+  root._bands = S.bands;
   const { snapshot: s, history, transitions, thresholds } = S.detail;
   const live = S.byId.get(s.series);
   const snap = live && (live.updated_at ?? 0) > (s.updated_at ?? 0) ? live : s;
   const { h, ok } = hmmView(snap);
   const sc = snap.screener;
   const vol = snap.vol;
-  const pipe = snap.hmm_data_pipeline;
   const now = Date.now();
 
   const head = `<div class="sym-head">
-      <a class="back" href="#/">\u2190 Overview</a>
+      <a class="back" href="#/" aria-label="Back to the overview">\u2190<span class="back-text"> Overview</span></a>
       <h1 data-testid="symbol-title">${esc(snap.symbol)}</h1>
       <span class="sub">${esc(snap.exchange)} · ${esc(snap.timeframe)}</span>
       ${snap.tier ? `<span class="tier">${esc(snap.tier)}</span>` : ""}
       <span data-testid="symbol-vol">${volBadge(snap.vol_regime, vol, { big: true })}</span>
       <span data-testid="symbol-hmm">${hmmChip(h)}</span>
       <span class="spacer"></span>
-      <span class="price" data-testid="symbol-price">${snap.price ? `${fmtPrice(snap.price.close)} <span class="sub">${fmtDateTime(snap.price.ts)}</span>` : na()}</span>
-      <span data-testid="symbol-fresh">${freshCell(snap, now)}</span>
+      <span class="sym-price">
+        <span class="price" data-testid="symbol-price">${snap.price ? `${fmtPrice(snap.price.close)} <span class="sub">${fmtDateTime(snap.price.ts)}</span>` : na()}</span>
+        <span data-testid="symbol-fresh">${freshCell(snap, now)}</span>
+      </span>
     </div>`;
 
   const seg = (mode, text) => `<button type="button" data-bands="${mode}" aria-pressed="${S.bands === mode}">${text}</button>`;
@@ -721,22 +742,26 @@ function renderSymbol() {
 
   root.innerHTML = `${head}
     <div class="sym-grid">
-      <section class="card charts-card">
-        <div class="card-h"><h2>Price &amp; regime history</h2><span class="muted">${history.length} bars</span>
-          <span class="seg" role="group" aria-label="Bands behind the price">${seg("vol", "Vol bands")}${seg("hmm", "HMM bands")}</span></div>
-        <div id="charts">${charts}</div>
-      </section>
+      <div class="main-col">
+        <section class="card charts-card">
+          <div class="card-h"><h2>Price &amp; regime history</h2><span class="muted">${history.length} bars</span>
+            ${history.length ? `<span class="seg" role="group" aria-label="Bands behind the price">${seg("vol", "Vol bands")}${seg("hmm", "HMM bands")}</span>` : ""}</div>
+          <div id="charts">${charts}</div>
+        </section>
+        <div class="card-row">
+          <div class="card"><div class="card-h"><h2>Sizing</h2></div>${sizing}</div>
+          <div class="card" data-testid="weights-card"><div class="card-h"><h2>Hybrid weights in force</h2></div>${weights}</div>
+          <div class="card"><div class="card-h"><h2>Grid bias &amp; idle target</h2></div>${grid}</div>
+        </div>
+        <section class="card"><div class="card-h"><h2>Transitions</h2><span class="muted">newest first</span></div><div class="table-wrap">${trans}</div></section>
+      </div>
       <aside class="side">
         <div class="card organism-card"><div class="card-h"><h2>HMM regime</h2><span class="muted">${ok ? `${h.observation_count ?? NA} candles since training` : ""}</span></div>
           <div class="org-wrap"><div class="org-slot xl" id="sym-organism" data-testid="symbol-organism"></div></div>${hmmCard}</div>
         <div class="card"><div class="card-h"><h2>Volatility</h2></div>${volCard}</div>
-        <div class="card"><div class="card-h"><h2>Sizing</h2></div>${sizing}</div>
-        <div class="card" data-testid="weights-card"><div class="card-h"><h2>Hybrid weights in force</h2></div>${weights}</div>
-        <div class="card"><div class="card-h"><h2>Grid bias &amp; idle target</h2></div>${grid}</div>
         <div class="card"><div class="card-h"><h2>Data pipeline</h2></div>${pipeCard}</div>
       </aside>
-    </div>
-    <section class="card"><div class="card-h"><h2>Transitions</h2><span class="muted">newest first</span></div><div class="table-wrap">${trans}</div></section>`;
+    </div>`;
   placeOrganism(root.querySelector("#sym-organism"), organismFor(snap.series), params, organismLabel(snap.symbol, params));
   root.querySelectorAll("[data-bands]").forEach((b) => b.addEventListener("click", () => {
     S.bands = b.dataset.bands;
@@ -838,15 +863,20 @@ function renderAdvanced() {
     const ws = byLabel[l].map((s) => s.screener?.weights).filter(Boolean);
     return [l, ws.length ? Object.fromEntries(COMPONENTS.map((c) => [c, mean(ws.map((w) => w[c]).filter(isNum))])) : null];
   }));
+  // Implied modifier: a component's weight relative to trend's, against the same in the normal regime.
+  // It equals the configured modifier when trend and the normal regime carry none (the seed's layout).
   const ref = wMean.normal;
+  const implied = (w, c) => (w && ref && w.trend > 0 && ref.trend > 0 && ref[c] > 0 && isNum(w[c]) ? w[c] / w.trend / (ref[c] / ref.trend) : null);
   const weightRows = VOL_LABELS.map((l) => {
     const w = wMean[l];
     const n = byLabel[l].filter((s) => s.screener?.weights).length;
     const cells = COMPONENTS.map((c) => {
       if (!w || !isNum(w[c])) return `<td class="num">${na()}</td>`;
-      const rel = ref && isNum(ref[c]) && ref[c] > 0 && l !== "normal" ? w[c] / ref[c] : null;
-      const relTxt = rel === null ? "" : ` <span class="rel ${rel > 1.0005 ? "up" : rel < 0.9995 ? "down" : ""}">${fmtMult(rel)}</span>`;
-      return `<td class="num">${fmtPct(w[c], 1)}${relTxt}</td>`;
+      // The configured modifier when the API gives it; otherwise what the weights in force imply.
+      const configured = S.config?.hybrid_weight_modifiers?.default?.[l]?.[c];
+      const m = c === "trend" ? null : S.config ? (isNum(configured) ? configured : 1) : l === "normal" ? null : implied(w, c);
+      const mTxt = m === null ? "" : ` <span class="rel ${m > 1.0005 ? "up" : m < 0.9995 ? "down" : ""}" data-testid="implied-modifier">${fmtMult(m)}</span>`;
+      return `<td class="num">${fmtPct(w[c], 1)}${mTxt}</td>`;
     }).join("");
     const stack = w ? `<div class="wstack slim">${COMPONENTS.map((c) => `<i class="w-${c}" style="width:${isNum(w[c]) ? w[c] * 100 : 0}%"></i>`).join("")}</div>` : na();
     return `<tr data-testid="weights-row" data-regime="${l}"><td>${volBadge(l, null)} ${l}</td><td class="num">${n}</td>${cells}<td class="wcell">${stack}</td></tr>`;
@@ -896,7 +926,7 @@ function renderAdvanced() {
   root.innerHTML = `<div class="adv-grid">
     <section class="card" data-testid="vol-regimes-block"><div class="card-h"><h2>Vol Regimes</h2><span class="muted">${isNum(sum.symbols) ? sum.symbols : NA} symbols</span></div>
       <div class="table-wrap"><table class="grid compact"><thead><tr><th>Regime</th><th class="num">Symbols</th><th class="num">Avg short vol</th><th class="num">Avg long vol</th><th class="num">Avg ratio</th><th class="num">Sizing</th><th>Series</th></tr></thead><tbody>${volRows}</tbody></table></div></section>
-    <section class="card" data-testid="weights-block"><div class="card-h"><h2>Hybrid weights per vol regime</h2><span class="muted">mean weights in force; ×: against normal</span></div>
+    <section class="card" data-testid="weights-block"><div class="card-h"><h2>Hybrid weight modifiers per vol regime</h2><span class="muted" data-tip="Mean weights in force over the series in each regime.\n×: implied modifier = (w / w_trend) ÷ the same in the normal regime; it equals the configured modifier when trend and the normal regime are unmodified.">weights in force · × implied modifier vs normal</span></div>
       <div class="table-wrap"><table class="grid compact"><thead><tr><th>Regime</th><th class="num">n</th>${COMPONENTS.map((c) => `<th class="num"><span class="dot w-${c}"></span>${c}</th>`).join("")}<th></th></tr></thead><tbody>${weightRows}</tbody></table></div></section>
     <section class="card wide" data-testid="tuning-block"><div class="card-h"><h2>HMM tuning</h2><span class="muted">flips, dwell times and forward return per regime (seed 003 §4)</span></div>
       <div class="table-wrap">${tuningTable("hmm_tuning", HMM_LABELS, hmmShort, "hmm-tuning")}</div></section>
@@ -977,7 +1007,7 @@ function onResize() {
 function onRoute() {
   S.route = parseRoute();
   render();
-  schedule(null, true);
+  schedule(null, true, true);
 }
 
 function boot() {
@@ -985,11 +1015,11 @@ function boot() {
   window.addEventListener("hashchange", onRoute);
   window.addEventListener("resize", onResize);
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) schedule(null, true);
+    if (!document.hidden) schedule(null, true, true);
   });
   render();
   connect();
-  schedule(null, true);
+  schedule(null, true, true);
   setInterval(tickClock, 1000);
 }
 

@@ -85,9 +85,9 @@ function cursorAndHit(X, top, bottom, height) {
 
 /** Price line over the regime history: full-height bands of one labelling behind it, ribbons of both below. */
 export function priceChart(points, { width, bands = "vol" }) {
-  const H = 236;
+  const H = 280;
   const top = 8;
-  const bottom = H - 46;
+  const bottom = H - 50;
   const X = xAxis(points.length, width);
   const closes = points.map((p) => p.close).filter(isNum);
   let lo = Math.min(...closes);
@@ -106,8 +106,10 @@ export function priceChart(points, { width, bands = "vol" }) {
     const cls = bands === "hmm" ? `h-${run.label}` : `v-${run.label}`;
     s += `<rect class="band ${cls}" data-testid="band" data-kind="${bands}" data-regime="${esc(run.label)}" x="${x.toFixed(1)}" y="${top}" width="${w.toFixed(1)}" height="${bottom - top}"></rect>`;
   }
-  for (const v of niceTicks(lo, hi, 4)) {
+  const lastClose = points.length ? points[points.length - 1].close : null;
+  for (const v of niceTicks(lo, hi, 5)) {
     s += `<line class="grid" x1="${X.x0}" x2="${X.x1}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}"></line>`;
+    if (isNum(lastClose) && Math.abs(y(v) - y(lastClose)) < 13) continue; // under the last-price tag
     s += `<text class="tick" x="${X.x1 + 6}" y="${(y(v) + 3.5).toFixed(1)}">${fmtPrice(v)}</text>`;
   }
   const line = linePath(points, X, y, (p) => p.close);
@@ -123,7 +125,7 @@ export function priceChart(points, { width, bands = "vol" }) {
     }
   }
   const ribbon = (rs, y0, prefix, name, testid) => {
-    let out = `<text class="rib-label" x="${X.x1 + 6}" y="${y0 + 6}">${name}</text>`;
+    let out = `<text class="rib-label" x="${X.x1 + 6}" y="${y0 + 6.5}">${name}</text>`;
     for (const run of rs) {
       if (!run.label) continue;
       const [x, w] = spanRect(X, run.from, run.to);
@@ -132,9 +134,9 @@ export function priceChart(points, { width, bands = "vol" }) {
     return out;
   };
   s += ribbon(volRuns, bottom + 5, "v", "vol", "vol-ribbon");
-  s += ribbon(hmmRuns, bottom + 14, "h", "hmm", "hmm-ribbon");
+  s += ribbon(hmmRuns, bottom + 16, "h", "hmm", "hmm-ribbon");
   s += timeTicks(points, X, H - 6);
-  s += cursorAndHit(X, top, bottom + 21, H);
+  s += cursorAndHit(X, top, bottom + 23, H);
   return frame(width, H, s);
 }
 

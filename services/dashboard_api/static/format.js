@@ -91,7 +91,7 @@ export function fmtDateTime(ms) {
 export function fmtPrice(v) {
   if (!isNum(v)) return NA;
   const a = Math.abs(v);
-  const digits = a >= 1000 ? 2 : a >= 1 ? 4 : a >= 0.01 ? 5 : 8;
+  const digits = a >= 10 ? 2 : a >= 1 ? 4 : a >= 0.01 ? 5 : 8;
   return v.toLocaleString("en-US", { minimumFractionDigits: Math.min(digits, 2), maximumFractionDigits: digits });
 }
 
@@ -111,7 +111,7 @@ export function decodeSymbol(token) {
 }
 
 export function titleCase(label) {
-  return label ? label.charAt(0) + label.slice(1).toLowerCase() : NA;
+  return label ? label.charAt(0).toUpperCase() + label.slice(1).toLowerCase() : NA;
 }
 
 /** Seconds since the newest candle closed: the pipeline's own figure aged to now, else the last price. */

@@ -12,7 +12,8 @@ const NS = "http://www.w3.org/2000/svg";
 const EASE_SEC = 0.8; // time constant of the morph towards a new verdict
 const FRAME_SEC = 1 / 30;
 const POINTS = 44;
-const R = 26; // base radius in viewBox units (the box is 100 x 100)
+const PARTICLES = 7;
+const R = 24; // base radius in viewBox units (the box is 100 x 100)
 
 // (bearish, ranging, bullish) palettes: core and rim colours, RGB.
 const CORE = [[176, 190, 255], [222, 218, 204], [255, 219, 138]];
@@ -92,6 +93,7 @@ export class Organism {
     this.id = ++uid;
     this.phase = Math.random() * 20;
     this.status = "none";
+    this.placed = false; // the first verdict is shown as it is; later ones are morphed to
     // "vis" is how much of the regime shows (0 for no verdict); all five are eased together.
     this.cur = { p: [1 / 3, 1 / 3, 1 / 3], c: 0, b: 0, vis: 0 };
     this.tgt = { p: [1 / 3, 1 / 3, 1 / 3], c: 0, b: 0, vis: 0 };
@@ -123,6 +125,8 @@ export class Organism {
     this.body = el("path", { fill: `url(#og-g${id})`, filter: `url(#og-f${id})`, class: "og-body" }, this.lean);
     this.edge = el("path", { fill: "none", class: "og-edge" }, this.lean);
     this.nucleus = el("circle", { cx: 50, cy: 50, r: 4, class: "og-nucleus" }, this.lean);
+    // Spores: they rise out of a bullish body, sink out of a bearish one and orbit a ranging one.
+    this.spores = Array.from({ length: PARTICLES }, () => el("circle", { r: 1.4, class: "og-spore" }, this.lean));
     this.svg = svg;
   }
 
@@ -143,7 +147,9 @@ export class Organism {
     ds.confidence = ok ? this.tgt.c.toFixed(3) : "";
     ds.bias = ok ? this.tgt.b.toFixed(3) : "";
     if (label) this.svg.setAttribute("aria-label", label);
-    if (reducedMotion) this.cur = structuredClone(this.tgt);
+    if (reducedMotion || !this.placed) this.cur = structuredClone(this.tgt);
+    this.placed = true;
+    this.draw(performance.now() / 1000);
     wake();
   }
 
@@ -172,7 +178,7 @@ export class Organism {
     for (let j = 0; j < POINTS; j++) {
       const th = (2 * Math.PI * j) / POINTS;
       const up = Math.cos(th); // 1 at the top
-      const bull = 1 + 0.3 * up - 0.05 * Math.cos(2 * th) + 0.07 * Math.sin(3 * th - tt * 2.4) * (0.55 + 0.45 * up);
+      const bull = 1 + 0.36 * up - 0.05 * Math.cos(2 * th) + 0.07 * Math.sin(3 * th - tt * 2.4) * (0.55 + 0.45 * up);
       const bear = 0.88 - 0.17 * up + 0.05 * Math.cos(2 * th) + 0.045 * Math.sin(2 * th + tt * 1.2) * (0.6 - 0.4 * up);
       const range = 1 - 0.07 * Math.cos(2 * th) + 0.025 * Math.sin(4 * th + tt * 0.7);
       let r = (pu * bull + pb * bear + pr * range) * vis + range * calm;
@@ -194,17 +200,34 @@ export class Organism {
     this.halo.setAttribute("opacity", (0.25 + 0.55 * vis * (0.4 + 0.6 * conf)).toFixed(3));
     this.blur.setAttribute("stdDeviation", (0.2 + 5.2 * (1 - conf)).toFixed(2));
     this.edge.setAttribute("stroke", rgb(lerp(core, [255, 255, 255], 0.35)));
-    this.edge.setAttribute("stroke-opacity", (0.9 * Math.pow(conf, 1.4)).toFixed(3));
+    this.edge.setAttribute("stroke-opacity", Math.max(0.9 * Math.pow(conf, 1.4), 0.45 * calm).toFixed(3));
     this.edge.setAttribute("stroke-dasharray", vis < 0.5 ? "2 2.5" : "none");
     this.body.setAttribute("opacity", (0.45 + 0.55 * vis).toFixed(3));
     this.nucleus.setAttribute("r", (2.2 + 5 * conf).toFixed(2));
     this.nucleus.setAttribute("cy", (50 + rise - (pu - pb) * 9 * vis).toFixed(2));
     this.nucleus.setAttribute("fill", rgb(lerp(core, [255, 255, 255], 0.55)));
     this.nucleus.setAttribute("opacity", (0.25 + 0.7 * conf).toFixed(3));
-    // Lean about a point below the body, like a stem bending: +1 bias leans 24 degrees right.
+    // Lean about a point below the body, like a stem bending: +1 bias leans 18 degrees right.
     const sway = reducedMotion ? 0 : 1.5 * Math.sin(tt * 0.9) * (1 - conf);
-    this.lean.setAttribute("transform", `translate(${(b * 5).toFixed(2)} 0) rotate(${(b * 24 + sway).toFixed(2)} 50 82)`);
+    this.lean.setAttribute("transform", `translate(${(b * 3).toFixed(2)} 0) rotate(${(b * 18 + sway).toFixed(2)} 50 82)`);
     this.axis.setAttribute("stroke-opacity", (0.08 + 0.25 * Math.abs(b)).toFixed(3));
+    const flow = (pu - pb) * vis; // > 0 rises, < 0 sinks
+    const a = Math.min(1, Math.abs(flow) * 1.4);
+    const sporeFill = rgb(lerp(core, [255, 255, 255], 0.3));
+    this.spores.forEach((dot, k) => {
+      const u = (((tt * (0.16 + 0.3 * a) + k / PARTICLES) % 1) + 1) % 1;
+      const side = Math.sin(k * 2.39 + tt * 0.6);
+      const fx = 50 + side * (8 + 10 * u);
+      const fy = flow >= 0 ? 46 + rise - u * 44 : 54 + rise + u * 40;
+      const ang = 2 * Math.PI * u + k * 0.9;
+      const ox = 50 + Math.cos(ang) * 36;
+      const oy = 50 + Math.sin(ang) * 36;
+      dot.setAttribute("cx", (ox + (fx - ox) * a).toFixed(2));
+      dot.setAttribute("cy", (oy + (fy - oy) * a).toFixed(2));
+      dot.setAttribute("r", (0.8 + 1.2 * conf * (1 - 0.5 * u)).toFixed(2));
+      dot.setAttribute("fill", sporeFill);
+      dot.setAttribute("opacity", (Math.sin(Math.PI * u) * vis * (0.15 + 0.7 * Math.max(a, pr * 0.6)) * (0.4 + 0.6 * conf)).toFixed(3));
+    });
     let start = 0;
     this.arcs.forEach((arc, i) => {
       const len = Math.max(0, p[i] * 100 * vis - 0.8);
