@@ -1,0 +1,225 @@
+"""Ingest's moving parts: publishing with books, the demo and exchange loops, operator backfill.
+
+``__main__`` wires these to NATS; they take the runtime and the exchange factory as arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgpack
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+
+from services.ohlcv_ingest.demo import DemoClock, DemoMarket
+from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
+from services.ohlcv_ingest.pipeline import SeriesBook
+from shared.bus import kv_bucket, now_ms, read_subject
+from shared.contracts import Candle, ContractError, decode, encode
+from shared.service import Runtime
+from shared.subjects import SeriesKey, timeframe_ms
+
+SERVICE = "ohlcv_ingest"
+TELEMETRY_INTERVAL_SEC = 2.0
+DEMO_BATCH_BARS = 250  # bars per series published before yielding to telemetry and control
+log = logging.getLogger(SERVICE)
+
+ExchangeFactory = Callable[[str, Mapping[str, Any]], Any]
+
+
+class Ingest:
+    """Publishing, books, and the operator's backfill, shared by the source loops."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.hmm = rt.config.hmm
+        self.books: dict[SeriesKey, SeriesBook] = {}
+        self.sources: dict[SeriesKey, ExchangeSource] = {}
+
+    def book(self, key: SeriesKey, source: str = "replay", sync: float = 0.0) -> SeriesBook:
+        if key not in self.books:
+            self.books[key] = SeriesBook(key, source, sync)
+        return self.books[key]
+
+    async def load_books(self) -> None:
+        """What the stream already holds per series (after a restart, or candles imported earlier)."""
+        retention_bars = int(self.hmm["HMM_OHLCV_RETENTION_DAYS"]) * 1440
+        sync = float(self.hmm["HMM_OHLCV_SYNC_INTERVAL_SEC"])
+        for spec in self.rt.config.universe:
+            key = spec.key
+            book = self.book(key, "demo" if key.exchange == "demo" else "exchange", sync)
+            held = await read_subject(
+                self.rt.js,
+                self.rt.names.stream_ohlcv,
+                self.rt.names.ohlcv(key),
+                keep_last=retention_bars,
+                decode_as=Candle,
+            )
+            for candle in held:
+                book.add(candle.ts)
+
+    async def publish(self, candles: Sequence[Candle]) -> int:
+        """Publish with ``Nats-Msg-Id``; returns how many were new to the stream."""
+        new = 0
+        names = self.rt.names
+        for candle in candles:
+            headers = {"Nats-Msg-Id": candle.msg_id}
+            ack = await self.rt.js.publish(names.ohlcv(candle.key), encode(candle), headers=headers)
+            self.book(candle.key).add(candle.ts)
+            if not ack.duplicate:
+                new += 1
+        if candles:
+            self.rt.metrics.published.labels(SERVICE, "candle").inc(len(candles))
+        return new
+
+    def observe(self, msg: Msg) -> None:
+        """Candles others publish (``regimes replay``/``import``) count in the books too."""
+        with contextlib.suppress(ContractError):
+            candle = decode(msg.data, (Candle,))
+            self.book(candle.key).add(candle.ts)
+
+    async def backfill(self, key: SeriesKey, target: int, max_pages: int) -> dict[str, Any]:
+        """One backfill run toward ``target`` candles: walk back, then fill detected gaps."""
+        book = self.book(key)
+        source = self.sources.get(key)
+        if source is None:
+            message = f"{key.id}: source {book.source} has no deeper history to fetch"
+            return {"series": key.id, "ok": False, "rows": 0, "message": message}
+        now = now_ms()
+        result = await source.backfill(key.symbol, target, max_pages, now, book.oldest_ts)
+        rows = await self.publish(result.candles)
+        gaps = book.gaps()
+        messages = [result.message]
+        if gaps and result.ok:
+            filled = await source.fill_gaps(key.symbol, gaps, now, max_pages)
+            rows += await self.publish(filled.candles)
+            messages.append(f"gaps: {filled.message}")
+            result = filled if not filled.ok else result
+        book.backfill_last_at = now
+        book.backfill_last_rows = rows
+        book.backfill_last_message = "; ".join(messages)
+        book.last_error = result.error
+        log.info("backfill %s: %s", key.id, book.backfill_last_message)
+        return {"series": key.id, "ok": result.ok, "rows": rows, "message": book.backfill_last_message}
+
+    async def on_backfill_request(self, msg: Msg) -> None:
+        """``control.backfill``: {"series": id | null, "target_candles": n, "max_pages": n} -> results."""
+        try:
+            req = json.loads(msg.data or b"{}")
+            target = int(req.get("target_candles") or self.hmm["HMM_TRAINING_CANDLES"])
+            pages = int(req.get("max_pages") or self.hmm["HMM_OHLCV_BACKFILL_MAX_PAGES"])
+            wanted = req.get("series")
+            keys = [k for k in self.books if wanted in (None, k.id)]
+            if not keys:
+                raise ValueError(f"unknown series {wanted!r}")
+            results = [await self.backfill(k, target, pages) for k in keys]
+            body: dict[str, Any] = {"ok": all(r["ok"] for r in results), "results": results}
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            body = {"ok": False, "error": str(exc), "results": []}
+        await msg.respond(json.dumps(body).encode())
+
+    async def report(self) -> None:
+        now = now_ms()
+        training = int(self.hmm["HMM_TRAINING_CANDLES"])
+        retention = int(self.hmm["HMM_OHLCV_RETENTION_DAYS"])
+        for key, book in list(self.books.items()):
+            book.expire(now, retention)
+            await self.rt.js.publish(self.rt.names.pipeline(key), encode(book.status(now, training)))
+
+    async def telemetry(self) -> None:
+        while not self.rt.stop.is_set():
+            try:
+                await self.report()
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                log.warning("pipeline report not sent: %s", exc)
+            await _pause(self.rt.stop, TELEMETRY_INTERVAL_SEC)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+
+
+async def run_demo(ing: Ingest, keys: list[SeriesKey]) -> None:
+    """The demo market for ``keys`` (one timeframe): history at once, then accelerated, never ahead of the clock."""
+    rt = ing.rt
+    demo = rt.config.demo
+    tf = timeframe_ms(keys[0].timeframe)
+    plans = await kv_bucket(rt.js, rt.names.bucket("ingest_state"))
+    plan_key = f"demo.{keys[0].timeframe}"
+    ident = {"seed": demo.seed, "series": [k.id for k in keys]}
+    clock = None
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        saved = msgpack.unpackb((await plans.get(plan_key)).value or b"\x80")
+        if saved.get("ident") == ident:
+            clock = DemoClock(saved["start_ts"], tf, demo.bars_per_sec, demo.history_bars, saved["started_ms"])
+    if clock is None:
+        clock = DemoClock.plan(now_ms(), tf, demo.bars_per_sec, demo.history_bars)
+        record = {"ident": ident, "start_ts": clock.start_ts, "started_ms": clock.started_ms}
+        await plans.put(plan_key, msgpack.packb(record))
+    market = DemoMarket(keys, demo.seed, clock.start_ts)
+    # Resume after the last bar every series has: the market is deterministic, so replayed bars are identical.
+    lasts = [ing.book(k).last_ts for k in keys]
+    published = 0 if None in lasts else max(0, (min(lasts) - clock.start_ts) // tf + 1)  # type: ignore[type-var]
+    market.advance_to(clock.bar_ts(published))
+    log.info("demo market: %d series, seed %d, resuming at bar %d", len(keys), demo.seed, published)
+    while not rt.stop.is_set():
+        now = now_ms()
+        elapsed = (now - clock.started_ms) / 1000.0
+        due = clock.due_bars(now, elapsed, published)
+        lag = max(0, now - clock.bar_ts(clock.total_due(now, elapsed)))
+        for key in keys:
+            ing.book(key).clock_lag_ms = lag
+        if due:
+            candles: list[Candle] = []
+            for _ in range(min(due, DEMO_BATCH_BARS)):
+                candles.extend(market.next_bars())
+                published += 1
+            await ing.publish(candles)
+            continue
+        await _pause(rt.stop, min(5.0, clock.seconds_until_next(now, elapsed, published)))
+
+
+async def run_exchange(ing: Ingest, exchange_id: str, keys: list[SeriesKey], factory: ExchangeFactory) -> None:
+    """Sync ``keys`` of one exchange: backfill at start (if configured), then every sync interval."""
+    rt = ing.rt
+    hmm = ing.hmm
+    exchange = factory(exchange_id, rt.config.exchange_options.get(exchange_id, {}))
+    rt.stack.push_async_callback(exchange.close)
+    for key in keys:
+        ing.sources[key] = ExchangeSource(exchange, timeframe=key.timeframe)
+    if hmm["HMM_OHLCV_BACKFILL_ON_STARTUP"]:
+        for key in keys:
+            if rt.stop.is_set():
+                return
+            await ing.backfill(key, int(hmm["HMM_TRAINING_CANDLES"]), int(hmm["HMM_OHLCV_BACKFILL_MAX_PAGES"]))
+    interval = float(hmm["HMM_OHLCV_SYNC_INTERVAL_SEC"])
+    recent = int(hmm["HMM_RECENT_CANDLES"])
+    pages = int(hmm["HMM_OHLCV_BACKFILL_MAX_PAGES"])
+    while not rt.stop.is_set():
+        for key in keys:
+            book = ing.book(key)
+            source = ing.sources[key]
+            now = now_ms()
+            since = book.last_ts + source.tf_ms if book.last_ts is not None else now - recent * source.tf_ms
+            result: FetchResult = await source.fetch_since(key.symbol, since, now, pages)
+            await ing.publish(result.candles)
+            book.last_error = result.error
+            if result.error:
+                log.warning("sync %s: %s", key.id, result.error)
+        await _pause(rt.stop, interval)
+
+
+def on_msg(fn: Callable[[Msg], None]) -> Callable[[Msg], Any]:
+    """A plain function as a subscription callback."""
+
+    async def cb(msg: Msg) -> None:
+        fn(msg)
+
+    return cb
