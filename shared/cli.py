@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.config import Settings, load_strategy_config
+from shared.config import Settings, StrategyConfig, load_strategy_config
 from shared.errors import ConfigError
 from shared.subjects import TIMEFRAMES_MS
 from shared.supervisor import SERVICES, Supervisor, UpOptions
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(code)
 
 
-def _check(path: Path):  # type: ignore[no-untyped-def]
+def _check(path: Path) -> StrategyConfig:
     try:
         return load_strategy_config(path)
     except ConfigError as exc:

@@ -382,8 +382,9 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     for ex_id, opts in exchanges.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"exchanges.{ex_id}", "must be an object of ccxt options")
+    hmm = resolve_hmm_keys(_obj(raw, "hmm"), env)
     return StrategyConfig(
-        universe=_universe(raw.get("universe")),
+        universe=_universe(raw.get("universe"), _interval_timeframe(int(hmm["HMM_OHLCV_INTERVAL_MIN"]))),
         vol=VolRegimeConfig.from_strategy_config(raw),
         vol_regimes_present=vol_present,
         sizing_multipliers=_sizing_multipliers(vol_block.get("sizing_multipliers", {})),
@@ -393,7 +394,7 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
         base_weights=_base_weights(_obj(raw, "hybrid").get("base_weights")),
         trend=trend,
         idle=idle,
-        hmm=resolve_hmm_keys(_obj(raw, "hmm"), env),
+        hmm=hmm,
         demo=demo,
         exchange_options=exchanges,
     )
@@ -422,7 +423,16 @@ def _int(raw: Mapping[str, Any], dotted: str, default: int, lo: int, hi: int) ->
     return default if leaf not in raw else _int_in(lo, hi)(dotted, raw[leaf])
 
 
-def _universe(raw: Any) -> tuple[SeriesSpec, ...]:
+def _interval_timeframe(minutes: int) -> str | None:
+    """HMM_OHLCV_INTERVAL_MIN as a timeframe token (60 -> "1h"), or None when no timeframe has that length."""
+    for token, ms in TIMEFRAMES_MS.items():
+        if ms == minutes * 60_000:
+            return token
+    return None
+
+
+def _universe(raw: Any, default_tf: str | None) -> tuple[SeriesSpec, ...]:
+    """The series; an entry without ``timeframe`` takes HMM_OHLCV_INTERVAL_MIN's (seed 003 §7)."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError("universe", "must be a non-empty list of {exchange, symbol, timeframe, tier}")
     out: list[SeriesSpec] = []
@@ -445,7 +455,9 @@ def _universe(raw: Any) -> tuple[SeriesSpec, ...]:
             encode_symbol(symbol)
         except ContractError as exc:
             raise ConfigError(f"{where}.symbol", exc.reason) from None
-        tf = item.get("timeframe")
+        tf = item.get("timeframe", default_tf)
+        if "timeframe" not in item and default_tf is None:
+            raise ConfigError(f"{where}.timeframe", "missing, and HMM_OHLCV_INTERVAL_MIN matches no timeframe")
         if tf not in TIMEFRAMES_MS:
             raise ConfigError(f"{where}.timeframe", f"expected one of {list(TIMEFRAMES_MS)}, got {tf!r}")
         tier = item.get("tier", "CORE")

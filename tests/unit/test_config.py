@@ -251,7 +251,6 @@ def test_config_must_be_an_object() -> None:
         ([{"exchange": "kraken", "symbol": 42, "timeframe": "1m"}], "universe[0].symbol"),
         ([{"exchange": "kraken", "symbol": "BTC USD", "timeframe": "1m"}], "universe[0].symbol"),
         ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "7m"}], "universe[0].timeframe"),
-        ([{"exchange": "kraken", "symbol": "BTC/USD"}], "universe[0].timeframe"),
         ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m", "tier": ""}], "universe[0].tier"),
         ([{"exchange": "kraken", "symbol": "BTC/USD", "timeframe": "1m", "tier": 1}], "universe[0].tier"),
     ],
@@ -489,3 +488,20 @@ def test_min_train_samples_cannot_exceed_training_candles() -> None:
 
 def test_unrelated_environment_variables_are_ignored() -> None:
     assert resolve_hmm_keys({}, {"HMM": "x", "hmm_enabled": "maybe", "PATH": "/bin"}) == resolve_hmm_keys({}, {})
+
+
+def test_a_universe_entry_without_timeframe_takes_hmm_ohlcv_interval_min() -> None:
+    from shared.config import parse_strategy_config
+
+    raw = {"universe": [{"exchange": "kraken", "symbol": "BTC/USD"}], "hmm": {"HMM_OHLCV_INTERVAL_MIN": 60}}
+    assert parse_strategy_config(raw, {}).universe[0].key.timeframe == "1h"
+    assert parse_strategy_config(raw, {"HMM_OHLCV_INTERVAL_MIN": "5"}).universe[0].key.timeframe == "5m"
+
+
+def test_an_interval_with_no_timeframe_names_the_missing_key() -> None:
+    from shared.config import parse_strategy_config
+    from shared.errors import ConfigError
+
+    raw = {"universe": [{"exchange": "kraken", "symbol": "BTC/USD"}], "hmm": {"HMM_OHLCV_INTERVAL_MIN": 7}}
+    with pytest.raises(ConfigError, match=r"universe\[0\]\.timeframe"):
+        parse_strategy_config(raw, {})
