@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 _DAY_S = 86_400.0
+# Failures of NATS itself (or the socket under it): retry the batch, never blame the message.
+BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
 
 def now_ms() -> int:
@@ -295,7 +297,7 @@ class Consumer:
                 continue
             try:
                 await self.process(msgs)
-            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
+            except BUS_ERRORS as exc:
                 # The bus failed under us mid-batch: forget in-memory state and let the batch redeliver.
                 log.warning("batch of %d not completed (%s); it will be redelivered", len(msgs), exc)
                 for store in self.stores:
@@ -329,8 +331,9 @@ class Consumer:
             except ContractError as exc:
                 await self.bus.dead_letter(exc.reason, msg.subject, msg.data)
                 continue
-            except (ArithmeticError, ValueError, TypeError, KeyError, IndexError) as exc:
-                # A bug or a pathological value in one message must not stall the series behind it.
+            except BUS_ERRORS:
+                raise  # the bus failed, not the message: the whole batch is redelivered
+            except Exception as exc:
                 log.exception("handler failed on %s", msg.subject)
                 await self.bus.dead_letter(f"handler error: {type(exc).__name__}: {exc}", msg.subject, msg.data)
                 continue
@@ -367,7 +370,7 @@ class Health:
         self.extra: dict[str, Any] = {}
 
     def _count(self, outcome: str) -> float:
-        return self._metrics.messages.labels(self._service, outcome)._value.get()
+        return self._metrics.count(self._service, outcome)
 
     async def beat(self) -> None:
         record = {

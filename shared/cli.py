@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import sys
-import time
 from pathlib import Path
 
 from shared.config import Settings, StrategyConfig, load_strategy_config
@@ -102,18 +101,6 @@ def _check(path: Path) -> StrategyConfig:
     except ConfigError as exc:
         print(f"regimes: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def progress(done: int, total: int, label: str, started: float) -> None:
-    """A one-line progress bar on stderr."""
-    width = 30
-    filled = int(width * done / total) if total else width
-    rate = done / max(1e-9, time.monotonic() - started)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label} {rate:,.0f}/s ")
-    sys.stderr.flush()
-    if done >= total:
-        sys.stderr.write("\n")
-
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,17 @@ from services.ohlcv_ingest.replay import ReplayPlan, interleave
 from shared.bus import connect, ensure_streams
 from shared.config import Settings, load_strategy_config
 from shared.contracts import Candle, ContractError, encode
+
+
+def progress(done: int, total: int, label: str, started: float) -> None:
+    """A one-line progress bar on stderr."""
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(1e-9, time.monotonic() - started)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label} {rate:,.0f}/s ")
+    sys.stderr.flush()
+    if done >= total:
+        sys.stderr.write("\n")
 
 
 class FeedError(RuntimeError):
@@ -62,8 +74,6 @@ async def publish_files(
     paths: list[Path], exchange: str, symbol: str | None, timeframe: str | None, speed: float | None
 ) -> int:
     """Publish the files' candles in time order; ``speed`` x real time, None as fast as possible."""
-    from shared.cli import progress
-
     candles = interleave(*load_files(paths, exchange, symbol, timeframe))
     settings = Settings.from_env()
     config = load_strategy_config(settings.strategy_config)
@@ -91,8 +101,6 @@ async def publish_files(
 
 async def backfill(series: str | None, target: int | None, max_pages: int | None, timeout: float) -> int:
     """Ask ingest (``control.backfill``) for deeper history, series by series, with a progress bar."""
-    from shared.cli import progress
-
     settings = Settings.from_env()
     config = load_strategy_config(settings.strategy_config)
     wanted = [s.key.id for s in config.universe if series in (None, s.key.id)]

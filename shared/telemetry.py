@@ -59,6 +59,11 @@ class Metrics:
     last_event_ts: Gauge  # ms of the newest candle/event handled, per series
     up_since: Gauge
 
+    def count(self, service: str, outcome: str) -> float:
+        """Messages consumed with ``outcome`` so far (0 before the first)."""
+        value = self.registry.get_sample_value("regimes_messages_total", {"service": service, "outcome": outcome})
+        return value or 0.0
+
     @classmethod
     def create(cls, service: str) -> Metrics:
         reg = CollectorRegistry()
