@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import msgpack
 import numpy as np
+import pytest
 
 from shared.contracts import Candle, DeadLetter, decode, encode
 from shared.servers import free_port
@@ -102,7 +103,10 @@ async def test_candles_become_regimes_in_redis_and_the_api(make_stack: StackFact
         assert "regimes_messages_total" in (await http.get("/metrics")).text
 
 
-async def test_restarted_vol_regime_ends_with_the_same_snapshot(make_stack: StackFactory) -> None:
+@pytest.mark.parametrize("restarted_service", ["vol_regime", "screener", "state_publisher"])
+async def test_a_service_restarted_mid_stream_ends_with_the_same_snapshot(
+    make_stack: StackFactory, restarted_service: str
+) -> None:
     bars = market(seed=5)
     config = small_config(UNIVERSE)
     uninterrupted = await make_stack(config)
@@ -125,10 +129,10 @@ async def test_restarted_vol_regime_ends_with_the_same_snapshot(make_stack: Stac
         return True
 
     await eventually(lambda: vol_reached(restarted, half))
-    assert await restarted.stop("vol_regime") == 0
-    for key in bars:  # candles arrive while vol_regime is down
+    assert await restarted.stop(restarted_service) == 0
+    for key in bars:  # candles arrive while the service is down
         await restarted.publish(bars[key][half[key] :])
-    await restarted.start("vol_regime")
+    await restarted.start(restarted_service)
 
     full = {key: len(c) for key, c in bars.items()}
     await eventually(lambda: vol_reached(uninterrupted, full))
