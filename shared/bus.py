@@ -166,9 +166,11 @@ class Bus:
         await self.js.publish(out.subject, encode(out.msg), headers=headers)
         self.metrics.published.labels(self.service, type(out.msg).KIND).inc()
 
-    async def dead_letter(self, reason: str, subject: str, payload: bytes) -> None:
+    async def dead_letter(self, reason: str, subject: str, payload: bytes, origin: str | None = None) -> None:
+        """Park a refused message; ``origin`` (stream and sequence) dedupes a redelivered batch's second letter."""
         letter = DeadLetter(self.service, reason, subject, payload, now_ms())
-        await self.js.publish(self.names.dlq(self.service), encode(letter))
+        headers = {"Nats-Msg-Id": f"dlq.{self.service}.{origin}"} if origin else None
+        await self.js.publish(self.names.dlq(self.service), encode(letter), headers=headers)
         self.metrics.messages.labels(self.service, "dead_lettered").inc()
         log.warning("dead-lettered", extra={"fields": {"reason": reason, "subject": subject}})
 
@@ -320,7 +322,7 @@ class Consumer:
             try:
                 obj = decode(msg.data, expected)
             except ContractError as exc:
-                await self.bus.dead_letter(exc.reason, msg.subject, msg.data)
+                await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
                 continue
             key = getattr(obj, "key", None)
             if isinstance(key, SeriesKey) and not key.owned_by(replica, replicas):
@@ -329,13 +331,15 @@ class Consumer:
             try:
                 produced = await self.handlers[type(obj)](obj, msg.subject)
             except ContractError as exc:
-                await self.bus.dead_letter(exc.reason, msg.subject, msg.data)
+                await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
                 continue
             except BUS_ERRORS:
                 raise  # the bus failed, not the message: the whole batch is redelivered
             except Exception as exc:
+                # Anything else is a bug meeting one message: park that message, keep the series moving.
                 log.exception("handler failed on %s", msg.subject)
-                await self.bus.dead_letter(f"handler error: {type(exc).__name__}: {exc}", msg.subject, msg.data)
+                reason = f"handler error: {type(exc).__name__}: {exc}"
+                await self.bus.dead_letter(reason, msg.subject, msg.data, _origin(msg))
                 continue
             if produced is None:
                 metrics.messages.labels(service, "skipped").inc()
@@ -355,6 +359,15 @@ class Consumer:
             await msg.ack()
         if msgs:
             self.pending = msgs[-1].metadata.num_pending
+
+
+def _origin(msg: Msg) -> str | None:
+    """``STREAM.seq`` of a JetStream message: its identity across redeliveries."""
+    try:
+        meta = msg.metadata
+    except (nats.errors.Error, AttributeError, ValueError):
+        return None
+    return f"{meta.stream}.{meta.sequence.stream}"
 
 
 class Health:

@@ -26,7 +26,9 @@ class FakeMsg:
     data: bytes
     subject: str = "ohlcv.test.AAA-USD.1m"
     journal: list[str] = field(default_factory=list)
-    metadata: Any = field(default_factory=lambda: SimpleNamespace(num_pending=0))
+    metadata: Any = field(
+        default_factory=lambda: SimpleNamespace(num_pending=0, stream="S", sequence=SimpleNamespace(stream=1))
+    )
 
     async def ack(self) -> None:
         self.journal.append("ack")
@@ -43,7 +45,7 @@ class FakeBus:
     async def publish(self, out: Out) -> None:
         self.journal.append(f"publish {out.msg_id}")
 
-    async def dead_letter(self, reason: str, subject: str, payload: bytes) -> None:
+    async def dead_letter(self, reason: str, subject: str, payload: bytes, origin: str | None = None) -> None:
         self.letters.append((reason, payload))
         self.metrics.messages.labels(self.service, "dead_lettered").inc()
 
