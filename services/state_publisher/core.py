@@ -146,7 +146,7 @@ def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Updat
     snap["tier"] = d.tier
     snap["updated_at"] = now
     snap["vol_tuning"] = RegimeStats.load(snap["vol_tuning"], VOL_LABELS).add(d.ts, d.vol_regime, d.close).dump()
-    # The HMM verdict of this bar counts only once a model is trained: before that, RANGING is a placeholder.
+    # The HMM verdict of this bar counts only once a model is trained: before that, RANGING is just the neutral default.
     # (Its event precedes the decision in the stream, since the screener waited for it.)
     hmm = snap["hmm_regime"]
     verdict = hmm if d.hmm_regime is not None and hmm is not None and hmm["ts"] == d.ts and hmm["trained"] else None
