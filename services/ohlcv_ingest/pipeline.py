@@ -49,6 +49,10 @@ class SeriesBook:
     def oldest_ts(self) -> int | None:
         return self.timestamps[0] if self.timestamps else None
 
+    def holds(self, ts: int) -> bool:
+        i = bisect.bisect_left(self.timestamps, ts)
+        return i < len(self.timestamps) and self.timestamps[i] == ts
+
     def add(self, ts: int) -> bool:
         """Record a published candle; False when the stream already held it."""
         i = bisect.bisect_left(self.timestamps, ts)

@@ -65,10 +65,16 @@ class Ingest:
                 book.add(candle.ts)
 
     async def publish(self, candles: Sequence[Candle]) -> int:
-        """Publish with ``Nats-Msg-Id``; returns how many were new to the stream."""
+        """Publish with ``Nats-Msg-Id``; returns how many were new to the stream.
+
+        Candles the stream already holds are not sent again: the Msg-Id window
+        (10 min) would not catch a page re-fetched later than that.
+        """
         new = 0
         names = self.rt.names
         for candle in candles:
+            if self.book(candle.key).holds(candle.ts):
+                continue
             headers = {"Nats-Msg-Id": candle.msg_id}
             ack = await self.rt.js.publish(names.ohlcv(candle.key), encode(candle), headers=headers)
             self.book(candle.key).add(candle.ts)

@@ -393,3 +393,13 @@ def test_status_reports_the_pipeline_fields() -> None:
     assert status.backfill_last_message == "backfilled 720 candles"
     assert status.last_error == "rate limited"
     assert decode(encode(status)) == status
+
+
+def test_book_knows_which_candles_the_stream_holds() -> None:
+    from services.ohlcv_ingest.pipeline import SeriesBook
+
+    book = SeriesBook(SeriesKey("kraken", "BTC/USD", "1m"), "exchange", 60.0)
+    assert book.add(120_000)
+    assert book.holds(120_000)
+    assert not book.holds(60_000)
+    assert not book.add(120_000)
