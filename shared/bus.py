@@ -217,9 +217,6 @@ class StateStore(Generic[S]):
         self._cache[key] = state
         return state
 
-    def peek(self, key: SeriesKey) -> S | None:
-        return self._cache.get(key)
-
     def mark(self, key: SeriesKey) -> None:
         self._dirty.add(key)
 
@@ -253,6 +250,8 @@ class Consumer:
     batch: int = 256
     fetch_timeout: float = 1.0
     after_batch: Callable[[], Awaitable[None]] | None = None
+    # Failures of the service's other backends (e.g. Redis) that should retry the batch like a NATS failure.
+    retry_on: tuple[type[BaseException], ...] = ()
     pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -299,7 +298,7 @@ class Consumer:
                 continue
             try:
                 await self.process(msgs)
-            except BUS_ERRORS as exc:
+            except (*BUS_ERRORS, *self.retry_on) as exc:
                 # The bus failed under us mid-batch: forget in-memory state and let the batch redeliver.
                 log.warning("batch of %d not completed (%s); it will be redelivered", len(msgs), exc)
                 for store in self.stores:
@@ -333,8 +332,8 @@ class Consumer:
             except ContractError as exc:
                 await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
                 continue
-            except BUS_ERRORS:
-                raise  # the bus failed, not the message: the whole batch is redelivered
+            except (*BUS_ERRORS, *self.retry_on):
+                raise  # a backend failed, not the message: the whole batch is redelivered
             except Exception as exc:
                 # Anything else is a bug meeting one message: park that message, keep the series moving.
                 log.exception("handler failed on %s", msg.subject)

@@ -73,7 +73,7 @@ class Trainer:
             for key in owned:
                 if rt.stop.is_set():
                     break
-                state = self.store.peek(key) or await self.store.get(key)
+                state = await self.store.get(key)
                 if key not in self.ready and state.detector.needs_retrain(now_ms()):
                     try:
                         await self.train(key)

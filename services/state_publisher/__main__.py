@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol
 from services.state_publisher.writer import SnapshotWriter
@@ -34,11 +35,11 @@ async def build(rt: Runtime) -> list[Any]:
     names = rt.names
     regimes = Consumer(
         rt.bus, names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all],
-        rt.durable(), handlers, after_batch=writer.write,
+        rt.durable(), handlers, after_batch=writer.write, retry_on=(RedisError,),
     )
     telemetry = Consumer(
         rt.bus, names.stream_telemetry, [names.pipeline_all], rt.durable("telemetry"), handlers,
-        after_batch=writer.write,
+        after_batch=writer.write, retry_on=(RedisError,),
     )
     await writer.write()
     return [regimes.run(rt.stop), telemetry.run(rt.stop)]

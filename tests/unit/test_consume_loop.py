@@ -139,3 +139,37 @@ async def test_stale_messages_count_as_skipped_and_series_of_other_replicas_are_
     await c2.process([FakeMsg(encode(candle(0)), journal=journal)])
     assert bus2.metrics.count("svc", "not_owned") == 1
     assert bus2.metrics.count("svc", "handled") == 0
+
+
+async def test_a_redis_outage_retries_the_batch_instead_of_stopping_the_service() -> None:
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    journal: list[str] = []
+    stop = asyncio.Event()
+    writes: list[int] = []
+
+    async def write() -> None:
+        writes.append(1)
+        if len(writes) == 1:
+            raise RedisConnectionError("redis went away")
+        stop.set()
+
+    class Sub:
+        async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
+            msg = FakeMsg(encode(candle(0)), journal=journal)
+
+            async def nak(delay: float | None = None) -> None:
+                journal.append("nak")
+
+            msg.nak = nak  # type: ignore[attr-defined]
+            return [msg]
+
+    c, _ = consumer(journal, echo)
+    c.after_batch = write
+    c.retry_on = (RedisConnectionError,)
+    await c._loop(Sub(), stop)  # type: ignore[arg-type]
+    assert journal.count("nak") == 1  # the first batch goes back to be redelivered...
+    assert journal[-1] == "ack"  # ...and the next one lands once Redis is back
+    assert len(writes) == 2
