@@ -1,19 +1,6 @@
-"""NATS/JetStream plumbing, written once: connect, streams, KV state, publish, and the consume loop.
+"""NATS/JetStream plumbing, written once: connect, streams, KV buckets, publish, dead letters, health.
 
-The consume loop is the only place that fetches, decodes, validates, hands a
-message to its handler, publishes what the handler returns, persists state,
-acks, and dead-letters. Its batch protocol is what makes restarts lossless:
-
-1. fetch a batch from the durable consumer;
-2. decode + check each message (refused -> ``dlq.{service}`` with the reason);
-3. hand each to the handler registered for its type, collecting outputs;
-4. publish the outputs, each with a ``Nats-Msg-Id`` (a replay is deduplicated);
-5. flush dirty per-series state to KV;
-6. ack the batch.
-
-A crash anywhere before 6 redelivers the batch; the per-series "ts not newer
-than the last processed" rule and the message ids make the replay a no-op for
-whatever had already landed, so the end state equals an uninterrupted run.
+The consume loop that runs on top of it lives in :mod:`shared.consume`.
 """
 
 from __future__ import annotations
@@ -24,28 +11,26 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from shared.contracts import DeadLetter, decode, encode
 from shared.errors import ContractError
-from shared.subjects import Names, SeriesKey
+from shared.subjects import Names
 from shared.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")
 _DAY_S = 86_400.0
 # Failures of NATS itself (or the socket under it): retry the batch, never blame the message.
 BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
@@ -55,14 +40,24 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def connect(url: str, name: str, stop: asyncio.Event | None = None, attempts: int = 0) -> NATS:
+async def connect(
+    url: str, name: str, stop: asyncio.Event | None = None, attempts: int = 0, closed: asyncio.Event | None = None
+) -> NATS:
     """Connect, retrying every second until connected, ``stop`` is set, or ``attempts`` (0 = forever) run out.
 
-    Once connected, nats-py reconnects by itself forever; the service only logs it.
+    Once connected, nats-py reconnects by itself forever; the service only logs
+    it. Should the client give up and close anyway (the server closed it for a
+    protocol violation, say), ``closed`` is set: a service treats that as fatal
+    and exits non-zero, so its supervisor restarts it instead of it idling.
     """
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected", extra={"fields": {"url": url}})
+        if stop is None or not stop.is_set():
+            log.warning("nats disconnected", extra={"fields": {"url": url}})
+
+    async def on_closed() -> None:
+        if closed is not None:
+            closed.set()
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"fields": {"url": url}})
@@ -85,6 +80,7 @@ async def connect(url: str, name: str, stop: asyncio.Event | None = None, attemp
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
+                closed_cb=on_closed,
             )
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if (attempts and tried >= attempts) or (stop is not None and stop.is_set()):
@@ -162,211 +158,32 @@ class Bus:
         self.metrics = metrics
 
     async def publish(self, out: Out) -> None:
-        headers = {"Nats-Msg-Id": out.msg_id} if out.msg_id else None
-        await self.js.publish(out.subject, encode(out.msg), headers=headers)
-        self.metrics.published.labels(self.service, type(out.msg).KIND).inc()
+        await self.publish_all([out])
+
+    async def publish_all(self, outs: Sequence[Out]) -> None:
+        """Publish ``outs`` pipelined (all sent, then every ack awaited); raises if any is not stored."""
+        if not outs:
+            return
+        await asyncio.gather(
+            *(
+                self.js.publish(o.subject, encode(o.msg), headers={"Nats-Msg-Id": o.msg_id} if o.msg_id else None)
+                for o in outs
+            )
+        )
+        for o in outs:
+            self.metrics.published.labels(self.service, type(o.msg).KIND).inc()
 
     async def dead_letter(self, reason: str, subject: str, payload: bytes, origin: str | None = None) -> None:
-        """Park a refused message; ``origin`` (stream and sequence) dedupes a redelivered batch's second letter."""
-        letter = DeadLetter(self.service, reason, subject, payload, now_ms())
+        """Park a refused message; ``origin`` (stream and sequence) dedupes a redelivered batch's second letter.
+
+        The letter is bounded (see :meth:`DeadLetter.of`), so a refused message
+        near the server's max payload can never make the letter itself too big.
+        """
+        letter = DeadLetter.of(self.service, reason, subject, payload, now_ms())
         headers = {"Nats-Msg-Id": f"dlq.{self.service}.{origin}"} if origin else None
         await self.js.publish(self.names.dlq(self.service), encode(letter), headers=headers)
         self.metrics.messages.labels(self.service, "dead_lettered").inc()
         log.warning("dead-lettered", extra={"fields": {"reason": reason, "subject": subject}})
-
-
-class StateStore(Generic[S]):
-    """Per-series state cached in memory and persisted to a KV bucket as plain msgpack.
-
-    ``load`` raising ValueError (a stored state that no longer fits the config)
-    starts the series afresh, with a log line: better a cold start than a wrong one.
-    """
-
-    def __init__(
-        self,
-        kv: KeyValue,
-        *,
-        new: Callable[[SeriesKey], S],
-        dump: Callable[[S], dict[str, Any]],
-        load: Callable[[SeriesKey, dict[str, Any]], S],
-    ) -> None:
-        self._kv = kv
-        self._new = new
-        self._dump = dump
-        self._load = load
-        self._cache: dict[SeriesKey, S] = {}
-        self._dirty: set[SeriesKey] = set()
-
-    async def get(self, key: SeriesKey) -> S:
-        state = self._cache.get(key)
-        if state is not None:
-            return state
-        try:
-            entry = await self._kv.get(key.token)
-            raw = msgpack.unpackb(entry.value or b"", raw=False) if entry.value else None
-        except nats.js.errors.KeyNotFoundError:
-            raw = None
-        state = None
-        if isinstance(raw, dict):
-            try:
-                state = self._load(key, raw)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("stored state of %s discarded: %s", key.id, exc)
-        if state is None:
-            state = self._new(key)
-        self._cache[key] = state
-        return state
-
-    def mark(self, key: SeriesKey) -> None:
-        self._dirty.add(key)
-
-    async def flush(self) -> None:
-        for key in sorted(self._dirty):
-            await self._kv.put(key.token, msgpack.packb(self._dump(self._cache[key]), use_bin_type=True))
-        self._dirty.clear()
-
-    def discard(self) -> None:
-        """Forget everything in memory: after a failed batch, KV is the truth."""
-        self._cache.clear()
-        self._dirty.clear()
-
-
-# A handler returns what to publish, or None for a message it skipped as stale or
-# duplicate (counted as "skipped", not an error).
-Handler = Callable[[Any, str], Awaitable[Sequence[Out] | None]]
-
-
-@dataclass
-class Consumer:
-    """A durable pull consumer and its handlers, run by :meth:`run` until ``stop`` is set."""
-
-    bus: Bus
-    stream: str
-    subjects: Sequence[str]
-    durable: str
-    handlers: Mapping[type, Handler]
-    stores: Sequence[StateStore[Any]] = ()
-    partition: tuple[int, int] = (0, 1)  # (replica, replicas)
-    batch: int = 256
-    fetch_timeout: float = 1.0
-    after_batch: Callable[[], Awaitable[None]] | None = None
-    # Failures of the service's other backends (e.g. Redis) that should retry the batch like a NATS failure.
-    retry_on: tuple[type[BaseException], ...] = ()
-    pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
-
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        cfg = js_api.ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=60.0,
-            max_ack_pending=4 * self.batch,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-        )
-        if len(self.subjects) == 1:
-            cfg.filter_subject = self.subjects[0]
-        else:
-            cfg.filter_subjects = list(self.subjects)
-        try:
-            await self.bus.js.add_consumer(self.stream, cfg)
-        except nats.js.errors.BadRequestError:
-            # Exists with another filter (the config changed). Recreating it replays the stream from
-            # the start, which the per-series "ts not newer" rule turns into a no-op for seen candles.
-            log.warning("consumer %s changed; recreating it", self.durable)
-            await self.bus.js.delete_consumer(self.stream, self.durable)
-            await self.bus.js.add_consumer(self.stream, cfg)
-        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        sub = await self._subscribe()
-        log.info("consuming", extra={"fields": {"stream": self.stream, "durable": self.durable}})
-        try:
-            await self._loop(sub, stop)
-        finally:
-            # A pull subscription left open makes drain() wait out its timeout.
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-
-    async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-            except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when nothing came
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
-                log.warning("fetch interrupted (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await self.process(msgs)
-            except (*BUS_ERRORS, *self.retry_on) as exc:
-                # The bus failed under us mid-batch: forget in-memory state and let the batch redeliver.
-                log.warning("batch of %d not completed (%s); it will be redelivered", len(msgs), exc)
-                for store in self.stores:
-                    store.discard()
-                for msg in msgs:
-                    try:
-                        await msg.nak(delay=1.0)
-                    except (nats.errors.Error, OSError):
-                        break
-                await asyncio.sleep(0.5)
-
-    async def process(self, msgs: Sequence[Msg]) -> None:
-        outs: list[Out] = []
-        expected = tuple(self.handlers)
-        replica, replicas = self.partition
-        service = self.bus.service
-        metrics = self.bus.metrics
-        for msg in msgs:
-            started = time.perf_counter()
-            try:
-                obj = decode(msg.data, expected)
-            except ContractError as exc:
-                await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
-                continue
-            key = getattr(obj, "key", None)
-            if isinstance(key, SeriesKey) and not key.owned_by(replica, replicas):
-                metrics.messages.labels(service, "not_owned").inc()
-                continue
-            try:
-                produced = await self.handlers[type(obj)](obj, msg.subject)
-            except ContractError as exc:
-                await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
-                continue
-            except (*BUS_ERRORS, *self.retry_on):
-                raise  # a backend failed, not the message: the whole batch is redelivered
-            except Exception as exc:
-                # Anything else is a bug meeting one message: park that message, keep the series moving.
-                log.exception("handler failed on %s", msg.subject)
-                reason = f"handler error: {type(exc).__name__}: {exc}"
-                await self.bus.dead_letter(reason, msg.subject, msg.data, _origin(msg))
-                continue
-            if produced is None:
-                metrics.messages.labels(service, "skipped").inc()
-                continue
-            outs.extend(produced)
-            metrics.messages.labels(service, "handled").inc()
-            metrics.handle_seconds.labels(service).observe(time.perf_counter() - started)
-            if isinstance(key, SeriesKey):
-                metrics.last_event_ts.labels(service, key.id).set(getattr(obj, "ts", 0))
-        for out in outs:
-            await self.bus.publish(out)
-        for store in self.stores:
-            await store.flush()
-        if self.after_batch is not None:
-            await self.after_batch()
-        for msg in msgs:
-            await msg.ack()
-        if msgs:
-            self.pending = msgs[-1].metadata.num_pending
-
-
-def _origin(msg: Msg) -> str | None:
-    """``STREAM.seq`` of a JetStream message: its identity across redeliveries."""
-    try:
-        meta = msg.metadata
-    except (nats.errors.Error, AttributeError, ValueError):
-        return None
-    return f"{meta.stream}.{meta.sequence.stream}"
 
 
 class Health:
@@ -430,7 +247,7 @@ async def read_health(js: JetStreamContext, names: Names) -> list[dict[str, Any]
 async def read_subject(
     js: JetStreamContext, stream: str, subject: str, *, keep_last: int, decode_as: type[Any], timeout: float = 5.0
 ) -> list[Any]:
-    """The newest ``keep_last`` messages stored under ``subject`` of ``stream``, decoded; bad ones left out.
+    """The newest ``keep_last`` (0: all) messages stored under ``subject`` of ``stream``, decoded; bad ones left out.
 
     An ephemeral ordered consumer reads the subject once, front to back; for a
     series' candles over the retention window (about 20k at 1m) that is quick
@@ -441,7 +258,7 @@ async def read_subject(
     info = await js.stream_info(stream, subjects_filter=subject)
     if not (info.state.subjects or {}).get(subject):
         return []
-    out: deque[Any] = deque(maxlen=keep_last)
+    out: deque[Any] = deque(maxlen=keep_last or None)
     sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
     try:
         while True:

@@ -77,6 +77,8 @@ class Settings:
     replica: int = 0  # 0-based
     replicas: int = 1
     health_interval_sec: float = 5.0
+    # A candle dated later than now + one bar + this is dead-lettered (clock skew allowance), ms.
+    future_tolerance_ms: int = 60_000
 
     # Every environment variable from_env reads (the HMM_* keys are the strategy config's).
     ENV_KEYS: ClassVar[tuple[str, ...]] = (
@@ -93,6 +95,7 @@ class Settings:
         "API_TOKEN",
         "REPLICA",
         "HEALTH_INTERVAL_SEC",
+        "CANDLE_FUTURE_TOLERANCE_SEC",
     )
 
     @property
@@ -138,6 +141,9 @@ class Settings:
             kw["replica"], kw["replicas"] = _replica(env["REPLICA"])
         if "HEALTH_INTERVAL_SEC" in env:
             kw["health_interval_sec"] = _positive_float("HEALTH_INTERVAL_SEC", env["HEALTH_INTERVAL_SEC"])
+        if "CANDLE_FUTURE_TOLERANCE_SEC" in env:
+            sec = _env_int("CANDLE_FUTURE_TOLERANCE_SEC", env["CANDLE_FUTURE_TOLERANCE_SEC"], 0, 86_400)
+            kw["future_tolerance_ms"] = sec * 1000
         return cls(**kw)
 
 

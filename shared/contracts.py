@@ -14,6 +14,7 @@ open time. Volatilities are bar-level standard deviations of log returns.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import types
 import typing
@@ -206,6 +207,9 @@ class ScreenerDecision(_PerSeries):
     blend_factor: float  # HMM_BLEND_WITH_TREND in force; 1.0 = shadow mode
     dynamic_idle_target: float  # blended idle target, fraction of NAV
     grid_bias: GridBias
+    # The HMM verdict joined, so a reader needs no other event of the candle (absent in older decisions).
+    hmm_trained: bool = False  # whether that verdict came from a trained model
+    hmm_probabilities: tuple[float, float, float] | None = None  # (bearish, ranging, bullish); None without HMM
     v: int = SCHEMA_VERSION
 
 
@@ -235,20 +239,67 @@ class PipelineStatus(_PerSeries):
     v: int = SCHEMA_VERSION
 
 
+DEAD_LETTER_PAYLOAD_BYTES = 4096  # of the original kept in a letter; the rest is named by size and hash
+DEAD_LETTER_TEXT_CHARS = 1024  # reason and subject
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message a service refused, kept with its reason so nothing is lost."""
+    """A message a service refused, kept with its reason; bounded in size whatever the original's."""
 
     KIND: ClassVar[str] = "dead_letter"
     service: str
-    reason: str
-    subject: str  # where the original arrived
-    payload: bytes  # the original bytes, untouched
+    reason: str  # at most DEAD_LETTER_TEXT_CHARS
+    subject: str  # where the original arrived (at most DEAD_LETTER_TEXT_CHARS)
+    payload: bytes  # the original's first DEAD_LETTER_PAYLOAD_BYTES bytes, untouched
     received_at: int  # ms UTC
+    payload_size: int = -1  # bytes of the whole original; -1 in letters written before it was recorded
+    payload_sha256: str = ""  # hex digest of the whole original
     v: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, service: str, reason: str, subject: str, payload: bytes, received_at: int) -> DeadLetter:
+        """A letter for ``payload``, truncated to the bounds above."""
+        return cls(
+            service,
+            _clip(reason),
+            _clip(subject),
+            bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]),
+            received_at,
+            len(payload),
+            hashlib.sha256(payload).hexdigest(),
+        )
+
+    @property
+    def truncated(self) -> bool:
+        return self.payload_size > len(self.payload)
 
     def check(self) -> None:
         return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= DEAD_LETTER_TEXT_CHARS else text[: DEAD_LETTER_TEXT_CHARS - 1] + "…"
+
+
+# Candles dated before this are refused as nonsense (1980-01-01, ms UTC): a zero or a seconds-for-ms mix-up.
+TS_FLOOR_MS = 315_532_800_000
+
+
+def time_problem(msg: Any, now_ms: int, tolerance_ms: int) -> str | None:
+    """Why a candle's ``ts`` cannot be real, or None: before TS_FLOOR_MS, or after now + one timeframe + tolerance.
+
+    One candle dated in the far future would otherwise become every consumer's
+    "last applied" and freeze its series for good.
+    """
+    if not isinstance(msg, Candle):
+        return None
+    if msg.ts < TS_FLOOR_MS:
+        return f"ts {msg.ts} is before {TS_FLOOR_MS} (1980-01-01)"
+    limit = now_ms + timeframe_ms(msg.timeframe) + tolerance_ms
+    if msg.ts > limit:
+        return f"ts {msg.ts} is in the future (beyond now + one {msg.timeframe} bar + {tolerance_ms} ms = {limit})"
+    return None
 
 
 Message = Union[  # noqa: UP007 - a runtime union used for registry typing

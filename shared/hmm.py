@@ -882,6 +882,11 @@ class RegimeDetector:
         self._filter = self._new_filter()
 
     @property
+    def trained(self) -> bool:
+        """Whether a model is installed (else every verdict is the neutral RANGING default)."""
+        return self._trained
+
+    @property
     def window(self) -> int:
         """HMM_INFERENCE_WINDOW: observations (bars) per inference; 0 = all history."""
         return self._window

@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 
 from shared.bus import Bus, Health, connect, ensure_streams, kv_bucket
 from shared.config import Settings, StrategyConfig, load_strategy_config
+from shared.consume import KvPosition
 from shared.errors import ConfigError
 from shared.subjects import Names
 from shared.telemetry import Metrics, configure_logging
@@ -60,6 +61,10 @@ class Runtime:
     def durable(self, suffix: str = "") -> str:
         name = f"{self.service}_{suffix}" if suffix else self.service
         return self.names.durable(name, self.settings.replica, self.settings.replicas)
+
+    async def kv_position(self, durable: str) -> KvPosition:
+        """The committed stream position of ``durable``, kept in KV bucket ``positions``."""
+        return KvPosition(await kv_bucket(self.js, self.names.bucket("positions")), durable)
 
 
 Build = Callable[[Runtime], Awaitable[list[Coroutine[Any, Any, None]]]]
@@ -103,8 +108,9 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.create(service)
+    closed = asyncio.Event()
     async with AsyncExitStack() as stack:
-        nc = await connect(settings.nats_url, service, stop)
+        nc = await connect(settings.nats_url, service, stop, closed=closed)
         stack.push_async_callback(_close, nc)
         bus = Bus(nc, settings.names, service, metrics)
         await ensure_streams(bus.js, settings.names, int(config.hmm["HMM_OHLCV_RETENTION_DAYS"]))
@@ -114,7 +120,7 @@ async def serve(
             server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
             stack.callback(server.shutdown)
         rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack)
-        coros = [*await build(rt), health.run(stop, settings.health_interval_sec)]
+        coros = [*await build(rt), health.run(stop, settings.health_interval_sec), _watch_closed(closed, stop)]
         tasks = [asyncio.create_task(c) for c in coros]
         stopper = asyncio.create_task(stop.wait())
         log.info("started", extra={"fields": {"nats": settings.nats_url, "namespace": settings.namespace}})
@@ -133,6 +139,16 @@ async def serve(
         stopper.cancel()
         log.info("stopped")
         return 1 if failed else 0
+
+
+async def _watch_closed(closed: asyncio.Event, stop: asyncio.Event) -> None:
+    """Fail the service when its NATS connection is closed for good, so a supervisor restarts it."""
+    waits = [asyncio.ensure_future(closed.wait()), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    if closed.is_set() and not stop.is_set():
+        raise ConnectionError("the NATS connection was closed and will not reconnect")
 
 
 async def _close(nc: NATS) -> None:

@@ -33,6 +33,10 @@ class RedisKeys:
         """JSON: symbols per regime (``vol_regime_summary``) and their HMM twin."""
         return self.names.redis_key("summary")
 
+    def position(self, consumer: str) -> str:
+        """The stream sequence up to which ``consumer``'s writes are in Redis (see state_publisher.writer)."""
+        return self.names.redis_key("position", consumer)
+
     @property
     def changes(self) -> str:
         """Pub/sub channel: a JSON notice after every batch the publisher writes."""

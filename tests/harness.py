@@ -64,7 +64,7 @@ def small_config(series: Iterable[tuple[str, str]], **overrides: Any) -> Strateg
 
 
 def candles_from_returns(
-    key: SeriesKey, returns: Sequence[float], start_ts: int = 60_000 * 1_000_000, price: float = 100.0
+    key: SeriesKey, returns: Sequence[float], start_ts: int = 1_700_000_040_000, price: float = 100.0
 ) -> list[Candle]:
     """Closes following ``returns`` (log), one bar per minute, OHLC consistent."""
     out = []

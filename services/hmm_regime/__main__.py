@@ -1,8 +1,9 @@
 """hmm_regime: candles in, one HMM regime verdict per candle out (seed 003).
 
-Models are restored from KV at start (no retrain), trained from stream history
-when missing or due (``trainer.Trainer``, off the event loop), and adopted at
-the series' next candle.
+Models are restored from KV at start (no retrain). A training that the series'
+candle clock makes due runs in the trainer's process pool while that series
+waits (its candles held by the consume loop, others going on); the model is
+adopted just before the candle that found it due.
 """
 
 from __future__ import annotations
@@ -10,41 +11,56 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.hmm_regime.core import SeriesHmm, apply_candle
+from services.hmm_regime.core import SeriesHmm, adopt, apply_candle, is_newer, training_due
 from services.hmm_regime.trainer import Trainer
-from shared.bus import Consumer, Out, StateStore, kv_bucket
+from shared.bus import Out, kv_bucket
+from shared.consume import Consumer, Hold, StateStore
 from shared.contracts import Candle
+from shared.hmm import HMM_AVAILABLE
 from shared.service import Runtime, run
 
 SERVICE = "hmm_regime"
+log = logging.getLogger(SERVICE)
 
 
 async def build(rt: Runtime) -> list[Any]:
     cfg = dict(rt.config.hmm)
     if not cfg["HMM_ENABLED"]:
-        logging.getLogger(SERVICE).info("HMM_ENABLED is false: hmm_regime stays idle")
+        log.info("HMM_ENABLED is false: hmm_regime stays idle")
         return []
+    if not HMM_AVAILABLE:
+        log.error("hmmlearn is not installed: every series stays RANGING with zero bias")
     store: StateStore[SeriesHmm] = StateStore(
         await kv_bucket(rt.js, rt.names.bucket("hmm_state")),
         new=lambda _key: SeriesHmm.new(cfg),
         dump=SeriesHmm.dump,
         load=lambda _key, raw: SeriesHmm.load(cfg, raw),
     )
+    trainer = Trainer(rt, cfg)
 
-    async def on_candle(candle: Candle, _subject: str) -> list[Out] | None:
-        state = await store.get(candle.key)
-        event = apply_candle(state, candle, trainer.ready.pop(candle.key, None))
-        if event is None:
+    async def on_candle(candle: Candle, _seq: int) -> list[Out] | Hold | None:
+        key = candle.key
+        state = await store.get(key)
+        if not is_newer(state, candle):
             return None
-        store.mark(candle.key)
-        return [Out(rt.names.hmm(candle.key), event, f"hmm.{candle.msg_id}")]
+        job = trainer.jobs.get(key)
+        if job is None and training_due(state, cfg):
+            job = trainer.start(key, state)
+        if job is not None:
+            if not job.done():
+                return Hold(job)
+            adopt(state, trainer.take(key))
+        event = apply_candle(state, candle)
+        store.mark(key)
+        return [Out(rt.names.hmm(key), event, f"hmm.{candle.msg_id}")] if event else None
 
+    durable = rt.durable()
     consumer = Consumer(
-        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(), {Candle: on_candle},
-        stores=[store], partition=rt.partition,
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candle},
+        await rt.kv_position(durable), stores=[store, trainer], partition=rt.partition,
+        future_tolerance_ms=rt.settings.future_tolerance_ms,
     )
-    trainer = Trainer(rt, store, cfg, pending=lambda: consumer.pending)
-    return [consumer.run(rt.stop), trainer.run()]
+    return [consumer.run(rt.stop)]
 
 
 def main() -> None:

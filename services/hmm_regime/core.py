@@ -1,8 +1,20 @@
-"""hmm_regime's per-series logic: candle history, detector, one verdict per candle. Pure; no bus.
+"""hmm_regime's per-series logic: candle history, detector, training schedule, one verdict per candle. Pure.
 
-Training happens elsewhere (a process pool, off the event loop); a model it
-returns is *installed* here, at the next candle of its series, so the swap is
-part of an ordinary batch: persisted and acked with it, never in between.
+Training is scheduled by the series' own candle clock, never the wall clock,
+and a model is adopted at a candle fixed by the data, so a replay, a live run
+and a run killed and restarted anywhere give the same verdicts:
+
+- Before a candle is applied, :func:`training_due` asks whether the series
+  must (re)train first: untrained with ``HMM_MIN_TRAIN_SAMPLES`` usable rows in
+  its window, or ``HMM_RETRAIN_INTERVAL_SEC`` of candle time after the last
+  training (or failed attempt).
+- If so, the model is fitted on the last ``HMM_TRAINING_CANDLES`` candles
+  applied (ending at ``last_ts``), the series waits meanwhile, and
+  :func:`adopt` installs the model just before that candle is applied. The
+  model's ``trained_at`` is ``last_ts``: candle time.
+
+The fitting itself (a process pool in the service, inline in a backtest) is
+the caller's; everything that decides is here.
 """
 
 from __future__ import annotations
@@ -12,30 +24,47 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.contracts import Candle, HmmRegimeEvent
-from shared.hmm import RegimeDetector, TrainedModel, restore_from_snapshot, serialize_for_snapshot, usable_rows
-from shared.subjects import timeframe_ms
+from shared.contracts import TS_FLOOR_MS, Candle, HmmRegimeEvent
+from shared.hmm import (
+    HMM_AVAILABLE,
+    RegimeDetector,
+    TrainedModel,
+    restore_from_snapshot,
+    serialize_for_snapshot,
+    usable_rows,
+)
+from shared.subjects import SeriesKey, timeframe_ms
+
+Row = tuple[int, float, float]  # (ts ms, close, volume)
 
 
 @dataclass
 class SeriesHmm:
-    """One series: its detector, the last candle applied, and recent candles for (re)training.
+    """One series: its detector, the last candle applied, and the training schedule's inputs.
 
-    ``history`` is memory only (at most HMM_TRAINING_CANDLES bars); after a
-    restart it is refilled from stream OHLCV when a retrain needs it.
+    ``history`` (the last HMM_TRAINING_CANDLES candles applied) is memory only;
+    after a restart ``history_complete`` is False and a training reads it back
+    from stream OHLCV (:func:`applied_history`).
     """
 
     detector: RegimeDetector
-    last_ts: int | None = None  # ms
-    history: deque[tuple[int, float, float]] = field(default_factory=deque)  # (ts, close, volume)
-    history_loaded: bool = False  # whether older candles were read back from the stream since start
+    last_ts: int | None = None  # ms, open time of the last candle applied
+    seen: int = 0  # candles applied since the series began
+    failed_at: int | None = None  # last_ts at the last training that failed, ms
+    history: deque[Row] = field(default_factory=deque)
+    history_complete: bool = True
 
     @classmethod
     def new(cls, cfg: Mapping[str, Any]) -> SeriesHmm:
         return cls(RegimeDetector(cfg), history=deque(maxlen=int(cfg["HMM_TRAINING_CANDLES"])))
 
     def dump(self) -> dict[str, Any]:
-        return {"last_ts": self.last_ts, "detector": serialize_for_snapshot(self.detector)}
+        return {
+            "last_ts": self.last_ts,
+            "seen": self.seen,
+            "failed_at": self.failed_at,
+            "detector": serialize_for_snapshot(self.detector),
+        }
 
     @classmethod
     def load(cls, cfg: Mapping[str, Any], raw: Mapping[str, Any]) -> SeriesHmm:
@@ -43,54 +72,86 @@ class SeriesHmm:
         state = cls.new(cfg)
         restore_from_snapshot(state.detector, raw["detector"])
         state.last_ts = raw["last_ts"]
+        state.seen = int(raw.get("seen", 0))
+        state.failed_at = raw.get("failed_at")
+        state.history_complete = state.seen == 0
         return state
 
-    def training_data(self) -> tuple[list[float], list[float], int | None]:
-        """Closes, volumes and the ts of the newest candle in the training window."""
-        closes = [c for _, c, _ in self.history]
-        volumes = [v for _, _, v in self.history]
-        return closes, volumes, (self.history[-1][0] if self.history else None)
 
-    def prepend(self, older: Iterable[Candle]) -> None:
-        """Add candles read back from the stream in front of the in-memory history.
+@dataclass(frozen=True, slots=True)
+class TrainingResult:
+    """What a training produced: the model (None: the fit failed on this data) and the window it used."""
 
-        Only candles already applied (ts <= last_ts) and older than the history
-        qualify: newer ones are still on their way through the consumer.
-        """
-        self.history_loaded = True
-        if self.last_ts is None:
-            return
-        first = self.history[0][0] if self.history else self.last_ts + 1
-        # The stream holds candles in publish order; a later backfill adds older ones at its end.
-        by_ts = {c.ts: (c.ts, c.close, c.volume) for c in older if c.ts < first}
-        rows = [by_ts[ts] for ts in sorted(by_ts)]
-        keep = self.history.maxlen or len(rows) + len(self.history)
-        merged = [*rows, *self.history][-keep:]
-        self.history.clear()
-        self.history.extend(merged)
+    model: TrainedModel | None
+    rows: tuple[Row, ...]
+    upto: int  # ts of the newest candle in the window, ms
 
 
-def can_train(state: SeriesHmm, cfg: Mapping[str, Any]) -> bool:
-    """Enough history for HMM_MIN_TRAIN_SAMPLES feature rows."""
-    return usable_rows(len(state.history)) >= int(cfg["HMM_MIN_TRAIN_SAMPLES"])
+def is_newer(state: SeriesHmm, candle: Candle) -> bool:
+    return state.last_ts is None or candle.ts > state.last_ts
 
 
-def apply_candle(state: SeriesHmm, candle: Candle, model: TrainedModel | None = None) -> HmmRegimeEvent | None:
-    """Advance by one candle (None for one not newer than the last). ``model``: a fresh model to adopt first."""
-    if state.last_ts is not None and candle.ts <= state.last_ts:
+def training_due(state: SeriesHmm, cfg: Mapping[str, Any]) -> bool:
+    """Whether the series must (re)train before its next candle; a function of persisted state only."""
+    if not HMM_AVAILABLE or state.last_ts is None:
+        return False
+    det = state.detector
+    attempts = [t for t in (det.model.trained_at if det.trained and det.model else None, state.failed_at) if t]
+    interval_ms = float(cfg["HMM_RETRAIN_INTERVAL_SEC"]) * 1000.0
+    if attempts and state.last_ts - max(attempts) < interval_ms:
+        return False
+    if det.trained:
+        return True
+    window = min(state.seen, int(cfg["HMM_TRAINING_CANDLES"]))
+    return usable_rows(window) >= int(cfg["HMM_MIN_TRAIN_SAMPLES"])
+
+
+def adopt(state: SeriesHmm, result: TrainingResult) -> bool:
+    """Install a training's model (the detector replays its window); a failed fit is remembered. True if installed."""
+    state.history.clear()
+    state.history.extend(result.rows)
+    state.history_complete = True
+    model = result.model
+    if model is not None:
+        closes = [c for _, c, _ in result.rows]
+        volumes = [v for _, _, v in result.rows]
+        if state.detector.install(model, closes, volumes):
+            return True
+    state.failed_at = result.upto
+    return False
+
+
+def applied_history(key: SeriesKey, stored: Iterable[Candle], upto: int, keep: int) -> tuple[Row, ...]:
+    """The last ``keep`` candles a consumer applied up to ``upto``, rebuilt from the stream's candles in order.
+
+    The same rules as live: the payload's series, a ts after the floor, and
+    only candles newer than the last applied (duplicates and late ones are
+    skipped). Candles after ``upto`` were not applied yet and play no part.
+    """
+    rows: deque[Row] = deque(maxlen=keep)
+    last: int | None = None
+    for c in stored:
+        if c.key != key or c.ts < TS_FLOOR_MS or c.ts > upto or (last is not None and c.ts <= last):
+            continue
+        last = c.ts
+        rows.append((c.ts, c.close, c.volume))
+    return tuple(rows)
+
+
+def apply_candle(state: SeriesHmm, candle: Candle) -> HmmRegimeEvent | None:
+    """Advance by one candle (None for one not newer than the last)."""
+    if not is_newer(state, candle):
         return None
     det = state.detector
-    if model is not None:
-        closes, volumes, _ = state.training_data()
-        det.install(model, closes, volumes)
     if state.last_ts is not None:
         missing = (candle.ts - state.last_ts) // timeframe_ms(candle.timeframe) - 1
         if missing > 0:
             det.note_gap(float(missing))
     state.history.append((candle.ts, candle.close, candle.volume))
     state.last_ts = candle.ts
+    state.seen += 1
     verdict = det.update(candle.close, candle.volume)
-    trained = bool(det._trained)
+    trained = det.trained and det.model is not None
     return HmmRegimeEvent(
         exchange=candle.exchange,
         symbol=candle.symbol,

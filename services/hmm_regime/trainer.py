@@ -1,83 +1,101 @@
-"""hmm_regime's trainer: (re)trains each owned series off the event loop, in a process pool.
+"""hmm_regime's trainer: fits models off the event loop, in a process pool that dies with the service.
 
-A model it trains waits in ``ready`` until the series' next candle adopts it,
-inside an ordinary batch (see ``core.apply_candle``), so inference never
-pauses and the swap is persisted and acked with that batch.
+:meth:`Trainer.start` begins a training for a series whose candle clock made
+one due (``core.training_due``); the series' messages are held by the consume
+loop until the returned future is done, then ``core.adopt`` installs the model
+before the held candle is applied. Nothing here decides *when*: only how.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
-from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
-from services.hmm_regime.core import SeriesHmm, can_train
-from shared.bus import StateStore, now_ms, read_subject
+from services.hmm_regime.core import Row, SeriesHmm, TrainingResult, applied_history
+from shared.bus import now_ms, read_subject
+from shared.consume import Repositioned
 from shared.contracts import Candle
-from shared.hmm import HMM_AVAILABLE, TrainedModel, fit_model
+from shared.hmm import TrainedModel, fit_model
+from shared.servers import die_with_parent
 from shared.service import Runtime
 from shared.subjects import SeriesKey
 
-TICK_SEC = 2.0  # how often due retrains are looked for
 log = logging.getLogger("hmm_regime")
 
 
-class Trainer:
-    def __init__(
-        self, rt: Runtime, store: StateStore[SeriesHmm], cfg: Mapping[str, Any], pending: Callable[[], int]
-    ) -> None:
-        self.rt = rt
-        self.store = store
-        self.cfg = cfg
-        self.pending = pending  # messages the candle consumer has yet to read (-1: unknown)
-        self.ready: dict[SeriesKey, TrainedModel] = {}
-        # spawn: a forked child would inherit the event loop and the NATS socket.
-        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        rt.stack.callback(self.pool.shutdown, wait=False, cancel_futures=True)
+def _fit(rows: tuple[Row, ...], cfg: Mapping[str, Any], previous: TrainedModel | None, upto: int) -> Any:
+    """In the worker: the model, or the reason the data could not be fitted (the same input fails the same way)."""
+    closes = [c for _, c, _ in rows]
+    volumes = [v for _, _, v in rows]
+    try:
+        return fit_model(closes, volumes, cfg, previous, upto)
+    except Exception as exc:  # hmmlearn/scikit-learn internals included: a property of the data, not of the run
+        return f"{type(exc).__name__}: {exc}"
 
-    async def train(self, key: SeriesKey) -> None:
-        rt, cfg = self.rt, self.cfg
-        window = int(cfg["HMM_TRAINING_CANDLES"])
-        state = await self.store.get(key)
-        if not state.history_loaded and len(state.history) < window:
-            names = rt.names
-            older = await read_subject(
-                rt.js, names.stream_ohlcv, names.ohlcv(key), keep_last=window, decode_as=Candle
-            )
-            state.prepend(older)
-        if not can_train(state, cfg):
-            return
-        if self.pending() != 0 and len(state.history) < window:
-            return  # still catching up on the stream: wait for the full training window
-        closes, volumes, upto = state.training_data()
-        previous = state.detector.model if state.detector._trained else None
+
+class Trainer:
+    def __init__(self, rt: Runtime, cfg: Mapping[str, Any]) -> None:
+        self.rt = rt
+        self.cfg = cfg
+        self.window = int(cfg["HMM_TRAINING_CANDLES"])
+        self.jobs: dict[SeriesKey, asyncio.Future[TrainingResult]] = {}
+        self.pool = self._new_pool()
+        rt.stack.callback(lambda: self.pool.shutdown(wait=False, cancel_futures=True))
+
+    @staticmethod
+    def _new_pool() -> ProcessPoolExecutor:
+        # spawn: a forked child would inherit the event loop and the NATS socket; the death signal
+        # ends the worker with the service even on SIGKILL, instead of leaving it fitting for nobody.
+        return ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+        )
+
+    def start(self, key: SeriesKey, state: SeriesHmm) -> asyncio.Future[TrainingResult]:
+        assert state.last_ts is not None
+        rows = tuple(state.history) if state.history_complete else None
+        previous = state.detector.model if state.detector.trained else None
+        job = asyncio.ensure_future(self._train(key, state.last_ts, rows, previous))
+        self.jobs[key] = job
+        return job
+
+    def take(self, key: SeriesKey) -> TrainingResult:
+        """The finished training of ``key``; a broken pool makes the consumer start over from its position."""
+        return self.jobs.pop(key).result()
+
+    async def _train(
+        self, key: SeriesKey, upto: int, rows: tuple[Row, ...] | None, previous: TrainedModel | None
+    ) -> TrainingResult:
+        if rows is None:
+            rows = await self._history(key, upto)
         started = now_ms()
         loop = asyncio.get_running_loop()
-        self.ready[key] = await loop.run_in_executor(self.pool, fit_model, closes, volumes, cfg, previous, started)
+        try:
+            fitted = await loop.run_in_executor(self.pool, _fit, rows, self.cfg, previous, upto)
+        except BrokenExecutor as exc:  # the worker died (OOM killer): not the data's fault, so no verdict on it
+            self.pool = self._new_pool()
+            raise Repositioned(f"training worker died: {exc}") from exc
         took = now_ms() - started
-        rt.health.extra["last_training"] = {"series": key.id, "at": started, "ms": took, "upto": upto}
-        log.info("trained %s on %d candles in %d ms", key.id, len(closes), took)
+        self.rt.health.extra["last_training"] = {"series": key.id, "at": started, "ms": took, "upto": upto}
+        if isinstance(fitted, str):
+            log.warning("training %s on %d candles up to %d failed: %s", key.id, len(rows), upto, fitted)
+            return TrainingResult(None, rows, upto)
+        log.info("trained %s on %d candles up to %d in %d ms", key.id, len(rows), upto, took)
+        return TrainingResult(fitted, rows, upto)
 
-    async def run(self) -> None:
-        if not HMM_AVAILABLE:
-            log.error("hmmlearn is not installed: every series stays RANGING with zero bias")
-            return
-        rt = self.rt
-        replica, replicas = rt.partition
-        owned = [k for k in rt.config.series if k.owned_by(replica, replicas)]
-        while not rt.stop.is_set():
-            for key in owned:
-                if rt.stop.is_set():
-                    break
-                state = await self.store.get(key)
-                if key not in self.ready and state.detector.needs_retrain(now_ms()):
-                    try:
-                        await self.train(key)
-                    except (ValueError, ArithmeticError, RuntimeError) as exc:
-                        log.exception("training %s failed: %s", key.id, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rt.stop.wait(), timeout=TICK_SEC)
+    async def _history(self, key: SeriesKey, upto: int) -> tuple[Row, ...]:
+        names = self.rt.names
+        stored = await read_subject(self.rt.js, names.stream_ohlcv, names.ohlcv(key), keep_last=0, decode_as=Candle)
+        return applied_history(key, stored, upto, self.window)
+
+    async def flush(self) -> None:
+        return None
+
+    def discard(self) -> None:
+        """After a failed batch the held series start over: trainings in flight are for nobody."""
+        for job in self.jobs.values():
+            job.cancel()
+        self.jobs.clear()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
-from shared.bus import Consumer, Out, StateStore, kv_bucket
+from shared.bus import Out, kv_bucket
+from shared.consume import Consumer, StateStore
 from shared.contracts import HmmRegimeEvent, ScoreEvent, ScreenerDecision, VolRegimeEvent
 from shared.service import Runtime, run
 
@@ -25,17 +26,21 @@ async def build(rt: Runtime) -> list[Any]:
     def publish(decisions: list[ScreenerDecision]) -> list[Out]:
         return [Out(names.screener(d.key), d, f"screener.{d.key.token}.{d.ts}") for d in decisions]
 
-    async def vol(event: VolRegimeEvent, _subject: str) -> list[Out]:
+    async def vol(event: VolRegimeEvent, seq: int) -> list[Out]:
         state = await store.get(event.key)
         store.mark(event.key)
-        return publish(on_vol(state, event, cfg))
+        return publish(on_vol(state, event, cfg, seq))
 
-    async def hmm(event: HmmRegimeEvent, _subject: str) -> list[Out]:
+    async def hmm(event: HmmRegimeEvent, seq: int) -> list[Out]:
         state = await store.get(event.key)
         store.mark(event.key)
-        return publish(on_hmm(state, event, cfg))
+        return publish(on_hmm(state, event, cfg, seq))
 
-    async def score(event: ScoreEvent, _subject: str) -> list[Out]:
+    def low_water() -> int | None:
+        marks = [m for m in (s.low_water() for s in store.cached().values()) if m is not None]
+        return min(marks) if marks else None
+
+    async def score(event: ScoreEvent, _seq: int) -> list[Out]:
         state = await store.get(event.key)
         if on_score(state, event):
             store.mark(event.key)
@@ -44,10 +49,11 @@ async def build(rt: Runtime) -> list[Any]:
     subjects = [names.vol_all, names.scores_all]
     if cfg.hmm["HMM_ENABLED"]:
         subjects.append(names.hmm_all)
+    durable = rt.durable()
     consumer = Consumer(
-        rt.bus, names.stream_regimes, subjects, rt.durable(),
+        rt.bus, names.stream_regimes, subjects, durable,
         {VolRegimeEvent: vol, HmmRegimeEvent: hmm, ScoreEvent: score},
-        stores=[store], partition=rt.partition,
+        await rt.kv_position(durable), stores=[store], partition=rt.partition, low_water=low_water,
     )
     return [consumer.run(rt.stop)]
 

@@ -23,14 +23,11 @@ from shared.contracts import (
     ScoreEvent,
     ScreenerDecision,
     VolRegimeEvent,
-    from_plain,
-    to_plain,
 )
 from shared.hmm import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
+from shared.subjects import timeframe_ms
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
-# Beyond this many candles waiting for their HMM event, decide without it rather than stall.
-MAX_PENDING = 2000
 
 
 def sizing_multiplier(cfg: StrategyConfig, tier: str, label: str) -> float:
@@ -94,86 +91,127 @@ class Trend:
         return math.tanh(((self.fast - self.slow) / self.slow) / cfg.score_scale)
 
 
+SCORES_KEPT = 32  # per component and series: scores newer than the last decision, plus the one in force
+
+
 @dataclass
 class SeriesScreen:
-    """One series' screener state: the join buffer, trend EMAs, latest external scores."""
+    """One series' screener state: trend EMAs, scores by time, and the join buffer.
+
+    The join buffer (events waiting for their other half, each with its stream
+    sequence) is memory only: the consume loop keeps its position below the
+    oldest of them (:meth:`low_water`), so after a crash they are read again
+    from the stream instead of being written to KV with every batch.
+    """
 
     trend: Trend = field(default_factory=Trend)
     last_decided_ts: int | None = None
-    pending_vol: dict[int, VolRegimeEvent] = field(default_factory=dict)
-    pending_hmm: dict[int, HmmRegimeEvent] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
-    score_ts: dict[str, int] = field(default_factory=dict)
+    last_vol_ts: int | None = None  # newest vol event seen, ms
+    last_hmm_ts: int | None = None  # newest HMM event seen, ms
+    scores: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # component -> [(ts ms, score)]
+    pending_vol: dict[int, tuple[VolRegimeEvent, int]] = field(default_factory=dict)  # ts -> (event, seq)
+    pending_hmm: dict[int, tuple[HmmRegimeEvent, int]] = field(default_factory=dict)
 
     def dump(self) -> dict[str, Any]:
         return {
             "trend": [self.trend.fast, self.trend.slow, self.trend.bars],
             "last_decided_ts": self.last_decided_ts,
-            "pending_vol": [to_plain(e) for e in self.pending_vol.values()],
-            "pending_hmm": [to_plain(e) for e in self.pending_hmm.values()],
-            "scores": self.scores,
-            "score_ts": self.score_ts,
+            "last_vol_ts": self.last_vol_ts,
+            "last_hmm_ts": self.last_hmm_ts,
+            "scores": {c: [list(p) for p in pts] for c, pts in self.scores.items()},
         }
 
     @classmethod
     def load(cls, raw: dict[str, Any]) -> SeriesScreen:
         fast, slow, bars = raw["trend"]
-        vols = [from_plain(VolRegimeEvent, e) for e in raw["pending_vol"]]
-        hmms = [from_plain(HmmRegimeEvent, e) for e in raw["pending_hmm"]]
         return cls(
             trend=Trend(fast, slow, bars),
             last_decided_ts=raw["last_decided_ts"],
-            pending_vol={e.ts: e for e in vols},
-            pending_hmm={e.ts: e for e in hmms},
-            scores=dict(raw["scores"]),
-            score_ts=dict(raw["score_ts"]),
+            last_vol_ts=raw.get("last_vol_ts"),
+            last_hmm_ts=raw.get("last_hmm_ts"),
+            scores={c: [(int(t), float(v)) for t, v in pts] for c, pts in raw["scores"].items()},
         )
+
+    def low_water(self) -> int | None:
+        """The lowest stream sequence of an event still waiting in the join buffer."""
+        seqs = [seq for _, seq in self.pending_vol.values()] + [seq for _, seq in self.pending_hmm.values()]
+        return min(seqs) if seqs else None
+
+    def score_as_of(self, component: str, ts: int) -> float | None:
+        """The newest score of ``component`` stamped at or before ``ts`` (ms), if any."""
+        found = None
+        for t, value in self.scores.get(component, ()):
+            if t > ts:
+                break
+            found = value
+        return found
 
 
 def _stale(state: SeriesScreen, ts: int) -> bool:
     return state.last_decided_ts is not None and ts <= state.last_decided_ts
 
 
-def on_vol(state: SeriesScreen, event: VolRegimeEvent, cfg: StrategyConfig) -> list[ScreenerDecision]:
+def on_vol(state: SeriesScreen, event: VolRegimeEvent, cfg: StrategyConfig, seq: int = 0) -> list[ScreenerDecision]:
     if _stale(state, event.ts) or event.ts in state.pending_vol:
         return []
-    state.pending_vol[event.ts] = event
+    state.pending_vol[event.ts] = (event, seq)
+    state.last_vol_ts = max(event.ts, state.last_vol_ts or event.ts)
     return _drain(state, cfg)
 
 
-def on_hmm(state: SeriesScreen, event: HmmRegimeEvent, cfg: StrategyConfig) -> list[ScreenerDecision]:
+def on_hmm(state: SeriesScreen, event: HmmRegimeEvent, cfg: StrategyConfig, seq: int = 0) -> list[ScreenerDecision]:
     if _stale(state, event.ts) or event.ts in state.pending_hmm:
         return []
-    state.pending_hmm[event.ts] = event
+    state.pending_hmm[event.ts] = (event, seq)
+    state.last_hmm_ts = max(event.ts, state.last_hmm_ts or event.ts)
     return _drain(state, cfg)
 
 
 def on_score(state: SeriesScreen, event: ScoreEvent) -> bool:
-    """Remember the latest score of its component; False for one older than what we hold."""
-    if event.ts < state.score_ts.get(event.component, -1):
+    """File a score under its ts (a second score with the same ts replaces the first); False if nothing changed."""
+    points = state.scores.setdefault(event.component, [])
+    entry = (event.ts, event.score)
+    if entry in points:
         return False
-    state.scores[event.component] = event.score
-    state.score_ts[event.component] = event.ts
+    points[:] = sorted([p for p in points if p[0] != event.ts] + [entry])
+    del points[:-SCORES_KEPT]
     return True
 
 
+def _prune_scores(state: SeriesScreen, decided_close: int) -> None:
+    """Scores superseded before the last decision can never be used again: keep the one in force and newer."""
+    for points in state.scores.values():
+        older = [i for i, (t, _) in enumerate(points) if t <= decided_close]
+        if len(older) > 1:
+            del points[: older[-1]]
+
+
 def _drain(state: SeriesScreen, cfg: StrategyConfig) -> list[ScreenerDecision]:
-    """Decide every candle whose inputs are complete, oldest first."""
+    """Decide every candle whose inputs are complete, oldest first.
+
+    With the HMM on, a candle is decided only with its HMM verdict. One whose
+    missing half can no longer come (the other service has already reported a
+    later candle: it skipped this one) is dropped, never decided without it.
+    """
     hmm_on = bool(cfg.hmm["HMM_ENABLED"])
     out: list[ScreenerDecision] = []
-    for ts in sorted(state.pending_vol):
-        vol = state.pending_vol[ts]
-        hmm = state.pending_hmm.get(ts)
-        if hmm_on and hmm is None and len(state.pending_vol) <= MAX_PENDING:
-            break
-        out.append(decide(state, vol, hmm if hmm_on else None, cfg))
+    for ts in sorted(set(state.pending_vol) | set(state.pending_hmm)):
+        vol = state.pending_vol.get(ts)
+        hmm = state.pending_hmm.get(ts) if hmm_on else None
+        if vol is None or (hmm_on and hmm is None):
+            lagging = state.last_vol_ts if vol is None else state.last_hmm_ts
+            if lagging is None or lagging <= ts:
+                break  # the missing half may still come
+            state.pending_vol.pop(ts, None)
+            state.pending_hmm.pop(ts, None)
+            continue
+        out.append(decide(state, vol[0], hmm[0] if hmm is not None else None, cfg))
         state.last_decided_ts = ts
         del state.pending_vol[ts]
-    last = state.last_decided_ts
-    if last is not None:
-        # HMM events for candles already decided (or never seen by vol) can no longer join.
-        for ts in [t for t in state.pending_hmm if t <= last]:
-            del state.pending_hmm[ts]
+        state.pending_hmm.pop(ts, None)
+        _prune_scores(state, ts + timeframe_ms(vol[0].timeframe))
+    if not hmm_on:
+        state.pending_hmm.clear()
     return out
 
 
@@ -199,12 +237,15 @@ def decide(
     weights = hybrid_weights(cfg, tier, vol.label)
     scores = {"trend": trend_score}
     defaulted: list[str] = []
+    # Scores join as of the candle's close: what a bot had published by the time the bar ended.
+    close_ts = vol.ts + timeframe_ms(vol.timeframe)
     for comp in SCORE_COMPONENTS:
-        if comp in state.scores:
-            scores[comp] = state.scores[comp]
-        else:
+        value = state.score_as_of(comp, close_ts)
+        if value is None:
             scores[comp] = 0.0
             defaulted.append(comp)
+        else:
+            scores[comp] = value
     # With the HMM off the bot falls back to the trend alone (seed 003 §5), exactly as in shadow mode.
     blend = float(cfg.hmm["HMM_BLEND_WITH_TREND"]) if cfg.hmm["HMM_ENABLED"] else 1.0
     shadow = blend >= 1.0
@@ -250,4 +291,6 @@ def decide(
         blend_factor=blend,
         dynamic_idle_target=target,
         grid_bias=grid,
+        hmm_trained=hmm is not None and hmm.trained,
+        hmm_probabilities=hmm.probabilities if hmm is not None else None,
     )

@@ -1,10 +1,13 @@
 """state_publisher: regime events, decisions and pipeline telemetry in; Redis snapshots out (seed 000 §4.1).
 
-The only writer of Redis; it re-uses the values it receives and never recomputes them.
+The only writer of Redis; it re-uses the values it receives and never
+recomputes them. Redis is a cache: its positions are written with the data
+(``writer``), so a flushed Redis is rebuilt from the streams.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -12,7 +15,8 @@ from redis.exceptions import RedisError
 
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol
 from services.state_publisher.writer import SnapshotWriter
-from shared.bus import Consumer, now_ms
+from shared.bus import now_ms
+from shared.consume import Consumer
 from shared.contracts import HmmRegimeEvent, PipelineStatus, ScreenerDecision, VolRegimeEvent
 from shared.service import Runtime, run
 from shared.store import RedisKeys
@@ -24,7 +28,6 @@ async def build(rt: Runtime) -> list[Any]:
     redis = aioredis.from_url(rt.settings.redis_url, decode_responses=True)
     rt.stack.push_async_callback(redis.aclose)
     writer = SnapshotWriter(redis, RedisKeys(rt.names), rt.config)
-    await writer.load()
     blend = float(rt.config.hmm["HMM_BLEND_WITH_TREND"])
     handlers = {
         VolRegimeEvent: writer.handler(lambda s, e: apply_vol(s, e, now_ms())),
@@ -32,16 +35,16 @@ async def build(rt: Runtime) -> list[Any]:
         ScreenerDecision: writer.handler(lambda s, e: apply_decision(s, e, now_ms())),
         PipelineStatus: writer.handler(lambda s, e: apply_pipeline(s, e, now_ms())),
     }
-    names = rt.names
-    regimes = Consumer(
-        rt.bus, names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all],
-        rt.durable(), handlers, after_batch=writer.write, retry_on=(RedisError,),
-    )
-    telemetry = Consumer(
-        rt.bus, names.stream_telemetry, [names.pipeline_all], rt.durable("telemetry"), handlers,
-        after_batch=writer.write, retry_on=(RedisError,),
-    )
-    await writer.write()
+    names, lock = rt.names, asyncio.Lock()  # the two consumers share the writer: one batch at a time
+
+    def consumer(stream: str, subjects: list[str], durable: str) -> Consumer:
+        return Consumer(
+            rt.bus, stream, subjects, durable, handlers, writer.position(durable),
+            stores=[writer], retry_on=(RedisError,), lock=lock,
+        )
+
+    regimes = consumer(names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all], rt.durable())
+    telemetry = consumer(names.stream_telemetry, [names.pipeline_all], rt.durable("telemetry"))
     return [regimes.run(rt.stop), telemetry.run(rt.stop)]
 
 

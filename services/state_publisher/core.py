@@ -147,21 +147,17 @@ def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Updat
     snap["updated_at"] = now
     snap["vol_tuning"] = RegimeStats.load(snap["vol_tuning"], VOL_LABELS).add(d.ts, d.vol_regime, d.close).dump()
     # The HMM verdict of this bar counts only once a model is trained: before that, RANGING is just the neutral default.
-    # (Its event precedes the decision in the stream, since the screener waited for it.)
-    hmm = snap["hmm_regime"]
-    verdict = hmm if d.hmm_regime is not None and hmm is not None and hmm["ts"] == d.ts and hmm["trained"] else None
-    if verdict is not None:
-        snap["hmm_tuning"] = (
-            RegimeStats.load(snap["hmm_tuning"], HMM_LABELS).add(d.ts, verdict["regime"], d.close).dump()
-        )
-    p = verdict["probabilities"] if verdict is not None else None
+    # It comes from the decision itself, never from the snapshot, which the HMM service may have moved past already.
+    trained = d.hmm_regime is not None and d.hmm_trained and d.hmm_probabilities is not None
+    if trained:
+        snap["hmm_tuning"] = RegimeStats.load(snap["hmm_tuning"], HMM_LABELS).add(d.ts, d.hmm_regime, d.close).dump()
     point = {
         "ts": d.ts,
         "close": d.close,
         "vol": d.vol_regime,
         "ratio": d.vol_ratio,
-        "hmm": verdict["regime"] if verdict is not None else None,
-        "p": [p["bearish"], p["ranging"], p["bullish"]] if p is not None else None,
+        "hmm": d.hmm_regime if trained else None,
+        "p": list(d.hmm_probabilities) if trained and d.hmm_probabilities is not None else None,
         "nav": d.effective_per_trade_nav_pct,
         "idle": d.dynamic_idle_target,
         "score": d.hybrid_score,

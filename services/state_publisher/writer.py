@@ -1,18 +1,24 @@
 """The Redis side of state_publisher: every series' snapshot in memory, written back once per batch.
 
-Loaded from Redis at start (so a restart continues where the last run left
-off); each batch's changes go out in one MULTI with transitions, history
-points, the summary and a change notice on the pub/sub channel the dashboard
-listens to.
+Redis is a cache of the streams. Each consumer's position (the stream
+sequence its writes cover) is written in the same MULTI as the snapshots,
+transitions, history points, summary and change notice of its batch, so a
+crash at any point leaves Redis at a batch boundary, and the consumer resumes
+right after it: nothing is written twice, nothing skipped. A flushed or empty
+Redis has no position: the consumers then start over from the streams'
+beginning and rebuild everything (the streams' retention bounds what can be
+rebuilt; see the README).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
 
 from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
 from shared.bus import Out, now_ms
@@ -23,6 +29,10 @@ from shared.subjects import SeriesKey
 Apply = Callable[[dict[str, Any], Any], Update | None]
 
 
+class RedisReset(RedisError):
+    """Redis lost what this writer wrote (flushed, or a fresh server): rebuild from the streams."""
+
+
 class SnapshotWriter:
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys, config: StrategyConfig) -> None:
         self.redis = redis
@@ -30,21 +40,40 @@ class SnapshotWriter:
         self.config = config
         self.snaps: dict[SeriesKey, dict[str, Any]] = {}
         self.pending: dict[SeriesKey, Update] = {}
+        self.epoch = 0  # bumped on every reset, so each consumer of this writer starts over too
+        self._loaded = False
 
     async def load(self) -> None:
         """Snapshots from Redis, plus an empty one per universe series (shown at once as rows of "—")."""
-        for token in await self.redis.smembers(self.keys.symbols):
-            raw = await self.redis.get(self.keys.symbol(token))
-            if raw:
-                self.snaps[SeriesKey.from_token(token)] = json.loads(raw)
+        if self._loaded:
+            return
+        tokens = sorted(await self.redis.smembers(self.keys.symbols))
+        raws = await self.redis.mget([self.keys.symbol(t) for t in tokens]) if tokens else []
+        self.snaps = {SeriesKey.from_token(t): json.loads(r) for t, r in zip(tokens, raws, strict=True) if r}
         for spec in self.config.universe:
             self.snaps.setdefault(spec.key, new_snapshot(spec.key, spec.tier))
         self.pending = {key: Update(kinds={"init"}) for key in self.snaps}
+        self._loaded = True
 
-    def handler(self, apply: Apply) -> Callable[[Any, str], Any]:
+    def discard(self) -> None:
+        """Forget the uncommitted: the next load reads back what Redis holds."""
+        self.snaps.clear()
+        self.pending.clear()
+        self._loaded = False
+
+    def reset(self, why: str) -> RedisReset:
+        """Redis lost our writes: every consumer of this writer must start over from its (now missing) position."""
+        self.discard()
+        self.epoch += 1
+        return RedisReset(why)
+
+    async def flush(self) -> None:
+        return None
+
+    def handler(self, apply: Apply) -> Callable[[Any, int], Any]:
         """A consumer handler applying ``apply`` to the event's snapshot; None for a stale event."""
 
-        async def handle(event: Any, _subject: str) -> list[Out] | None:
+        async def handle(event: Any, _seq: int) -> list[Out] | None:
             key = event.key
             snap = self.snaps.get(key) or self.snaps.setdefault(key, new_snapshot(key, self.config.tier_of(key)))
             update = apply(snap, event)
@@ -55,11 +84,17 @@ class SnapshotWriter:
 
         return handle
 
-    async def write(self) -> None:
-        if not self.pending:
-            return
+    def position(self, name: str) -> RedisPosition:
+        return RedisPosition(self, self.keys.position(name))
+
+    async def write(self, position_key: str, expected: str | None, seq: int) -> None:
+        """The batch's changes and the new position, in one MULTI; RedisReset if the position is not ``expected``."""
         keys, now = self.keys, now_ms()
         async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(position_key)
+            if await pipe.get(position_key) != expected:
+                raise self.reset(f"{position_key} is not {expected!r}: Redis was flushed or replaced")
+            pipe.multi()
             for key, up in self.pending.items():
                 token = key.token
                 pipe.sadd(keys.symbols, token)
@@ -70,8 +105,49 @@ class SnapshotWriter:
                 if up.history:
                     pipe.rpush(keys.history(token), *[json.dumps(p) for p in up.history])
                     pipe.ltrim(keys.history(token), -HISTORY_POINTS, -1)
-            pipe.set(keys.summary, json.dumps(summarize(self.snaps.values(), now)))
-            kinds = sorted(set().union(*(u.kinds for u in self.pending.values())))
-            pipe.publish(keys.changes, json.dumps({"series": [k.id for k in self.pending], "kinds": kinds, "at": now}))
-            await pipe.execute()
+            if self.pending:
+                pipe.set(keys.summary, json.dumps(summarize(self.snaps.values(), now)))
+                kinds = sorted(set().union(*(u.kinds for u in self.pending.values())))
+                notice = {"series": [k.id for k in self.pending], "kinds": kinds, "at": now}
+                pipe.publish(keys.changes, json.dumps(notice))
+            pipe.set(position_key, str(seq))
+            try:
+                await pipe.execute()
+            except WatchError as exc:
+                raise self.reset(f"{position_key} changed under the write: {exc}") from exc
         self.pending.clear()
+
+
+@dataclass
+class RedisPosition:
+    """A consumer's position in Redis, committed with the writes it covers (see the module doc)."""
+
+    writer: SnapshotWriter
+    key: str
+    _value: str | None = None
+    _epoch: int = -1
+
+    async def load(self) -> int:
+        await self.writer.load()
+        self._value = await self.writer.redis.get(self.key)
+        self._epoch = self.writer.epoch
+        seq = int(self._value) if self._value else 0
+        if self.writer.pending:  # the universe's empty rows, shown at once; rebuilt after a flush too
+            await self.writer.write(self.key, self._value, seq)
+            self._value = str(seq)
+        return seq
+
+    async def commit(self, seq: int) -> None:
+        await self._check_epoch()
+        await self.writer.write(self.key, self._value, seq)
+        self._value = str(seq)
+
+    async def verify(self) -> None:
+        """Notice a flush while idle: the position (written with the first batch) is gone."""
+        await self._check_epoch()
+        if self._value is not None and await self.writer.redis.get(self.key) != self._value:
+            raise self.writer.reset(f"{self.key} vanished: Redis was flushed or replaced")
+
+    async def _check_epoch(self) -> None:
+        if self._epoch != self.writer.epoch:
+            raise RedisReset("another consumer of this writer found Redis reset")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.vol_regime.core import SeriesVol, apply_candle
-from shared.bus import Consumer, Out, StateStore, kv_bucket
+from shared.bus import Out, kv_bucket
+from shared.consume import Consumer, StateStore
 from shared.contracts import Candle
 from shared.service import Runtime, run
 
@@ -21,7 +22,7 @@ async def build(rt: Runtime) -> list[Any]:
         load=lambda _key, raw: SeriesVol.load(cfg, raw),
     )
 
-    async def on_candle(candle: Candle, _subject: str) -> list[Out] | None:
+    async def on_candle(candle: Candle, _seq: int) -> list[Out] | None:
         state = await store.get(candle.key)
         event = apply_candle(state, candle, cfg)
         if event is None:
@@ -29,9 +30,11 @@ async def build(rt: Runtime) -> list[Any]:
         store.mark(candle.key)
         return [Out(rt.names.vol(candle.key), event, f"vol.{candle.msg_id}")]
 
+    durable = rt.durable()
     consumer = Consumer(
-        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(), {Candle: on_candle},
-        stores=[store], partition=rt.partition,
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candle},
+        await rt.kv_position(durable), stores=[store], partition=rt.partition,
+        future_tolerance_ms=rt.settings.future_tolerance_ms,
     )
     return [consumer.run(rt.stop)]
 

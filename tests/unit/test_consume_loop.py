@@ -1,7 +1,8 @@
-"""The one consume loop (shared.bus.Consumer.process): its batch protocol, without a server."""
+"""The one consume loop (shared.consume.Consumer): its batch protocol, without a server."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -9,29 +10,42 @@ from typing import Any
 import nats.errors
 import pytest
 
-from shared.bus import Consumer, Out
+from shared.bus import Out
+from shared.consume import Consumer, Hold, Repositioned
 from shared.contracts import Candle, encode
-from shared.subjects import SeriesKey
+from shared.subjects import Names, SeriesKey
 from shared.telemetry import Metrics
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
+OTHER = SeriesKey("test", "BBB/USD", "1m")
+T0 = 1_700_000_040_000
 
 
-def candle(i: int) -> Candle:
-    return Candle("test", "AAA/USD", "1m", 60_000 * (1000 + i), 10.0, 11.0, 9.0, 10.5, 1.0)
+def candle(i: int, key: SeriesKey = KEY) -> Candle:
+    return Candle(key.exchange, key.symbol, "1m", T0 + 60_000 * i, 10.0, 11.0, 9.0, 10.5, 1.0)
 
 
 @dataclass
 class FakeMsg:
     data: bytes
+    seq: int
     subject: str = "ohlcv.test.AAA-USD.1m"
-    journal: list[str] = field(default_factory=list)
-    metadata: Any = field(
-        default_factory=lambda: SimpleNamespace(num_pending=0, stream="S", sequence=SimpleNamespace(stream=1))
-    )
+    delivery: int = 0
 
-    async def ack(self) -> None:
-        self.journal.append("ack")
+    @property
+    def metadata(self) -> Any:
+        return SimpleNamespace(
+            num_pending=0, stream="S", sequence=SimpleNamespace(stream=self.seq, consumer=self.delivery or self.seq)
+        )
+
+
+def msgs_of(*items: Candle | bytes, start: int = 1) -> list[FakeMsg]:
+    out = []
+    for i, item in enumerate(items):
+        data = item if isinstance(item, bytes) else encode(item)
+        subject = f"ohlcv.{item.key.token}" if isinstance(item, Candle) else "ohlcv.test.AAA-USD.1m"
+        out.append(FakeMsg(data, start + i, subject))
+    return out
 
 
 class FakeBus:
@@ -39,20 +53,21 @@ class FakeBus:
 
     def __init__(self, journal: list[str]) -> None:
         self.journal = journal
+        self.names = Names("")
         self.metrics = Metrics.create("svc")
         self.letters: list[tuple[str, bytes]] = []
 
-    async def publish(self, out: Out) -> None:
-        self.journal.append(f"publish {out.msg_id}")
+    async def publish_all(self, outs: list[Out]) -> None:
+        self.journal.extend(f"publish {o.msg_id}" for o in outs)
 
     async def dead_letter(self, reason: str, subject: str, payload: bytes, origin: str | None = None) -> None:
         self.letters.append((reason, payload))
         self.metrics.messages.labels(self.service, "dead_lettered").inc()
 
 
+@dataclass
 class FakeStore:
-    def __init__(self, journal: list[str]) -> None:
-        self.journal = journal
+    journal: list[str]
 
     async def flush(self) -> None:
         self.journal.append("flush")
@@ -61,115 +76,217 @@ class FakeStore:
         self.journal.append("discard")
 
 
-def consumer(journal: list[str], handler: Any, partition: tuple[int, int] = (0, 1)) -> tuple[Consumer, FakeBus]:
-    bus = FakeBus(journal)
+@dataclass
+class FakePosition:
+    journal: list[str]
+    value: int = 0
+    loads: int = 0
 
-    async def after() -> None:
-        journal.append("after_batch")
+    async def load(self) -> int:
+        self.loads += 1
+        return self.value
 
-    c = Consumer(
-        bus,  # type: ignore[arg-type]
-        "S",
-        ["ohlcv.>"],
-        "d",
-        {Candle: handler},
-        stores=[FakeStore(journal)],  # type: ignore[list-item]
-        partition=partition,
-        after_batch=after,
-    )
-    return c, bus
+    async def commit(self, seq: int) -> None:
+        self.value = seq
+        self.journal.append(f"commit {seq}")
+
+    async def verify(self) -> None:
+        return None
 
 
-async def echo(c: Candle, _subject: str) -> list[Out]:
+@dataclass
+class Rig:
+    journal: list[str] = field(default_factory=list)
+
+    def consumer(self, handler: Any, partition: tuple[int, int] = (0, 1), **kw: Any) -> Consumer:
+        self.bus = FakeBus(self.journal)
+        self.position = FakePosition(self.journal)
+        return Consumer(
+            self.bus,  # type: ignore[arg-type]
+            "S",
+            ["ohlcv.>"],
+            "d",
+            {Candle: handler},
+            self.position,
+            stores=[FakeStore(self.journal)],
+            partition=partition,
+            **kw,
+        )
+
+
+async def echo(c: Candle, _seq: int) -> list[Out]:
     return [Out("out", c, f"id{c.ts}")]
 
 
-async def test_outputs_are_published_then_state_flushed_then_the_batch_acked() -> None:
-    journal: list[str] = []
-    c, _ = consumer(journal, echo)
-    await c.process([FakeMsg(encode(candle(i)), journal=journal) for i in range(2)])
-    ids = [f"publish id{candle(i).ts}" for i in range(2)]
-    assert journal == [*ids, "flush", "after_batch", "ack", "ack"]
+async def test_outputs_are_published_then_state_flushed_then_the_position_committed() -> None:
+    rig = Rig()
+    c = rig.consumer(echo)
+    c._next_delivery = 1
+    await c.process(msgs_of(candle(0), candle(1)))
+    assert rig.journal == [f"publish id{candle(0).ts}", f"publish id{candle(1).ts}", "flush", "commit 2"]
 
 
 async def test_a_bad_message_and_a_handler_bug_are_dead_lettered_and_the_rest_goes_on() -> None:
-    journal: list[str] = []
+    rig = Rig()
 
-    async def buggy(c: Candle, subject: str) -> list[Out]:
+    async def buggy(c: Candle, seq: int) -> list[Out]:
         if c.ts == candle(1).ts:
             raise AttributeError("'NoneType' object has no attribute 'x'")
-        return await echo(c, subject)
+        return await echo(c, seq)
 
-    c, bus = consumer(journal, buggy)
-    msgs = [FakeMsg(b"\xc1junk", journal=journal), FakeMsg(encode(candle(1)), journal=journal)]
-    msgs.append(FakeMsg(encode(candle(2)), journal=journal))
-    await c.process(msgs)
-    reasons = [r for r, _ in bus.letters]
+    c = rig.consumer(buggy)
+    c._next_delivery = 1
+    await c.process(msgs_of(b"\xc1junk", candle(1), candle(2)))
+    reasons = [r for r, _ in rig.bus.letters]
     assert reasons[0].startswith("not msgpack")
     assert reasons[1] == "handler error: AttributeError: 'NoneType' object has no attribute 'x'"
-    assert bus.letters[0][1] == b"\xc1junk"  # the original bytes, untouched
-    assert journal.count("ack") == 3  # refused messages are acked: never redelivered
-    assert f"publish id{candle(2).ts}" in journal
+    assert rig.bus.letters[0][1] == b"\xc1junk"  # the original bytes, untouched
+    assert f"publish id{candle(2).ts}" in rig.journal
+    assert rig.journal[-1] == "commit 3"  # refused messages are behind the position: never seen again
 
 
-async def test_a_bus_failure_inside_a_handler_fails_the_batch_instead_of_blaming_the_message() -> None:
-    journal: list[str] = []
+async def test_a_payload_for_another_series_than_its_subject_is_dead_lettered() -> None:
+    rig = Rig()
+    c = rig.consumer(echo)
+    c._next_delivery = 1
+    spoof = FakeMsg(encode(candle(0, OTHER)), 1, subject="ohlcv.test.AAA-USD.1m")
+    await c.process([spoof])
+    assert rig.bus.letters[0][0] == "subject names series test:AAA/USD:1m but the payload is for test:BBB/USD:1m"
+    assert not any(j.startswith("publish") for j in rig.journal)
 
-    async def kv_down(_c: Candle, _subject: str) -> list[Out]:
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        (6_311_347_200_000, "in the future"),  # 2170
+        (60_000, "before"),  # 1970
+    ],
+)
+async def test_a_candle_dated_in_the_future_or_before_the_floor_is_dead_lettered(ts: int, reason: str) -> None:
+    rig = Rig()
+    c = rig.consumer(echo)
+    c._next_delivery = 1
+    bad = Candle("test", "AAA/USD", "1m", ts, 10.0, 11.0, 9.0, 10.5, 1.0)
+    await c.process(msgs_of(bad))
+    assert reason in rig.bus.letters[0][0]
+
+
+async def test_a_bus_failure_inside_a_handler_fails_the_batch_and_commits_nothing() -> None:
+    rig = Rig()
+
+    async def kv_down(_c: Candle, _seq: int) -> list[Out]:
         raise nats.errors.TimeoutError
 
-    c, bus = consumer(journal, kv_down)
+    c = rig.consumer(kv_down)
+    c._next_delivery = 1
     with pytest.raises(nats.errors.TimeoutError):
-        await c.process([FakeMsg(encode(candle(0)), journal=journal)])
-    assert bus.letters == []
-    assert "ack" not in journal
+        await c.process(msgs_of(candle(0)))
+    assert rig.bus.letters == []
+    assert not any(j.startswith("commit") for j in rig.journal)
 
 
 async def test_stale_messages_count_as_skipped_and_series_of_other_replicas_are_left_alone() -> None:
-    journal: list[str] = []
+    rig = Rig()
 
-    async def stale(_c: Candle, _subject: str) -> None:
+    async def stale(_c: Candle, _seq: int) -> None:
         return None
 
-    c, bus = consumer(journal, stale)
-    await c.process([FakeMsg(encode(candle(0)), journal=journal)])
-    assert bus.metrics.count("svc", "skipped") == 1
+    c = rig.consumer(stale)
+    c._next_delivery = 1
+    await c.process(msgs_of(candle(0)))
+    assert rig.bus.metrics.count("svc", "skipped") == 1
     other = 1 - next(r for r in (0, 1) if KEY.owned_by(r, 2))
-    c2, bus2 = consumer(journal, echo, partition=(other, 2))
-    await c2.process([FakeMsg(encode(candle(0)), journal=journal)])
-    assert bus2.metrics.count("svc", "not_owned") == 1
-    assert bus2.metrics.count("svc", "handled") == 0
+    c2 = rig.consumer(echo, partition=(other, 2))
+    c2._next_delivery = 1
+    await c2.process(msgs_of(candle(0)))
+    assert rig.bus.metrics.count("svc", "not_owned") == 1
+    assert rig.bus.metrics.count("svc", "handled") == 0
 
 
-async def test_a_redis_outage_retries_the_batch_instead_of_stopping_the_service() -> None:
-    import asyncio
+async def test_a_held_series_waits_in_order_while_others_go_on_and_the_position_stays_below_it() -> None:
+    rig = Rig()
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen: list[tuple[str, int]] = []
 
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    async def training(c: Candle, seq: int) -> list[Out] | Hold:
+        if c.key == KEY and c.ts == candle(1).ts and not ready.done():
+            return Hold(ready)
+        seen.append((c.symbol, c.ts))
+        return await echo(c, seq)
 
+    c = rig.consumer(training)
+    c._next_delivery = 1
+    await c.process(msgs_of(candle(0), candle(1), candle(1, OTHER), candle(2)))
+    assert seen == [("AAA/USD", candle(0).ts), ("BBB/USD", candle(1).ts)]
+    assert rig.position.value == 1  # stops short of the first held message (seq 2)
+    ready.set_result(None)
+    await c.process([])
+    assert seen[2:] == [("AAA/USD", candle(1).ts), ("AAA/USD", candle(2).ts)]
+    assert rig.position.value == 4
+
+
+async def test_the_position_stays_below_what_a_core_keeps_in_memory_only() -> None:
+    rig = Rig()
+    water: list[int] = [2]
+    c = rig.consumer(echo, low_water=lambda: water[0] if water else None)
+    c._next_delivery = 1
+    await c.process(msgs_of(candle(0), candle(1), candle(2)))
+    assert rig.position.value == 1
+    water.clear()
+    await c.process(msgs_of(candle(3), start=4))
+    assert rig.position.value == 4
+
+
+async def test_a_hole_in_the_deliveries_makes_the_loop_start_over_from_its_position() -> None:
+    rig = Rig()
+    c = rig.consumer(echo)
+    c._next_delivery = 1
+    first, _lost, third = msgs_of(candle(0), candle(1), candle(2))
+    await c.process([first])
+    with pytest.raises(Repositioned):
+        await c.process([third])
+
+
+async def test_a_failed_batch_is_applied_again_from_the_committed_position_before_anything_newer() -> None:
     journal: list[str] = []
     stop = asyncio.Event()
-    writes: list[int] = []
+    stream = msgs_of(candle(0), candle(1), candle(2))
+    rig = Rig(journal)
+    failures = [1]
 
-    async def write() -> None:
-        writes.append(1)
-        if len(writes) == 1:
-            raise RedisConnectionError("redis went away")
-        stop.set()
+    async def flaky(c: Candle, seq: int) -> list[Out]:
+        if c.ts == candle(1).ts and failures:
+            failures.pop()
+            raise nats.errors.TimeoutError
+        if c.ts == candle(2).ts:
+            stop.set()
+        return await echo(c, seq)
+
+    c = rig.consumer(flaky)
 
     class Sub:
+        def __init__(self, start: int) -> None:
+            self.queue = [m for m in stream if m.seq >= start]
+            for i, m in enumerate(self.queue):
+                m.delivery = i + 1
+
         async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
-            msg = FakeMsg(encode(candle(0)), journal=journal)
+            out, self.queue = self.queue[:2], self.queue[2:]
+            return out
 
-            async def nak(delay: float | None = None) -> None:
-                journal.append("nak")
+        async def unsubscribe(self) -> None:
+            return None
 
-            msg.nak = nak  # type: ignore[attr-defined]
-            return [msg]
+    async def open_() -> Any:
+        c.committed = c._last_seq = await rig.position.load()
+        c._next_delivery = 1
+        return Sub(c.committed + 1)
 
-    c, _ = consumer(journal, echo)
-    c.after_batch = write
-    c.retry_on = (RedisConnectionError,)
-    await c._loop(Sub(), stop)  # type: ignore[arg-type]
-    assert journal.count("nak") == 1  # the first batch goes back to be redelivered...
-    assert journal[-1] == "ack"  # ...and the next one lands once Redis is back
-    assert len(writes) == 2
+    c._open = open_  # type: ignore[method-assign]
+    await asyncio.wait_for(c.run(stop), 10)
+    published = [j for j in journal if j.startswith("publish")]
+    # The failed batch (candles 0 and 1) is replayed whole from position 0, before candle 2.
+    assert published == [f"publish id{candle(i).ts}" for i in (0, 1, 2)]
+    assert "discard" in journal
+    assert rig.position.loads == 2
+    assert rig.position.value == 3

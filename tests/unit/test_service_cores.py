@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from services.hmm_regime.core import SeriesHmm, can_train
+from services.hmm_regime.core import SeriesHmm, TrainingResult, adopt, applied_history, training_due
 from services.hmm_regime.core import apply_candle as hmm_apply
 from services.ohlcv_ingest.pipeline import FRESHNESS_FLOOR_SEC, SeriesBook, freshness_limit_sec
 from services.vol_regime.core import SeriesVol
@@ -173,53 +174,70 @@ def test_history_is_bounded_by_training_candles() -> None:
     assert [ts for ts, _, _ in state.history] == [T0 + i * TF_MS for i in range(15, 25)]
 
 
-def test_can_train_needs_min_train_samples_usable_rows() -> None:
+def test_first_training_is_due_at_min_train_samples_usable_rows_by_the_candle_count() -> None:
     state = SeriesHmm.new(HMM_CFG)
     needed = HMM_CFG["HMM_MIN_TRAIN_SAMPLES"] + WARMUP_BARS - 1
     for i in range(needed - 1):
+        assert not training_due(state, HMM_CFG)
         hmm_apply(state, candle(i, 100.0 + (i % 7)))
     assert usable_rows(len(state.history)) == HMM_CFG["HMM_MIN_TRAIN_SAMPLES"] - 1
-    assert not can_train(state, HMM_CFG)
+    assert not training_due(state, HMM_CFG)
     hmm_apply(state, candle(needed, 100.0))
-    assert can_train(state, HMM_CFG)
+    assert training_due(state, HMM_CFG)
+    # The schedule survives a restart (it reads persisted counts, not the in-memory history).
+    restored = SeriesHmm.load(HMM_CFG, msgpack.unpackb(msgpack.packb(state.dump()), raw=False))
+    assert restored.history_complete is False
+    assert training_due(restored, HMM_CFG)
+
+
+def test_retraining_is_due_by_candle_time_after_the_last_training(model: TrainedModel) -> None:
+    cfg = {**HMM_CFG, "HMM_RETRAIN_INTERVAL_SEC": 3600.0}
+    state = SeriesHmm.new(cfg)
+    for i in range(400):
+        hmm_apply(state, candle(i, 100.0 + (i % 7)))
+    rows = tuple(state.history)
+    last_training = rows[-1][0]  # a model's trained_at is the candle time of its window's end
+    assert adopt(state, TrainingResult(dataclasses.replace(model, trained_at=last_training), rows, last_training))
+    assert not training_due(state, cfg)
+    i = len(rows)
+    while state.last_ts is not None and state.last_ts - last_training < 3_600_000:
+        assert not training_due(state, cfg)
+        hmm_apply(state, candle(i, 100.0))
+        i += 1
+    assert training_due(state, cfg)
+
+
+def test_a_failed_training_is_not_retried_before_the_retrain_interval_of_candle_time() -> None:
+    cfg = {**HMM_CFG, "HMM_RETRAIN_INTERVAL_SEC": 600.0}
+    state = SeriesHmm.new(cfg)
+    for i in range(400):
+        hmm_apply(state, candle(i, 100.0))
+    assert training_due(state, cfg)
+    assert not adopt(state, TrainingResult(None, tuple(state.history), state.last_ts or 0))
+    assert state.failed_at == state.last_ts
+    for i in range(400, 409):
+        hmm_apply(state, candle(i, 100.0))
+        assert not training_due(state, cfg)
+    hmm_apply(state, candle(410, 100.0))
+    assert training_due(state, cfg)
 
 
 def old(i: int, close: float = 50.0) -> Candle:
     return candle(i, close, volume=1.0)
 
 
-def test_prepend_keeps_only_applied_older_candles_sorted() -> None:
+def test_applied_history_rebuilds_exactly_what_the_consumer_applied() -> None:
+    # Stream order is publish order: a late backfill, a duplicate, a candle not applied yet, another series.
+    other = Candle("kraken", "ETH/USD", "1m", T0 + 5 * TF_MS, 1.0, 1.0, 1.0, 1.0, 1.0)
+    stored = [old(3), old(4), old(7), old(5), old(7, 51.0), other, old(8), old(9), old(30)]
     state = SeriesHmm.new(HMM_CFG)
-    for i in range(10, 15):
-        hmm_apply(state, candle(i, 100.0 + i))
-    # Stream order is publish order: a later backfill appends older candles at the end, with duplicates.
-    state.prepend([old(7), old(3), old(9), old(12), old(15), old(20), old(8), old(3, 51.0)])
-    assert [ts for ts, _, _ in state.history] == [T0 + i * TF_MS for i in (3, 7, 8, 9, 10, 11, 12, 13, 14)]
-    assert state.history_loaded is True
-    closes, _, newest = state.training_data()
-    assert closes[-5:] == [110.0, 111.0, 112.0, 113.0, 114.0]
-    assert newest == T0 + 14 * TF_MS
-
-
-def test_prepend_on_empty_history_takes_candles_up_to_the_last_applied() -> None:
-    state = SeriesHmm(RegimeDetector(HMM_CFG), last_ts=T0 + 5 * TF_MS, history=deque(maxlen=400))
-    state.prepend([old(6), old(5), old(2), old(4)])
-    assert [ts for ts, _, _ in state.history] == [T0 + i * TF_MS for i in (2, 4, 5)]
-
-
-def test_prepend_before_any_candle_adds_nothing() -> None:
-    state = SeriesHmm.new(HMM_CFG)
-    state.prepend([old(1), old(2)])
-    assert list(state.history) == []
-    assert state.history_loaded is True
-
-
-def test_prepend_keeps_the_newest_when_over_the_training_window() -> None:
-    state = SeriesHmm.new({**HMM_CFG, "HMM_TRAINING_CANDLES": 6})
-    for i in range(20, 24):
-        hmm_apply(state, candle(i, 100.0))
-    state.prepend([old(i) for i in range(10, 20)])
-    assert [ts for ts, _, _ in state.history] == [T0 + i * TF_MS for i in (18, 19, 20, 21, 22, 23)]
+    for c in stored:
+        if c.key == KEY and c.ts <= T0 + 9 * TF_MS:
+            hmm_apply(state, c)
+    rows = applied_history(KEY, stored, upto=T0 + 9 * TF_MS, keep=400)
+    assert rows == tuple(state.history)
+    assert [ts for ts, _, _ in rows] == [T0 + i * TF_MS for i in (3, 4, 7, 8, 9)]
+    assert applied_history(KEY, stored, upto=T0 + 9 * TF_MS, keep=2) == rows[-2:]
 
 
 def test_apply_candle_with_a_model_installs_it_first(
@@ -231,7 +249,9 @@ def test_apply_candle_with_a_model_installs_it_first(
         ev = hmm_apply(state, candle(i, float(closes[i]), float(volumes[i])))
         assert ev is not None
         assert ev.trained is False
-    ev = hmm_apply(state, candle(400, float(closes[400]), float(volumes[400])), model)
+    rows = tuple(state.history)
+    assert adopt(state, TrainingResult(model, rows, rows[-1][0]))
+    ev = hmm_apply(state, candle(400, float(closes[400]), float(volumes[400])))
     assert ev is not None
     assert ev.trained is True
     assert ev.trained_at == model.trained_at == T0
@@ -260,7 +280,8 @@ def test_hmm_state_survives_dump_and_load(history: tuple[np.ndarray, np.ndarray]
     a = SeriesHmm.new(HMM_CFG)
     for i in range(400):
         hmm_apply(a, candle(i, float(closes[i]), float(volumes[i])))
-    hmm_apply(a, candle(400, float(closes[400]), float(volumes[400])), model)
+    assert adopt(a, TrainingResult(model, tuple(a.history), a.history[-1][0]))
+    hmm_apply(a, candle(400, float(closes[400]), float(volumes[400])))
     b = SeriesHmm.load(HMM_CFG, msgpack.unpackb(msgpack.packb(a.dump()), raw=False))
     assert b.last_ts == a.last_ts
     for i in range(401, 430):

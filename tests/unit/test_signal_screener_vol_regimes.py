@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 import services.screener.core as screener
 from services.screener.core import (
-    MAX_PENDING,
     NEUTRAL_GRID,
     SeriesScreen,
     effective_nav_pct,
@@ -433,13 +432,22 @@ def test_published_score_leaves_the_defaulted_list() -> None:
     assert d.hybrid_score == pytest.approx(0.25 * 0.8, rel=1e-12)
 
 
-def test_older_score_does_not_replace_a_newer_one() -> None:
+def test_scores_join_as_of_the_candle_close_whatever_order_they_arrived_in() -> None:
     state = SeriesScreen()
-    assert on_score(state, score_event("carry", 0.8, i=5))
-    assert on_score(state, score_event("carry", -0.5, i=4)) is False
-    assert state.scores["carry"] == 0.8
     assert on_score(state, score_event("carry", -0.5, i=6))
-    assert state.scores["carry"] == -0.5
+    assert on_score(state, score_event("carry", 0.8, i=3))  # arrives later, stamped earlier: still filed
+    assert on_score(state, score_event("carry", 0.8, i=3)) is False  # a replayed score changes nothing
+    carry = [d.scores["carry"] for i in range(8) for d in on_vol(state, vol_event(i), NO_CAP)]
+    # The candle opened at i closes at i + 1: it sees the scores stamped up to then.
+    assert carry == [0.0, 0.0, 0.8, 0.8, 0.8, -0.5, -0.5, -0.5]
+    assert state.scores["carry"] == [(ts(6), -0.5)]  # superseded scores are pruned
+
+
+def test_a_second_score_with_the_same_stamp_replaces_the_first() -> None:
+    state = SeriesScreen()
+    on_score(state, score_event("carry", 0.1, i=2))
+    on_score(state, score_event("carry", 0.3, i=2))
+    assert state.scores["carry"] == [(ts(2), 0.3)]
 
 
 # --- the join: vol and HMM events of one candle -------------------------------------------------------------
@@ -468,15 +476,6 @@ def test_join_is_independent_of_arrival_order() -> None:
     on_hmm(hmm_first, hmm_event(0), HMM_ON)
     (b,) = on_vol(hmm_first, vol_event(0, "crisis"), HMM_ON)
     assert a == b
-
-
-def test_hmm_event_of_another_candle_does_not_complete_the_join() -> None:
-    state = SeriesScreen()
-    assert on_vol(state, vol_event(0), HMM_ON) == []
-    assert on_hmm(state, hmm_event(1), HMM_ON) == []
-    assert on_vol(state, vol_event(1), HMM_ON) == []  # candle 0 still waits, and 1 queues behind it
-    decisions = on_hmm(state, hmm_event(0), HMM_ON)
-    assert [d.ts for d in decisions] == [ts(0), ts(1)]
 
 
 def interleavings(n: int, seed: int) -> list[tuple[str, int]]:
@@ -539,12 +538,10 @@ def test_duplicate_pending_event_keeps_the_first_copy() -> None:
     state = SeriesScreen()
     assert on_vol(state, vol_event(0, "low"), HMM_ON) == []
     assert on_vol(state, vol_event(0, "crisis"), HMM_ON) == []
-    assert on_hmm(state, hmm_event(1), HMM_ON) == []
+    assert on_hmm(state, hmm_event(1), HMM_ON) == []  # not candle 0's: candle 0 can no longer join
     assert on_hmm(state, hmm_event(1, "BEARISH", (0.9, 0.05, 0.05)), HMM_ON) == []
-    (d0,) = on_hmm(state, hmm_event(0), HMM_ON)
-    (d1,) = on_vol(state, vol_event(1), HMM_ON)
-    assert d0.vol_regime == "low"
-    assert d1.hmm_regime == "BULLISH"
+    (d1,) = on_vol(state, vol_event(1, "low"), HMM_ON)
+    assert (d1.ts, d1.hmm_regime) == (ts(1), "BULLISH")
 
 
 def test_hmm_events_that_can_no_longer_join_are_dropped() -> None:
@@ -558,29 +555,32 @@ def test_hmm_events_that_can_no_longer_join_are_dropped() -> None:
     assert on_vol(state, vol_event(3), HMM_ON) == []  # older than what was decided
 
 
-def test_safety_valve_decides_without_hmm_beyond_max_pending() -> None:
+def test_with_hmm_enabled_no_candle_is_ever_decided_without_its_hmm_verdict() -> None:
     state = SeriesScreen()
-    for i in range(MAX_PENDING):
+    for i in range(5000):
         assert on_vol(state, vol_event(i), HMM_ON) == []
-    (d,) = on_vol(state, vol_event(MAX_PENDING), HMM_ON)
-    assert d.ts == ts(0)  # the oldest candle goes first
-    assert d.hmm_regime is None
-    assert d.hmm_bias == 0.0
-    assert d.grid_bias == NEUTRAL_GRID
-    assert len(state.pending_vol) == MAX_PENDING
-    # The HMM event of that candle arrives late: too late to change anything.
-    assert on_hmm(state, hmm_event(0), HMM_ON) == []
-    # The next candle still joins normally once its HMM event arrives.
-    (d1,) = on_hmm(state, hmm_event(1), HMM_ON)
-    assert (d1.ts, d1.hmm_regime) == (ts(1), "BULLISH")
+    assert len(state.pending_vol) == 5000
+    (d,) = on_hmm(state, hmm_event(0), HMM_ON)
+    assert (d.ts, d.hmm_regime, d.hmm_trained) == (ts(0), "BULLISH", True)
 
 
-def test_safety_valve_bound_is_read_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(screener, "MAX_PENDING", 3)
+def test_a_candle_whose_hmm_verdict_can_no_longer_come_is_dropped_not_decided_without_it() -> None:
     state = SeriesScreen()
-    out = feed([("vol", i) for i in range(6)], HMM_ON, state)
-    assert [d.ts for d in out] == [ts(0), ts(1), ts(2)]
-    assert sorted(state.pending_vol) == [ts(3), ts(4), ts(5)]
+    on_vol(state, vol_event(0), HMM_ON)
+    on_vol(state, vol_event(1), HMM_ON)
+    (d,) = on_hmm(state, hmm_event(1), HMM_ON)  # the HMM service skipped candle 0
+    assert d.ts == ts(1)
+    assert state.pending_vol == {}
+
+
+def test_the_join_buffer_reports_its_oldest_stream_sequence() -> None:
+    state = SeriesScreen()
+    assert state.low_water() is None
+    on_vol(state, vol_event(0), HMM_ON, seq=7)
+    on_vol(state, vol_event(1), HMM_ON, seq=9)
+    assert state.low_water() == 7
+    on_hmm(state, hmm_event(0), HMM_ON, seq=12)
+    assert state.low_water() == 9
 
 
 def test_with_hmm_disabled_the_vol_event_alone_decides() -> None:
@@ -671,19 +671,26 @@ def test_hmm_disabled_idle_target_is_the_trend_only_target() -> None:
 # --- persistence ---------------------------------------------------------------------------------------------------
 
 
-def test_series_screen_round_trips_through_msgpack_and_continues_identically() -> None:
+def test_series_screen_resumes_identically_from_its_stored_state_and_a_replay_of_the_join_buffer() -> None:
     order = interleavings(80, seed=3)
     cut = next(j for j in range(30, len(order)) if order[j][0] == "hmm" and order[j - 1][0] == "vol")
     original = SeriesScreen()
     on_score(original, score_event("carry", 0.4))
-    feed(order[:cut], HMM_ON, original)
+    seqs = dict(enumerate(order))
+    out: list[ScreenerDecision] = []
+    for seq in range(cut):
+        out += feed([seqs[seq]], HMM_ON, original)
     assert original.pending_vol or original.pending_hmm  # something is waiting mid-join
     assert original.trend.bars > 0
 
+    # What survives a crash: the stored state, plus the stream from the oldest event still waiting.
     wire = msgpack.packb(original.dump(), use_bin_type=True)
     restored = SeriesScreen.load(msgpack.unpackb(wire, raw=False))
-    assert restored.dump() == original.dump()
-
+    waiting = sorted(
+        [(e.ts, "vol") for e, _ in original.pending_vol.values()] + [(e.ts, "hmm") for e, _ in original.pending_hmm.values()]
+    )
+    replay_from = min(j for j in range(cut) if (ts(seqs[j][1]), seqs[j][0]) in waiting)
+    assert feed(order[replay_from:cut], HMM_ON, restored) == []  # nothing decided twice
     rest_a = feed(order[cut:], HMM_ON, original)
     rest_b = feed(order[cut:], HMM_ON, restored)
     assert rest_a

@@ -94,7 +94,13 @@ def hmm_event(
 
 
 def decision(
-    t: int, vol: str = "normal", hmm: str | None = "RANGING", close: float = 100.0, tier: str = "CORE"
+    t: int,
+    vol: str = "normal",
+    hmm: str | None = "RANGING",
+    close: float = 100.0,
+    tier: str = "CORE",
+    trained: bool = True,
+    probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
 ) -> ScreenerDecision:
     return ScreenerDecision(
         exchange=KEY.exchange,
@@ -122,6 +128,8 @@ def decision(
         blend_factor=0.5,
         dynamic_idle_target=0.39,
         grid_bias=GridBias("symmetric", 1.0, 1.0, None),
+        hmm_trained=hmm is not None and trained,
+        hmm_probabilities=probabilities if hmm is not None else None,
     )
 
 
@@ -366,7 +374,7 @@ def test_decision_publishes_the_screener_block_and_history_point() -> None:
     assert snap["tier"] == "SATELLITE"
     (point,) = up.history
     assert point["vol"] == "high"
-    assert point["p"] == [0.1, 0.2, 0.7]  # the HMM event of the same candle
+    assert point["p"] == [0.1, 0.2, 0.7]  # the HMM verdict the decision joined
 
 
 def test_snapshot_is_msgpack_safe() -> None:
@@ -522,10 +530,19 @@ def test_decisions_without_hmm_leave_hmm_tuning_empty() -> None:
     assert snap["vol_tuning"]["bars"]["normal"] == 1
 
 
+def test_the_history_point_comes_from_the_decision_even_when_the_hmm_snapshot_moved_on() -> None:
+    snap = fresh()
+    apply_hmm(snap, hmm_event(5, "BEARISH", (0.7, 0.2, 0.1)), 0.5, NOW)  # the HMM service ran ahead
+    update = apply_decision(snap, decision(ts(0), "normal", "BULLISH", probabilities=(0.1, 0.2, 0.7)), NOW)
+    assert update is not None
+    (point,) = update.history
+    assert (point["hmm"], point["p"]) == ("BULLISH", [0.1, 0.2, 0.7])
+
+
 def test_untrained_hmm_verdicts_stay_out_of_tuning_and_history() -> None:
     snap = fresh()
     apply_hmm(snap, hmm_event(0, regime="RANGING", trained=False), 0.5, NOW)
-    update = apply_decision(snap, decision(ts(0), "normal", "RANGING"), NOW)
+    update = apply_decision(snap, decision(ts(0), "normal", "RANGING", trained=False), NOW)
     assert update is not None
     assert snap["hmm_tuning"] is None
     (point,) = update.history

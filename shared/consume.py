@@ -1,0 +1,394 @@
+"""The one consume loop: ordered, gap-free, exactly-once application of a stream to per-series state.
+
+Every service that consumes a stream runs :class:`Consumer`. Its guarantee:
+per series, messages are handed to the handler in stream order, each applied
+exactly once to the state that survives a crash, whatever the crash (SIGKILL
+included), and a candle is never skipped because a newer one overtook it.
+
+How (see the README, "Restarts and scaling"):
+
+- The service keeps its own **position**: the stream sequence up to which every
+  message's effects are durable (outputs published, state in KV or Redis).
+  JetStream redelivery is not used at all (``AckPolicy.NONE``): at start, and
+  after any failure, the durable consumer is recreated to deliver from
+  position + 1, so redelivered work always comes before new work, at once
+  (no ``ack_wait`` to sit out).
+- A batch: fetch; decode, check and hand each message to its handler; publish
+  the outputs pipelined (each with a ``Nats-Msg-Id``); flush dirty state; then
+  commit the position. A crash anywhere replays from the last commit; state
+  flushed ahead of the position skips what it has seen (each core's "ts not
+  newer than the last applied" rule), and republished outputs are deduplicated
+  by their message ids.
+- A handler may answer :class:`Hold` for a series that cannot go on yet (an HMM
+  model being trained for it): that series' messages wait in memory, in order,
+  while other series go on, and the position stops short of the first one
+  held, so a crash replays them. ``low_water`` does the same for messages a
+  core keeps in memory (the screener's join buffer).
+- Deliveries carry consecutive consumer sequences; a hole (messages lost in a
+  reconnect) makes the loop reposition instead of silently going on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgpack
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.kv import KeyValue
+
+from shared.bus import BUS_ERRORS, Bus, Out, now_ms
+from shared.contracts import decode, time_problem
+from shared.errors import ContractError
+from shared.subjects import SeriesKey
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+class Hold:
+    """A handler's answer for a series that must wait until ``ready`` is done; its messages are kept in order."""
+
+    __slots__ = ("ready",)
+
+    def __init__(self, ready: asyncio.Future[Any]) -> None:
+        self.ready = ready
+
+
+# A handler gets the decoded message and its stream sequence, and returns what to publish,
+# None for a message it skipped as stale or duplicate (counted as "skipped"), or a Hold.
+Handler = Callable[[Any, int], Awaitable[Sequence[Out] | Hold | None]]
+
+
+class Resettable(Protocol):
+    async def flush(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class Position(Protocol):
+    """Where a consumer's committed stream sequence is kept (0: nothing applied yet)."""
+
+    async def load(self) -> int: ...
+
+    async def commit(self, seq: int) -> None: ...
+
+    async def verify(self) -> None:
+        """Raise (an error the consumer retries on) when the position's home was wiped since it was loaded."""
+
+
+class Repositioned(Exception):
+    """The loop must start over from the committed position (lost deliveries, a wiped read model)."""
+
+
+@dataclass
+class KvPosition:
+    """A position in KV bucket ``positions``, one key per durable; written after the state it covers."""
+
+    kv: KeyValue
+    key: str
+
+    async def load(self) -> int:
+        try:
+            entry = await self.kv.get(self.key)
+        except nats.js.errors.KeyNotFoundError:
+            return 0
+        return int(entry.value or b"0")
+
+    async def commit(self, seq: int) -> None:
+        await self.kv.put(self.key, str(seq).encode())
+
+    async def verify(self) -> None:
+        return None
+
+
+class StateStore(Generic[S]):
+    """Per-series state cached in memory and persisted to a KV bucket as plain msgpack.
+
+    ``load`` raising ValueError (a stored state that no longer fits the config)
+    starts the series afresh, with a log line: better a cold start than a wrong one.
+    """
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        new: Callable[[SeriesKey], S],
+        dump: Callable[[S], dict[str, Any]],
+        load: Callable[[SeriesKey, dict[str, Any]], S],
+    ) -> None:
+        self._kv = kv
+        self._new = new
+        self._dump = dump
+        self._load = load
+        self._cache: dict[SeriesKey, S] = {}
+        self._dirty: set[SeriesKey] = set()
+
+    def cached(self) -> Mapping[SeriesKey, S]:
+        return self._cache
+
+    async def get(self, key: SeriesKey) -> S:
+        state = self._cache.get(key)
+        if state is not None:
+            return state
+        try:
+            entry = await self._kv.get(key.token)
+            raw = msgpack.unpackb(entry.value or b"", raw=False) if entry.value else None
+        except nats.js.errors.KeyNotFoundError:
+            raw = None
+        state = None
+        if isinstance(raw, dict):
+            try:
+                state = self._load(key, raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("stored state of %s discarded: %s", key.id, exc)
+        if state is None:
+            state = self._new(key)
+        self._cache[key] = state
+        return state
+
+    def mark(self, key: SeriesKey) -> None:
+        self._dirty.add(key)
+
+    async def flush(self) -> None:
+        """Write every dirty series, pipelined; raises if any put fails (the batch is then replayed)."""
+        dirty = sorted(self._dirty)
+        await asyncio.gather(
+            *(self._kv.put(k.token, msgpack.packb(self._dump(self._cache[k]), use_bin_type=True)) for k in dirty)
+        )
+        self._dirty.clear()
+
+    def discard(self) -> None:
+        """Forget everything in memory: after a failed batch, KV is the truth."""
+        self._cache.clear()
+        self._dirty.clear()
+
+
+@dataclass
+class _Held:
+    ready: asyncio.Future[Any]
+    items: list[tuple[Any, int, Msg]]
+
+
+@dataclass
+class Consumer:
+    """A durable pull consumer applying one stream to per-series state; :meth:`run` until ``stop`` is set."""
+
+    bus: Bus
+    stream: str
+    subjects: Sequence[str]
+    durable: str
+    handlers: Mapping[type, Handler]
+    position: Position
+    stores: Sequence[Resettable] = ()
+    partition: tuple[int, int] = (0, 1)  # (replica, replicas)
+    batch: int = 256
+    fetch_timeout: float = 1.0
+    # Lowest stream sequence a core still keeps in memory only (None: none); the position stays below it.
+    low_water: Callable[[], int | None] | None = None
+    after_batch: Callable[[], Awaitable[None]] | None = None
+    # Failures of the service's other backends (e.g. Redis) that should retry the batch like a NATS failure.
+    retry_on: tuple[type[BaseException], ...] = ()
+    # Serialises batches of consumers that share a writer (state_publisher's two streams).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    future_tolerance_ms: int = 60_000
+    pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
+    committed: int = field(default=0, init=False)  # the position as last loaded or committed
+    _held: dict[SeriesKey, _Held] = field(default_factory=dict, init=False)
+    _next_delivery: int = field(default=0, init=False)
+    _last_seq: int = field(default=0, init=False)
+    _verified_at: float = field(default=0.0, init=False)
+
+    @property
+    def _retryable(self) -> tuple[type[BaseException], ...]:
+        return (*BUS_ERRORS, *self.retry_on, Repositioned)
+
+    async def _open(self) -> JetStreamContext.PullSubscription:
+        """(Re)create the durable at the committed position + 1 and bind to it."""
+        async with self.lock:
+            self.committed = self._last_seq = await self.position.load()
+        self._next_delivery = 1
+        cfg = js_api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=js_api.AckPolicy.NONE,
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.committed + 1,
+        )
+        if len(self.subjects) == 1:
+            cfg.filter_subject = self.subjects[0]
+        else:
+            cfg.filter_subjects = list(self.subjects)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.bus.js.delete_consumer(self.stream, self.durable)
+        await self.bus.js.add_consumer(self.stream, cfg)
+        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sub = None
+            try:
+                sub = await self._open()
+                log.info(
+                    "consuming",
+                    extra={"fields": {"stream": self.stream, "durable": self.durable, "from": self.committed + 1}},
+                )
+                await self._loop(sub, stop)
+            except self._retryable as exc:
+                # Forget everything in memory; the committed position and the stored state are the truth.
+                log.warning("consumer %s restarts from its position (%s: %s)", self.durable, type(exc).__name__, exc)
+                async with self.lock:
+                    self._reset()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+            finally:
+                if sub is not None:
+                    # A pull subscription left open makes drain() wait out its timeout.
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+
+    def _reset(self) -> None:
+        for store in self.stores:
+            store.discard()
+        self._held.clear()
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            # While a series is held, look in often: its model may be ready any moment.
+            timeout = 0.05 if self._held else self.fetch_timeout
+            try:
+                msgs = await sub.fetch(self.batch, timeout=timeout)
+            except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when nothing came
+                msgs = []
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+                raise Repositioned(f"fetch interrupted: {exc}") from exc
+            if not msgs and not self._held:
+                await self._verify_now_and_then()
+                continue
+            async with self.lock:
+                await self.process(msgs)
+
+    async def _verify_now_and_then(self) -> None:
+        if time.monotonic() - self._verified_at >= 1.0:
+            self._verified_at = time.monotonic()
+            async with self.lock:
+                await self.position.verify()
+
+    async def process(self, msgs: Sequence[Msg]) -> None:
+        """One batch: apply, release held series that can go on, publish, flush, commit the position."""
+        outs: list[Out] = []
+        for msg in msgs:
+            meta = msg.metadata
+            if meta.sequence.consumer != self._next_delivery:
+                raise Repositioned(f"delivery {meta.sequence.consumer} where {self._next_delivery} was due")
+            self._next_delivery += 1
+            self._last_seq = meta.sequence.stream
+            self.pending = meta.num_pending
+            await self._one(msg, self._last_seq, outs)
+        await self._release(outs)
+        await self.bus.publish_all(outs)
+        for store in self.stores:
+            await store.flush()
+        position = self._position()
+        if position != self.committed:
+            await self.position.commit(position)
+            self.committed = position
+        if self.after_batch is not None:
+            await self.after_batch()
+
+    def _position(self) -> int:
+        bounds = [self._last_seq]
+        bounds.extend(h.items[0][1] - 1 for h in self._held.values())
+        water = self.low_water() if self.low_water is not None else None
+        if water is not None:
+            bounds.append(water - 1)
+        return max(self.committed, min(bounds))
+
+    async def _one(self, msg: Msg, seq: int, outs: list[Out]) -> None:
+        try:
+            obj = decode(msg.data, tuple(self.handlers))
+            key = getattr(obj, "key", None)
+            self._admit(obj, key, msg.subject)
+        except ContractError as exc:
+            await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
+            return
+        metrics, service = self.bus.metrics, self.bus.service
+        if isinstance(key, SeriesKey):
+            if not key.owned_by(*self.partition):
+                metrics.messages.labels(service, "not_owned").inc()
+                return
+            held = self._held.get(key)
+            if held is not None:
+                held.items.append((obj, seq, msg))
+                return
+        await self._handle(obj, key, seq, msg, outs)
+
+    def _admit(self, obj: Any, key: Any, subject: str) -> None:
+        """What the contract cannot check alone: the subject names the payload's series, and a sane ts."""
+        if isinstance(key, SeriesKey):
+            try:
+                named = self.bus.names.series_of(subject)
+            except (ValueError, KeyError) as exc:
+                raise ContractError(f"subject {subject!r} names no series") from exc
+            if named != key:
+                raise ContractError(f"subject names series {named.id} but the payload is for {key.id}")
+        problem = time_problem(obj, now_ms(), self.future_tolerance_ms)
+        if problem is not None:
+            raise ContractError(problem)
+
+    async def _handle(self, obj: Any, key: Any, seq: int, msg: Msg, outs: list[Out]) -> None:
+        metrics, service = self.bus.metrics, self.bus.service
+        started = time.perf_counter()
+        try:
+            produced = await self.handlers[type(obj)](obj, seq)
+        except ContractError as exc:
+            await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
+            return
+        except self._retryable:
+            raise  # a backend failed, not the message: the batch is replayed from the position
+        except Exception as exc:
+            # Anything else is a bug meeting one message: park that message, keep the series moving.
+            log.exception("handler failed on %s", msg.subject)
+            reason = f"handler error: {type(exc).__name__}: {exc}"
+            await self.bus.dead_letter(reason, msg.subject, msg.data, _origin(msg))
+            return
+        if isinstance(produced, Hold):
+            self._held[key] = _Held(produced.ready, [(obj, seq, msg)])
+            return
+        if produced is None:
+            metrics.messages.labels(service, "skipped").inc()
+            return
+        outs.extend(produced)
+        metrics.messages.labels(service, "handled").inc()
+        metrics.handle_seconds.labels(service).observe(time.perf_counter() - started)
+        if isinstance(key, SeriesKey):
+            metrics.last_event_ts.labels(service, key.id).set(getattr(obj, "ts", 0))
+
+    async def _release(self, outs: list[Out]) -> None:
+        """Hand the held messages of every series whose wait is over to the handler again, in order."""
+        for key in [k for k, h in self._held.items() if h.ready.done()]:
+            items = self._held.pop(key).items
+            for i, (obj, seq, msg) in enumerate(items):
+                await self._handle(obj, key, seq, msg, outs)
+                again = self._held.get(key)
+                if again is not None:
+                    again.items.extend(items[i + 1 :])
+                    break
+
+
+def _origin(msg: Msg) -> str | None:
+    """``STREAM.seq`` of a JetStream message: its identity across redeliveries."""
+    try:
+        meta = msg.metadata
+    except (nats.errors.Error, AttributeError, ValueError):
+        return None
+    return f"{meta.stream}.{meta.sequence.stream}"
