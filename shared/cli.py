@@ -8,6 +8,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from services.ohlcv_ingest.replay import interleave
+from shared.bus import now_ms
 from shared.config import Settings, StrategyConfig, load_strategy_config
 from shared.errors import ConfigError
 from shared.subjects import TIMEFRAMES_MS
@@ -45,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "replay":
             sp.add_argument("--speed", type=float, default=60.0, help="x real time (default 60); 0: fastest")
 
+    bt = sub.add_parser("backtest", help="the pure cores over candle files, no bus: the stack's events as JSON lines")
+    bt.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
+    bt.add_argument("--exchange", default="file", help="exchange id of the series (default: file)")
+    bt.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
+    bt.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
+    bt.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
+    bt.add_argument("--out", type=Path, help="write the JSON lines here (default: stdout)")
+
     bf = sub.add_parser("backfill", help="ask ingest for deeper history (the seed's /backfill_ohlcv)")
     bf.add_argument("--series", help="exchange:symbol:timeframe (default: every series)")
     bf.add_argument("--target-candles", type=int, help="default HMM_TRAINING_CANDLES")
@@ -81,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     from shared import feed  # file and control commands need NATS; imported late to keep `up` light
 
     try:
+        if args.command == "backtest":
+            from shared import backtest
+
+            cfg = _check(args.config or Settings.from_env().strategy_config)
+            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
+            raise SystemExit(backtest.run(candles, cfg, now_ms(), args.out))
         if args.command in ("replay", "import"):
             speed = None if args.command == "import" or not args.speed else args.speed
             code = asyncio.run(feed.publish_files(args.paths, args.exchange, args.symbol, args.timeframe, speed))

@@ -94,14 +94,19 @@ class SnapshotWriter:
             await pipe.watch(position_key)
             if await pipe.get(position_key) != expected:
                 raise self.reset(f"{position_key} is not {expected!r}: Redis was flushed or replaced")
+            # Vol and HMM transitions arrive interleaved as the two services happened to answer; the list is
+            # kept in candle-time order (newest first) instead, so it is the same in every run.
+            changed = [k for k, up in self.pending.items() if up.transitions]
+            stored = [await pipe.lrange(keys.transitions(k.token), 0, -1) for k in changed]
             pipe.multi()
+            for key, old in zip(changed, stored, strict=True):
+                merged = sorted([*map(json.loads, old), *self.pending[key].transitions], key=_newest_first)
+                pipe.delete(keys.transitions(key.token))
+                pipe.rpush(keys.transitions(key.token), *[json.dumps(t) for t in merged[:TRANSITIONS_KEPT]])
             for key, up in self.pending.items():
                 token = key.token
                 pipe.sadd(keys.symbols, token)
                 pipe.set(keys.symbol(token), json.dumps(self.snaps[key]))
-                if up.transitions:
-                    pipe.lpush(keys.transitions(token), *[json.dumps(t) for t in up.transitions])
-                    pipe.ltrim(keys.transitions(token), 0, TRANSITIONS_KEPT - 1)
                 if up.history:
                     pipe.rpush(keys.history(token), *[json.dumps(p) for p in up.history])
                     pipe.ltrim(keys.history(token), -HISTORY_POINTS, -1)
@@ -116,6 +121,10 @@ class SnapshotWriter:
             except WatchError as exc:
                 raise self.reset(f"{position_key} changed under the write: {exc}") from exc
         self.pending.clear()
+
+
+def _newest_first(transition: dict[str, Any]) -> tuple[int, str]:
+    return -int(transition["ts"]), str(transition["kind"])
 
 
 @dataclass

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import services.screener.core as screener
 from services.screener.core import (
     NEUTRAL_GRID,
     SeriesScreen,
@@ -686,9 +685,8 @@ def test_series_screen_resumes_identically_from_its_stored_state_and_a_replay_of
     # What survives a crash: the stored state, plus the stream from the oldest event still waiting.
     wire = msgpack.packb(original.dump(), use_bin_type=True)
     restored = SeriesScreen.load(msgpack.unpackb(wire, raw=False))
-    waiting = sorted(
-        [(e.ts, "vol") for e, _ in original.pending_vol.values()] + [(e.ts, "hmm") for e, _ in original.pending_hmm.values()]
-    )
+    waiting = [(e.ts, "vol") for e, _ in original.pending_vol.values()]
+    waiting += [(e.ts, "hmm") for e, _ in original.pending_hmm.values()]
     replay_from = min(j for j in range(cut) if (ts(seqs[j][1]), seqs[j][0]) in waiting)
     assert feed(order[replay_from:cut], HMM_ON, restored) == []  # nothing decided twice
     rest_a = feed(order[cut:], HMM_ON, original)

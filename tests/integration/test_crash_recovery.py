@@ -1,0 +1,479 @@
+"""Same candles, same regimes: SIGKILL, a NATS restart and a Redis flush change no event and no snapshot.
+
+The compute services and state_publisher run as real processes on servers of
+this module's own (so a NATS restart disturbs no other test). A multi-series
+history with regime changes, a gap, duplicates and hostile messages is
+published; one run goes undisturbed, the others are SIGKILLed at seeded
+random points, see NATS restarted once and Redis flushed once. Per series,
+the REGIMES stream must hold exactly one vol event, one HMM event and one
+decision per candle, byte-identical to the undisturbed run's and to
+``regimes backtest`` over the same candles, and Redis must hold the same
+snapshots, history and transitions.
+
+``REGIMES_SOAK=1`` runs more seeds over a longer history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from nats.js import api as js_api
+
+from shared.backtest import backtest
+from shared.bus import connect, ensure_streams, now_ms
+from shared.config import StrategyConfig, parse_strategy_config
+from shared.contracts import Candle, encode
+from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
+from shared.subjects import Names, SeriesKey
+from tests.harness import SMALL_VOL, candles_from_returns
+
+ROOT = Path(__file__).resolve().parents[2]
+SOAK = os.environ.get("REGIMES_SOAK") == "1"
+SERVICES = ("vol_regime", "hmm_regime", "screener", "state_publisher")
+KEYS = [SeriesKey("test", s, "1m") for s in ("AAA/USD", "BBB/USD", "CCC/USD")]
+BARS = 900 if SOAK else 260
+SEEDS = range(1, 6) if SOAK else (1,)
+CONFIG: dict[str, Any] = {
+    "universe": [{"exchange": k.exchange, "symbol": k.symbol, "timeframe": "1m", "tier": "CORE"} for k in KEYS],
+    "sizing": {"per_trade_nav_pct": 0.02},
+    "vol_regimes": SMALL_VOL,
+    "trend": {"fast_ema_bars": 3, "slow_ema_bars": 8, "score_scale": 0.004},
+    "hmm": {
+        "HMM_ENABLED": True,
+        "HMM_BLEND_WITH_TREND": 0.5,
+        "HMM_TRAINING_CANDLES": 120,
+        "HMM_MIN_TRAIN_SAMPLES": 40,
+        "HMM_RETRAIN_INTERVAL_SEC": 3600,
+        "HMM_N_ITER": 10,
+    },
+}
+VOLATILE = ("updated_at",)  # wall-clock stamps, the only fields allowed to differ
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: str
+    data: bytes
+    msg_id: str | None
+
+
+def history(key: SeriesKey, seed: int) -> list[Candle]:
+    """Calm, wild and trending stretches (regime changes for both models), with a 6-bar gap."""
+    rng = np.random.default_rng(seed)
+    parts, n = [], 0
+    while n < BARS:
+        sigma, drift = [(0.001, 0.0), (0.02, 0.0), (0.003, 0.002), (0.003, -0.002)][int(rng.integers(4))]
+        size = int(rng.integers(20, 60))
+        parts.append(rng.normal(drift, sigma, size))
+        n += size
+    candles = candles_from_returns(key, np.concatenate(parts)[:BARS].tolist())
+    return candles[:120] + candles[126:]
+
+
+def hostile(names: Names) -> list[Message]:
+    """What an attacker or a broken producer sends: each must be dead-lettered and change nothing."""
+    key = KEYS[0]
+    subject = names.ohlcv(key)
+    good = {"kind": "candle", "exchange": key.exchange, "symbol": key.symbol, "timeframe": "1m", "v": 1}
+    bar = {"open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 1.0}
+    future = msgpack.packb({**good, **bar, "ts": 6_000_000_000_000})  # 2160
+    nan = msgpack.packb({**good, **bar, "close": math.nan, "ts": 1_700_000_040_000})
+    spoof = encode(Candle("test", "SPOOF/USD", "1m", 1_700_003_040_000, 10.0, 11.0, 9.0, 10.5, 1.0))
+    huge = msgpack.packb({**good, **bar, "ts": 1_700_000_040_000, "pad": "x" * 900_000})
+    return [
+        Message(subject, b"\xc1 not msgpack", None),
+        Message(subject, future, None),
+        Message(subject, nan, None),
+        Message(subject, spoof, None),
+        Message(subject, huge, None),
+    ]
+
+
+def feed(names: Names, seed: int, with_hostile: bool) -> tuple[list[Message], list[Candle]]:
+    """The messages to publish, and the candles they carry in stream order (for the backtest)."""
+    series = [history(k, seed * 10 + i) for i, k in enumerate(KEYS)]
+    merged = sorted((c for s in series for c in s), key=lambda c: (c.ts, c.symbol))
+    stream: list[Candle] = list(merged)
+    msgs = [Message(names.ohlcv(c.key), encode(c), c.msg_id) for c in merged]
+    if with_hostile:
+        rng = random.Random(seed)
+        # Duplicates without a message id land in the stream twice: consumers must skip the second copy,
+        # a late one (an older candle after newer ones) included.
+        for _ in range(8):
+            i = rng.randrange(10, len(merged))
+            dup = merged[rng.randrange(max(0, i - 30), i)]
+            msgs.insert(i, Message(names.ohlcv(dup.key), encode(dup), None))
+            stream.insert(i, dup)
+        for j, bad in enumerate(hostile(names)):
+            msgs.insert(40 + 97 * j, bad)
+    return msgs, stream
+
+
+@dataclass
+class Procs:
+    """The four services as real processes, SIGKILLable and restartable."""
+
+    env: dict[str, str]
+    logs: Path
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str) -> None:
+        self.running[name] = popen([sys.executable, "-m", f"services.{name}"], env=self.env, log=self.logs / name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, and check nothing it started outlives it (hmm_regime's training worker)."""
+        proc = self.running.pop(name)
+        children = children_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while children and time.monotonic() < deadline:
+            children = [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+            time.sleep(0.05)
+        assert not children, f"{name}'s children {children} outlived it"
+
+    def stop_all(self) -> None:
+        for proc in self.running.values():
+            stop_process(proc)
+        self.running.clear()
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.append(int(status.parent.name))
+    return out
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+@dataclass
+class Servers:
+    nats: ManagedServer
+    redis: ManagedServer
+    nats_dir: Path
+
+    def restart_nats(self) -> None:
+        self.nats.proc.send_signal(signal.SIGKILL)
+        self.nats.proc.wait(10)
+        self.nats = start_nats(self.nats_dir, port=self.nats.port)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    nats_dir = tmp_path_factory.mktemp("crash-nats")
+    s = Servers(start_nats(nats_dir, port=free_port()), start_redis(tmp_path_factory.mktemp("crash-redis")), nats_dir)
+    yield s
+    s.nats.stop()
+    s.redis.stop()
+
+
+@dataclass(frozen=True)
+class Faults:
+    seed: int
+    kills: int = 6
+    restart_nats: bool = True
+    flush_redis: bool = True
+    pace_s: float = 0.0  # pause after each published message; 0: as fast as possible
+
+
+@dataclass
+class Outcome:
+    stream: dict[str, list[bytes]]  # subject (namespace stripped) -> message bytes in stream order
+    redis: dict[str, Any]
+    dead_letters: list[dict[str, Any]]
+
+
+async def run(servers: Servers, tmp: Path, seed: int, faults: Faults | None, import_files: bool = False) -> Outcome:
+    namespace = f"c{seed}{'f' if faults else 'u'}{'i' if import_files else ''}{os.getpid() % 1000}"
+    names = Names(namespace)
+    cfg_path = tmp / f"{namespace}.json"
+    cfg_path.write_text(json.dumps(CONFIG))
+    logs = tmp / f"logs-{namespace}"
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "NATS_URL": servers.nats.url,
+        "REDIS_URL": servers.redis.url,
+        "REGIMES_NAMESPACE": namespace,
+        "STRATEGY_CONFIG": str(cfg_path),
+        "HEALTH_INTERVAL_SEC": "0.5",
+        "PYTHONPATH": str(ROOT),
+    }
+    msgs, stream = feed(names, seed, with_hostile=not import_files)
+    expected = expected_counts(stream, parse_strategy_config(CONFIG, {}))
+    nc = await connect(servers.nats.url, "crash-test", attempts=5)
+    await ensure_streams(nc.jetstream(), names, 14)
+    procs = Procs(env, logs)
+    rng = random.Random(seed)
+    for name in SERVICES:
+        procs.start(name)
+    try:
+        if import_files:
+            await import_interrupted(env, tmp / f"files-{namespace}", stream, rng)
+        else:
+            await publish(nc, servers, procs, msgs, faults, rng)
+        if faults is not None:
+            for _ in range(2):  # and while they catch up
+                await asyncio.sleep(rng.uniform(0.2, 1.5))
+                victim = rng.choice(SERVICES)
+                procs.kill(victim)
+                procs.start(victim)
+        nc = await settled(nc, servers, names, expected, procs)
+        outcome = await collect(nc, servers, names)
+    finally:
+        procs.stop_all()
+        await nc.close()
+    return outcome
+
+
+async def publish(
+    nc: Any, servers: Servers, procs: Procs, msgs: list[Message], faults: Faults | None, rng: Any
+) -> None:
+    names_at = {}
+    if faults is not None:
+        points = sorted(rng.sample(range(len(msgs)), faults.kills + 2))
+        names_at = {p: rng.choice(SERVICES) for p in points[: faults.kills]}
+        if faults.restart_nats:
+            names_at[points[-2]] = "nats"
+        if faults.flush_redis:
+            names_at[points[-1]] = "redis"
+    i = 0
+    while i < len(msgs):
+        m = msgs[i]
+        try:
+            await nc.jetstream().publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id} if m.msg_id else None)
+        except Exception:  # NATS is restarting: the client reconnects; publish the same message again
+            await asyncio.sleep(0.2)
+            continue
+        what = names_at.pop(i, None)
+        if what == "nats":
+            servers.restart_nats()
+        elif what == "redis":
+            r = aioredis.from_url(servers.redis.url)
+            await r.flushall()
+            await r.aclose()
+        elif what is not None:
+            await asyncio.sleep(rng.uniform(0.0, 0.3))  # mid-batch, mid-flush or mid-commit: wherever it lands
+            procs.kill(what)
+            procs.start(what)
+        if faults is not None and faults.pace_s:
+            await asyncio.sleep(faults.pace_s)
+        i += 1
+
+
+def write_freqtrade_files(folder: Path, stream: list[Candle]) -> None:
+    folder.mkdir()
+    for key in KEYS:
+        rows = [[c.ts, c.open, c.high, c.low, c.close, c.volume] for c in stream if c.key == key]
+        (folder / f"{key.symbol.replace('/', '_')}-1m.json").write_text(json.dumps(rows))
+
+
+async def import_interrupted(env: dict[str, str], folder: Path, stream: list[Candle], rng: Any) -> None:
+    """``regimes import`` of freqtrade files, SIGKILLed part-way, then run again to the end."""
+    await asyncio.to_thread(write_freqtrade_files, folder, stream)
+    args = [sys.executable, "-m", "shared.cli", "import", str(folder), "--exchange", "test"]
+    first = popen(args, env=env)
+    await asyncio.sleep(rng.uniform(1.0, 2.5))
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    again = await asyncio.create_subprocess_exec(*args, env=env, stderr=asyncio.subprocess.PIPE)
+    _out, err = await asyncio.wait_for(again.communicate(), 120)
+    assert again.returncode == 0, err.decode()[-2000:]
+
+
+def expected_counts(stream: list[Candle], config: StrategyConfig) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in backtest(stream, config, now_ms()):
+        subject = f"{type(event).KIND}.{event.key.token}"
+        counts[subject] = counts.get(subject, 0) + 1
+    return counts
+
+
+def short(names: Names, subject: str, kind: str) -> str:
+    key = names.series_of(subject)
+    return f"{kind}.{key.token}"
+
+
+KINDS = {"regime.vol": "vol_regime", "regime.hmm": "hmm_regime", "screener": "screener_decision"}
+
+
+def kind_of(names: Names, subject: str) -> str:
+    rest = subject[len(names.namespace) + 1 :] if names.namespace else subject
+    return next(k for prefix, k in KINDS.items() if rest.startswith(prefix + "."))
+
+
+async def settled(nc: Any, servers: Servers, names: Names, expected: dict[str, int], procs: Procs) -> Any:
+    """Wait until every series has all its events and Redis shows the last decision; fail with the logs."""
+    deadline = time.monotonic() + (600 if SOAK else 150)
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(names.stream_regimes, subjects_filter=">")
+            counts = {short(names, s, kind_of(names, s)): n for s, n in (info.state.subjects or {}).items()}
+            counts = {k: v for k, v in counts.items() if not k.startswith("score")}
+            position = await redis_position(servers, names)
+            last = (counts == expected, position, info.state.last_seq)
+            if counts == expected and position == info.state.last_seq:
+                return nc
+        except Exception as exc:  # NATS restarting under us
+            last = exc
+        await asyncio.sleep(0.3)
+    tails = {n: (procs.logs / n).read_text()[-3000:] for n in SERVICES if (procs.logs / n).exists()}
+    raise AssertionError(f"not settled: {last}; logs: {json.dumps(tails, indent=1)[-12000:]}")
+
+
+async def redis_position(servers: Servers, names: Names) -> int:
+    r = aioredis.from_url(servers.redis.url, decode_responses=True)
+    try:
+        raw = await r.get(names.redis_key("position", names.durable("state_publisher")))
+    finally:
+        await r.aclose()
+    return int(raw or 0)
+
+
+async def read_stream(js: Any, stream: str, subjects: str) -> list[Any]:
+    info = await js.stream_info(stream, subjects_filter=subjects)
+    if not info.state.subjects:
+        return []
+    sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
+    out = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=5)
+            except TimeoutError:
+                break
+            out.append(msg)
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def collect(nc: Any, servers: Servers, names: Names) -> Outcome:
+    js = nc.jetstream()
+    stream: dict[str, list[bytes]] = {}
+    for subjects in (names.vol_all, names.hmm_all, names.screener_all):
+        for msg in await read_stream(js, names.stream_regimes, subjects):
+            stream.setdefault(short(names, msg.subject, kind_of(names, msg.subject)), []).append(msg.data)
+    letters = [msgpack.unpackb(m.data) for m in await read_stream(js, names.stream_dlq, names.dlq_all)]
+    r = aioredis.from_url(servers.redis.url, decode_responses=True)
+    try:
+        state: dict[str, Any] = {}
+        for key in KEYS:
+            t = key.token
+            snap = json.loads(await r.get(names.redis_key("symbol", t)) or "null")
+            state[t] = {
+                "snapshot": {k: v for k, v in (snap or {}).items() if k not in VOLATILE},
+                "history": await r.lrange(names.redis_key("history", t), 0, -1),
+                "transitions": await r.lrange(names.redis_key("transitions", t), 0, -1),
+            }
+        summary = json.loads(await r.get(names.redis_key("summary")) or "{}")
+        state["summary"] = {k: v for k, v in summary.items() if k not in VOLATILE}
+    finally:
+        await r.aclose()
+    return Outcome(stream, state, letters)
+
+
+def backtested(seed: int, with_hostile: bool) -> dict[str, list[bytes]]:
+    _msgs, stream = feed(Names("x"), seed, with_hostile)
+    out: dict[str, list[bytes]] = {}
+    for event in backtest(stream, parse_strategy_config(CONFIG, {}), now_ms()):
+        out.setdefault(f"{type(event).KIND}.{event.key.token}", []).append(encode(event))
+    return out
+
+
+@pytest.fixture(scope="module")
+def undisturbed(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, bool], Outcome]:
+    """The reference runs, one per seed and feed: nothing killed, nothing restarted."""
+    tmp = tmp_path_factory.mktemp("undisturbed")
+    runs = [(seed, imp) for seed in SEEDS for imp in (False, True)]
+    return {(seed, imp): asyncio.run(run(servers, tmp, seed, None, import_files=imp)) for seed, imp in runs}
+
+
+def assert_same(run_: Outcome, ref: Outcome) -> None:
+    assert run_.stream.keys() == ref.stream.keys()
+    for subject, events in ref.stream.items():
+        assert run_.stream[subject] == events, subject
+    for part, value in ref.redis.items():
+        assert run_.redis[part] == value, part
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_stack_gives_exactly_what_the_backtest_gives(seed: int, undisturbed: dict[Any, Outcome]) -> None:
+    ref = undisturbed[(seed, False)]
+    expected = backtested(seed, with_hostile=True)
+    assert ref.stream == expected
+    counts = {s: len(v) for s, v in expected.items()}
+    assert len(set(counts.values())) <= 4  # one vol, HMM and decision per applied candle, per series
+    for key in KEYS:
+        assert ref.redis[key.token]["snapshot"]["screener"] is not None
+        assert ref.redis[key.token]["history"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hostile_messages_are_dead_lettered_bounded_and_change_nothing(
+    seed: int, undisturbed: dict[Any, Outcome]
+) -> None:
+    letters = undisturbed[(seed, False)].dead_letters
+    reasons = {(d["service"], d["reason"].split(":")[0].split(" ")[0]) for d in letters}
+    for service in ("vol_regime", "hmm_regime"):
+        assert sum(1 for s, _ in reasons if s == service) >= 4, reasons
+    assert all(len(msgpack.packb(d)) < 8192 for d in letters)
+    assert any(d["payload_size"] > 900_000 for d in letters)
+    # The hostile messages changed nothing: the stack equals a backtest that never saw them.
+    assert undisturbed[(seed, False)].stream == backtested(seed, with_hostile=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sigkills_a_nats_restart_and_a_redis_flush_change_no_event_and_no_snapshot(
+    seed: int, servers: Servers, tmp_path: Path, undisturbed: dict[Any, Outcome]
+) -> None:
+    disturbed = asyncio.run(run(servers, tmp_path, seed, Faults(seed)))
+    assert_same(disturbed, undisturbed[(seed, False)])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_slow_run_with_sigkills_gives_the_same_as_a_fast_one(
+    seed: int, servers: Servers, tmp_path: Path, undisturbed: dict[Any, Outcome]
+) -> None:
+    slow = Faults(seed + 100, kills=3, restart_nats=False, flush_redis=False, pace_s=0.004)
+    disturbed = asyncio.run(run(servers, tmp_path, seed, slow))
+    assert_same(disturbed, undisturbed[(seed, False)])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_an_interrupted_and_rerun_import_gives_the_same_as_one_import(
+    seed: int, servers: Servers, tmp_path: Path, undisturbed: dict[Any, Outcome]
+) -> None:
+    disturbed = asyncio.run(run(servers, tmp_path, seed, Faults(seed + 200, kills=2), import_files=True))
+    assert_same(disturbed, undisturbed[(seed, True)])
