@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import nats.errors
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from shared.bus import Out
 from shared.consume import Consumer, Hold, Repositioned
@@ -290,3 +292,68 @@ async def test_a_failed_batch_is_applied_again_from_the_committed_position_befor
     assert "discard" in journal
     assert rig.position.loads == 2
     assert rig.position.value == 3
+
+
+async def test_a_service_whose_nats_connection_closes_for_good_fails_instead_of_idling() -> None:
+    from shared.service import _watch_closed
+
+    closed, stop = asyncio.Event(), asyncio.Event()
+    watcher = asyncio.create_task(_watch_closed(closed, stop))
+    closed.set()
+    with pytest.raises(ConnectionError, match="closed"):
+        await asyncio.wait_for(watcher, 5)
+    # A clean stop closes the connection too: that is no failure.
+    closed2, stop2 = asyncio.Event(), asyncio.Event()
+    watcher2 = asyncio.create_task(_watch_closed(closed2, stop2))
+    stop2.set()
+    closed2.set()
+    await asyncio.wait_for(watcher2, 5)
+
+
+def test_a_dead_letter_is_bounded_whatever_it_carries() -> None:
+    import hashlib
+
+    from shared.contracts import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter, decode
+
+    payload = b"x" * 1_000_000
+    letter = DeadLetter.of("svc", "r" * 10_000, "s" * 10_000, payload, T0)
+    wire = encode(letter)
+    assert len(wire) < DEAD_LETTER_PAYLOAD_BYTES + 3 * 1024
+    back = decode(wire)
+    assert back.payload == payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    assert (back.payload_size, back.payload_sha256) == (len(payload), hashlib.sha256(payload).hexdigest())
+    assert back.truncated
+
+
+def _mutations() -> Any:
+    from hypothesis import strategies as st
+
+    base = {**{"kind": "candle", "v": 1}, **{k: getattr(candle(0), k) for k in Candle.__dataclass_fields__}}
+    values = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=40), st.binary(max_size=40), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+    )
+    mutated = st.fixed_dictionaries({}, optional={k: values for k in base}).map(lambda m: {**base, **m})
+    wire = st.one_of(
+        st.binary(max_size=300),
+        mutated.map(lambda m: msgpack.packb(m, use_bin_type=True)),
+        st.dictionaries(st.text(max_size=10), values, max_size=6).map(lambda m: msgpack.packb(m, use_bin_type=True)),
+    )
+    subjects = st.sampled_from(["ohlcv.test.AAA-USD.1m", "ohlcv.test.BBB-USD.1m", "x"])
+    return st.lists(st.tuples(wire, subjects), max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=_mutations())
+def test_fuzzed_messages_are_each_applied_or_dead_lettered_and_never_stop_the_loop(
+    batch: list[tuple[bytes, str]],
+) -> None:
+    rig = Rig()
+    c = rig.consumer(echo)
+    c._next_delivery = 1
+    msgs = [FakeMsg(data, i + 1, subject) for i, (data, subject) in enumerate(batch)]
+    asyncio.run(c.process(msgs))
+    handled = rig.bus.metrics.count("svc", "handled")
+    assert handled + len(rig.bus.letters) == len(msgs)
+    assert all(reason for reason, _ in rig.bus.letters)
+    assert rig.position.value == (len(msgs) or 0)
