@@ -433,9 +433,10 @@ def test_the_stack_gives_exactly_what_the_backtest_gives(seed: int, undisturbed:
     ref = undisturbed[(seed, False)]
     expected = backtested(seed, with_hostile=True)
     assert ref.stream == expected
-    counts = {s: len(v) for s, v in expected.items()}
-    assert len(set(counts.values())) <= 4  # one vol, HMM and decision per applied candle, per series
-    for key in KEYS:
+    for key in KEYS:  # one vol event, one HMM event and one decision per applied candle
+        _msgs, stream = feed(Names("x"), seed, with_hostile=True)
+        applied = len({c.ts for c in stream if c.key == key})
+        assert [len(ref.stream[f"{kind}.{key.token}"]) for kind in KINDS.values()] == [applied] * 3
         assert ref.redis[key.token]["snapshot"]["screener"] is not None
         assert ref.redis[key.token]["history"]
 
