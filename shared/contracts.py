@@ -13,16 +13,9 @@ open time. Volatilities are bar-level standard deviations of log returns.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import math
-import types
-import typing
 from dataclasses import dataclass
-from functools import cache
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin
-
-import msgpack
+from typing import Any, ClassVar, Literal, Union
 
 from shared.errors import ContractError
 from shared.subjects import SeriesKey, check_exchange, timeframe_ms
@@ -311,133 +304,8 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
 }
 
 
-# --- codec -----------------------------------------------------------------
-
-
-def to_plain(msg: Any) -> dict[str, Any]:
-    """A message as the plain map that goes on the wire (tuples become lists)."""
-    out: dict[str, Any] = {"kind": type(msg).KIND} if hasattr(type(msg), "KIND") else {}
-    for f in dataclasses.fields(msg):
-        out[f.name] = _plain_value(getattr(msg, f.name))
-    return out
-
-
-def _plain_value(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple):
-        return [_plain_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain_value(v) for k, v in value.items()}
-    return value
-
-
-def encode(msg: Any) -> bytes:
-    """msgpack bytes of a message."""
-    return msgpack.packb(to_plain(msg), use_bin_type=True)
-
-
-def decode(data: bytes, expected: tuple[type[Any], ...] | None = None) -> Any:
-    """Bytes -> a checked message. ContractError says exactly what is wrong."""
-    if len(data) > MAX_PAYLOAD_BYTES:
-        raise ContractError(f"payload of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ContractError(f"not msgpack: {type(exc).__name__} {exc}".strip()) from None
-    if not isinstance(raw, dict):
-        raise ContractError("payload is not a map")
-    kind = raw.get("kind")
-    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ContractError(f"unknown kind {kind!r}")
-    if expected is not None and cls not in expected:
-        raise ContractError(f"kind {kind!r} not accepted here")
-    return from_plain(cls, raw)
-
-
-def from_plain(cls: type[Any], raw: dict[str, Any]) -> Any:
-    """A plain map -> a checked ``cls``; the inverse of :func:`to_plain`."""
-    version = raw.get("v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise ContractError(f"schema version {version!r} not supported (this build reads {SCHEMA_VERSION})")
-    msg = _build(cls, raw, cls.__name__)
-    msg.check()
-    return msg
-
-
-@cache
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build(cls: type[Any], raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ContractError(f"{path}: expected a map")
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], f"{path}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ContractError(f"{path}: missing field {f.name!r}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ContractError(f"{path}: must not be null")
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, path)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ContractError(f"{path}: {value!r} not one of {list(get_args(tp))}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ContractError(f"{path}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ContractError(f"{path}: {value} is not finite")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ContractError(f"{path}: expected an integer, got {type(value).__name__}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ContractError(f"{path}: expected true/false")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ContractError(f"{path}: expected a string")
-        return value
-    if tp is bytes:
-        if not isinstance(value, bytes):
-            raise ContractError(f"{path}: expected bytes")
-        return value
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ContractError(f"{path}: expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ContractError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        key_tp, val_tp = get_args(tp)
-        if not isinstance(value, dict):
-            raise ContractError(f"{path}: expected a map")
-        return {_coerce(key_tp, k, path): _coerce(val_tp, v, f"{path}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    raise TypeError(f"contract type {tp!r} at {path} has no codec")  # a programming error, not bad input
-
+# The codec needs the types above; it is re-exported here so that every reader imports from one place.
+from shared.codec import decode, encode, from_plain, to_plain  # noqa: E402
 
 __all__ = [
     "HMM_LABELS",

@@ -85,7 +85,7 @@ def run(service: str, build: Build) -> None:
         raise SystemExit(2) from None
     configure_logging(service, settings.log_level, settings.log_json)
     try:
-        code = asyncio.run(serve(service, build, settings, config))
+        code = _run_loop(serve(service, build, settings, config))
     except ConfigError as exc:  # found while wiring, e.g. a port already taken
         print(f"{service}: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -139,6 +139,15 @@ async def serve(
         stopper.cancel()
         log.info("stopped")
         return 1 if failed else 0
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (its socket and timer paths cost less CPU per message), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _watch_closed(closed: asyncio.Event, stop: asyncio.Event) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from shared.errors import ConfigError, ContractError
 
@@ -42,6 +43,7 @@ def timeframe_ms(timeframe: str) -> int:
         raise ContractError(f"unknown timeframe {timeframe!r}") from None
 
 
+@lru_cache(maxsize=1 << 16)  # every message names its series: pure, and worth remembering
 def encode_symbol(symbol: str) -> str:
     """``BTC/USD`` -> ``BTC-USD``: a token valid in a NATS subject and a KV key.
 
@@ -64,6 +66,7 @@ def encode_symbol(symbol: str) -> str:
     return "".join(out)
 
 
+@lru_cache(maxsize=1 << 16)
 def decode_symbol(token: str) -> str:
     """Inverse of :func:`encode_symbol`."""
     if not _TOKEN_RE.match(token):
@@ -125,10 +128,15 @@ class SeriesKey:
         """
         if replicas <= 1:
             return True
-        h = 2166136261
-        for b in self.token.encode():
-            h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-        return h % replicas == replica
+        return _fnv1a(self.token) % replicas == replica
+
+
+@lru_cache(maxsize=1 << 16)
+def _fnv1a(token: str) -> int:
+    h = 2166136261
+    for b in token.encode():
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
 
 
 @dataclass(frozen=True, slots=True)
