@@ -57,12 +57,18 @@ S = TypeVar("S")
 
 
 class Hold:
-    """A handler's answer for a series that must wait until ``ready`` is done; its messages are kept in order."""
+    """A handler's answer for a series that must wait until ``ready`` is done; its messages are kept in order.
 
-    __slots__ = ("ready",)
+    ``outs`` is what the handler produced before it had to stop (a batch's
+    first candles): published now. The held message is handed to the handler
+    again in full, which skips what it already applied.
+    """
 
-    def __init__(self, ready: asyncio.Future[Any]) -> None:
+    __slots__ = ("outs", "ready")
+
+    def __init__(self, ready: asyncio.Future[Any], outs: Sequence[Out] = ()) -> None:
         self.ready = ready
+        self.outs = outs
 
 
 # A handler gets the decoded message and its stream sequence, and returns what to publish,
@@ -363,6 +369,7 @@ class Consumer:
             return
         if isinstance(produced, Hold):
             self._held[key] = _Held(produced.ready, [(obj, seq, msg)])
+            outs.extend(produced.outs)
             return
         if produced is None:
             metrics.messages.labels(service, "skipped").inc()

@@ -14,6 +14,9 @@ open time. Volatilities are bar-level standard deviations of log returns.
 from __future__ import annotations
 
 import hashlib
+import math
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
@@ -232,6 +235,125 @@ class PipelineStatus(_PerSeries):
     v: int = SCHEMA_VERSION
 
 
+MAX_BATCH_BARS = 200  # per batch message; keeps a batch of events under MAX_PAYLOAD_BYTES
+
+Bar = tuple[int, float, float, float, float, float]  # (ts ms, open, high, low, close, volume)
+
+
+@dataclass(frozen=True, slots=True)
+class CandleBatch(_PerSeries):
+    """Consecutive closed bars of one series in one message: what bulk work (import, backfill) publishes.
+
+    Idempotent per candle, like single candles: a consumer skips every bar not
+    newer than the last it applied, so overlapping batches are harmless.
+    """
+
+    KIND: ClassVar[str] = "candle_batch"
+    exchange: str
+    symbol: str
+    timeframe: str
+    bars: tuple[Bar, ...]  # 1..MAX_BATCH_BARS bars, ts strictly increasing; each bar follows Candle's rules
+    v: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, candles: Sequence[Candle]) -> CandleBatch:
+        first = candles[0]
+        bars = tuple((c.ts, c.open, c.high, c.low, c.close, c.volume) for c in candles)
+        return cls(first.exchange, first.symbol, first.timeframe, bars)
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.key.token}.{self.bars[0][0]}-{self.bars[-1][0]}"
+
+    def candles(self) -> list[Candle]:
+        ex, sym, tf = self.exchange, self.symbol, self.timeframe
+        return [Candle(ex, sym, tf, *bar) for bar in self.bars]
+
+    def _check(self) -> None:
+        if not 1 <= len(self.bars) <= MAX_BATCH_BARS:
+            raise ContractError(f"a batch holds 1..{MAX_BATCH_BARS} bars, got {len(self.bars)}")
+        last = None
+        for i, candle in enumerate(self.candles()):
+            try:
+                for value in (candle.open, candle.high, candle.low, candle.close, candle.volume):
+                    if not math.isfinite(value):
+                        raise ContractError(f"{value} is not finite")
+                candle._check()
+            except ContractError as exc:
+                raise ContractError(f"bars[{i}]: {exc.reason}") from None
+            if last is not None and candle.ts <= last:
+                raise ContractError(f"bars[{i}]: ts {candle.ts} not after {last}")
+            last = candle.ts
+
+
+class _EventBatch(_PerSeries):
+    """What the vol and HMM batches share: events of their own series, in increasing ts."""
+
+    __slots__ = ()
+    events: tuple[Any, ...]
+
+    @property
+    def span(self) -> str:
+        """``token.first-last``: with the kind, the batch's idempotency key."""
+        return f"{self.key.token}.{self.events[0].ts}-{self.events[-1].ts}"
+
+    def _check(self) -> None:
+        if not 1 <= len(self.events) <= MAX_BATCH_BARS:
+            raise ContractError(f"a batch holds 1..{MAX_BATCH_BARS} events, got {len(self.events)}")
+        last = None
+        for i, event in enumerate(self.events):
+            if event.key != self.key:
+                raise ContractError(f"events[{i}] is for {event.key.id}, not {self.key.id}")
+            try:
+                event.check()
+            except ContractError as exc:
+                raise ContractError(f"events[{i}]: {exc.reason}") from None
+            if last is not None and event.ts <= last:
+                raise ContractError(f"events[{i}]: ts {event.ts} not after {last}")
+            last = event.ts
+
+
+@dataclass(frozen=True, slots=True)
+class VolRegimeBatch(_EventBatch):
+    """vol_regime's events for one candle batch, in one message (bulk work; live candles get single events)."""
+
+    KIND: ClassVar[str] = "vol_regime_batch"
+    exchange: str
+    symbol: str
+    timeframe: str
+    events: tuple[VolRegimeEvent, ...]
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class HmmRegimeBatch(_EventBatch):
+    """hmm_regime's events for (part of) one candle batch, in one message."""
+
+    KIND: ClassVar[str] = "hmm_regime_batch"
+    exchange: str
+    symbol: str
+    timeframe: str
+    events: tuple[HmmRegimeEvent, ...]
+    v: int = SCHEMA_VERSION
+
+
+def batch_of(events: Sequence[Any]) -> Any:
+    """The batch message carrying ``events`` (all of one series, vol or HMM)."""
+    first = events[0]
+    cls = VolRegimeBatch if isinstance(first, VolRegimeEvent) else HmmRegimeBatch
+    return cls(first.exchange, first.symbol, first.timeframe, tuple(events))
+
+
+def candles_in(msg: Any) -> list[Candle]:
+    """The candles a Candle or a CandleBatch carries."""
+    return msg.candles() if isinstance(msg, CandleBatch) else [msg]
+
+
+def events_in(msg: Any) -> list[Any]:
+    """The events a single event or an event batch carries."""
+    return list(msg.events) if isinstance(msg, _EventBatch) else [msg]
+
+
 DEAD_LETTER_PAYLOAD_BYTES = 4096  # of the original kept in a letter; the rest is named by size and hash
 DEAD_LETTER_TEXT_CHARS = 1024  # reason and subject
 
@@ -283,25 +405,28 @@ def time_problem(msg: Any, now_ms: int, tolerance_ms: int) -> str | None:
     """Why a candle's ``ts`` cannot be real, or None: before TS_FLOOR_MS, or after now + one timeframe + tolerance.
 
     One candle dated in the far future would otherwise become every consumer's
-    "last applied" and freeze its series for good.
+    "last applied" and freeze its series for good. A batch is judged by its
+    first and last bar (its ts increase).
     """
-    if not isinstance(msg, Candle):
+    if isinstance(msg, CandleBatch):
+        first, last = msg.bars[0][0], msg.bars[-1][0]
+    elif isinstance(msg, Candle):
+        first = last = msg.ts
+    else:
         return None
-    if msg.ts < TS_FLOOR_MS:
-        return f"ts {msg.ts} is before {TS_FLOOR_MS} (1980-01-01)"
+    if first < TS_FLOOR_MS:
+        return f"ts {first} is before {TS_FLOOR_MS} (1980-01-01)"
     limit = now_ms + timeframe_ms(msg.timeframe) + tolerance_ms
-    if msg.ts > limit:
-        return f"ts {msg.ts} is in the future (beyond now + one {msg.timeframe} bar + {tolerance_ms} ms = {limit})"
+    if last > limit:
+        return f"ts {last} is in the future (beyond now + one {msg.timeframe} bar + {tolerance_ms} ms = {limit})"
     return None
 
 
 Message = Union[  # noqa: UP007 - a runtime union used for registry typing
-    Candle, VolRegimeEvent, HmmRegimeEvent, ScoreEvent, ScreenerDecision, PipelineStatus, DeadLetter
+    Candle, CandleBatch, VolRegimeEvent, VolRegimeBatch, HmmRegimeEvent, HmmRegimeBatch, ScoreEvent,
+    ScreenerDecision, PipelineStatus, DeadLetter,
 ]
-MESSAGE_TYPES: dict[str, type[Any]] = {
-    cls.KIND: cls
-    for cls in (Candle, VolRegimeEvent, HmmRegimeEvent, ScoreEvent, ScreenerDecision, PipelineStatus, DeadLetter)
-}
+MESSAGE_TYPES: dict[str, type[Any]] = {cls.KIND: cls for cls in typing.get_args(Message)}
 
 
 # The codec needs the types above; it is re-exported here so that every reader imports from one place.

@@ -15,7 +15,7 @@ from services.hmm_regime.core import SeriesHmm, adopt, apply_candle, is_newer, t
 from services.hmm_regime.trainer import Trainer
 from shared.bus import Out, kv_bucket
 from shared.consume import Consumer, Hold, StateStore
-from shared.contracts import Candle
+from shared.contracts import Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
 from shared.hmm import HMM_AVAILABLE
 from shared.service import Runtime, run
 
@@ -38,25 +38,42 @@ async def build(rt: Runtime) -> list[Any]:
     )
     trainer = Trainer(rt, cfg)
 
-    async def on_candle(candle: Candle, _seq: int) -> list[Out] | Hold | None:
-        key = candle.key
+    async def on_candles(msg: Candle | CandleBatch, _seq: int) -> list[Out] | Hold | None:
+        """Apply the message's candles in order; at one that finds a training due, hold the rest until it is done."""
+        key = msg.key
         state = await store.get(key)
-        if not is_newer(state, candle):
-            return None
-        job = trainer.jobs.get(key)
-        if job is None and training_due(state, cfg):
-            job = trainer.start(key, state)
-        if job is not None:
-            if not job.done():
-                return Hold(job)
-            adopt(state, trainer.take(key))
-        event = apply_candle(state, candle)
-        store.mark(key)
-        return [Out(rt.names.hmm(key), event, f"hmm.{candle.msg_id}")] if event else None
+        events: list[HmmRegimeEvent] = []
+        hold: Hold | None = None
+        for candle in candles_in(msg):
+            if not is_newer(state, candle):
+                continue
+            job = trainer.jobs.get(key)
+            if job is None and training_due(state, cfg):
+                job = trainer.start(key, state)
+            if job is not None:
+                if not job.done():
+                    hold = Hold(job)
+                    break
+                adopt(state, trainer.take(key))
+            events.append(apply_candle(state, candle))  # type: ignore[arg-type]
+        outs = publish(msg, events)
+        if hold is not None:
+            hold.outs = outs
+            return hold
+        return outs or None
+
+    def publish(msg: Candle | CandleBatch, events: list[HmmRegimeEvent]) -> list[Out]:
+        if not events:
+            return []
+        store.mark(msg.key)
+        if isinstance(msg, Candle):
+            return [Out(rt.names.hmm(msg.key), events[0], f"hmm.{msg.msg_id}")]
+        out = batch_of(events)
+        return [Out(rt.names.hmm(msg.key), out, f"hmm.{out.span}")]
 
     durable = rt.durable()
     consumer = Consumer(
-        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candle},
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candles, CandleBatch: on_candles},
         await rt.kv_position(durable), stores=[store, trainer], partition=rt.partition,
         future_tolerance_ms=rt.settings.future_tolerance_ms,
     )

@@ -18,7 +18,7 @@ from typing import Any
 from services.hmm_regime.core import Row, SeriesHmm, TrainingResult, applied_history
 from shared.bus import now_ms, read_subject
 from shared.consume import Repositioned
-from shared.contracts import Candle
+from shared.contracts import Candle, CandleBatch, candles_in
 from shared.hmm import TrainedModel, fit_model
 from shared.servers import die_with_parent
 from shared.service import Runtime
@@ -88,8 +88,10 @@ class Trainer:
 
     async def _history(self, key: SeriesKey, upto: int) -> tuple[Row, ...]:
         names = self.rt.names
-        stored = await read_subject(self.rt.js, names.stream_ohlcv, names.ohlcv(key), keep_last=0, decode_as=Candle)
-        return applied_history(key, stored, upto, self.window)
+        stored = await read_subject(
+            self.rt.js, names.stream_ohlcv, names.ohlcv(key), keep_last=0, decode_as=(Candle, CandleBatch)
+        )
+        return applied_history(key, [c for m in stored for c in candles_in(m)], upto, self.window)
 
     async def flush(self) -> None:
         return None

@@ -20,8 +20,8 @@ from nats.aio.msg import Msg
 from services.ohlcv_ingest.demo import DemoClock, DemoMarket
 from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
 from services.ohlcv_ingest.pipeline import SeriesBook
-from shared.bus import kv_bucket, now_ms, read_subject
-from shared.contracts import Candle, ContractError, decode, encode
+from shared.bus import kv_bucket, now_ms, publish_candles, read_subject
+from shared.contracts import Candle, CandleBatch, ContractError, candles_in, decode, encode
 from shared.service import Runtime
 from shared.subjects import SeriesKey, timeframe_ms
 
@@ -59,9 +59,9 @@ class Ingest:
                 self.rt.names.stream_ohlcv,
                 self.rt.names.ohlcv(key),
                 keep_last=retention_bars,
-                decode_as=Candle,
+                decode_as=(Candle, CandleBatch),
             )
-            for candle in held:
+            for candle in (c for m in held for c in candles_in(m)):
                 book.add(candle.ts)
 
     async def publish(self, candles: Sequence[Candle]) -> int:
@@ -70,16 +70,10 @@ class Ingest:
         Candles the stream already holds are not sent again: the Msg-Id window
         (10 min) would not catch a page re-fetched later than that.
         """
-        new = 0
-        names = self.rt.names
-        for candle in candles:
-            if self.book(candle.key).holds(candle.ts):
-                continue
-            headers = {"Nats-Msg-Id": candle.msg_id}
-            ack = await self.rt.js.publish(names.ohlcv(candle.key), encode(candle), headers=headers)
+        fresh = [c for c in candles if not self.book(c.key).holds(c.ts)]
+        new = await publish_candles(self.rt.js, self.rt.names, fresh)
+        for candle in fresh:
             self.book(candle.key).add(candle.ts)
-            if not ack.duplicate:
-                new += 1
         if candles:
             self.rt.metrics.published.labels(SERVICE, "candle").inc(len(candles))
         return new
@@ -87,8 +81,8 @@ class Ingest:
     def observe(self, msg: Msg) -> None:
         """Candles others publish (``regimes replay``/``import``) count in the books too."""
         with contextlib.suppress(ContractError):
-            candle = decode(msg.data, (Candle,))
-            self.book(candle.key).add(candle.ts)
+            for candle in candles_in(decode(msg.data, (Candle, CandleBatch))):
+                self.book(candle.key).add(candle.ts)
 
     async def backfill(self, key: SeriesKey, target: int, max_pages: int) -> dict[str, Any]:
         """One backfill run toward ``target`` candles: walk back, then fill detected gaps."""

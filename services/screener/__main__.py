@@ -7,7 +7,15 @@ from typing import Any
 from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
 from shared.bus import Out, kv_bucket
 from shared.consume import Consumer, StateStore
-from shared.contracts import HmmRegimeEvent, ScoreEvent, ScreenerDecision, VolRegimeEvent
+from shared.contracts import (
+    HmmRegimeBatch,
+    HmmRegimeEvent,
+    ScoreEvent,
+    ScreenerDecision,
+    VolRegimeBatch,
+    VolRegimeEvent,
+    events_in,
+)
 from shared.service import Runtime, run
 
 SERVICE = "screener"
@@ -26,15 +34,15 @@ async def build(rt: Runtime) -> list[Any]:
     def publish(decisions: list[ScreenerDecision]) -> list[Out]:
         return [Out(names.screener(d.key), d, f"screener.{d.key.token}.{d.ts}") for d in decisions]
 
-    async def vol(event: VolRegimeEvent, seq: int) -> list[Out]:
-        state = await store.get(event.key)
-        store.mark(event.key)
-        return publish(on_vol(state, event, cfg, seq))
+    async def vol(msg: VolRegimeEvent | VolRegimeBatch, seq: int) -> list[Out]:
+        state = await store.get(msg.key)
+        store.mark(msg.key)
+        return publish([d for e in events_in(msg) for d in on_vol(state, e, cfg, seq)])
 
-    async def hmm(event: HmmRegimeEvent, seq: int) -> list[Out]:
-        state = await store.get(event.key)
-        store.mark(event.key)
-        return publish(on_hmm(state, event, cfg, seq))
+    async def hmm(msg: HmmRegimeEvent | HmmRegimeBatch, seq: int) -> list[Out]:
+        state = await store.get(msg.key)
+        store.mark(msg.key)
+        return publish([d for e in events_in(msg) for d in on_hmm(state, e, cfg, seq)])
 
     def low_water() -> int | None:
         marks = [m for m in (s.low_water() for s in store.cached().values()) if m is not None]
@@ -52,7 +60,7 @@ async def build(rt: Runtime) -> list[Any]:
     durable = rt.durable()
     consumer = Consumer(
         rt.bus, names.stream_regimes, subjects, durable,
-        {VolRegimeEvent: vol, HmmRegimeEvent: hmm, ScoreEvent: score},
+        {VolRegimeEvent: vol, VolRegimeBatch: vol, HmmRegimeEvent: hmm, HmmRegimeBatch: hmm, ScoreEvent: score},
         await rt.kv_position(durable), stores=[store], partition=rt.partition, low_water=low_water,
     )
     return [consumer.run(rt.stop)]

@@ -17,7 +17,14 @@ from services.state_publisher.core import apply_decision, apply_hmm, apply_pipel
 from services.state_publisher.writer import SnapshotWriter
 from shared.bus import now_ms
 from shared.consume import Consumer
-from shared.contracts import HmmRegimeEvent, PipelineStatus, ScreenerDecision, VolRegimeEvent
+from shared.contracts import (
+    HmmRegimeBatch,
+    HmmRegimeEvent,
+    PipelineStatus,
+    ScreenerDecision,
+    VolRegimeBatch,
+    VolRegimeEvent,
+)
 from shared.service import Runtime, run
 from shared.store import RedisKeys
 
@@ -29,9 +36,13 @@ async def build(rt: Runtime) -> list[Any]:
     rt.stack.push_async_callback(redis.aclose)
     writer = SnapshotWriter(redis, RedisKeys(rt.names), rt.config)
     blend = float(rt.config.hmm["HMM_BLEND_WITH_TREND"])
+    vol = writer.handler(lambda s, e: apply_vol(s, e, now_ms()))
+    hmm = writer.handler(lambda s, e: apply_hmm(s, e, blend, now_ms()))
     handlers = {
-        VolRegimeEvent: writer.handler(lambda s, e: apply_vol(s, e, now_ms())),
-        HmmRegimeEvent: writer.handler(lambda s, e: apply_hmm(s, e, blend, now_ms())),
+        VolRegimeEvent: vol,
+        VolRegimeBatch: vol,
+        HmmRegimeEvent: hmm,
+        HmmRegimeBatch: hmm,
         ScreenerDecision: writer.handler(lambda s, e: apply_decision(s, e, now_ms())),
         PipelineStatus: writer.handler(lambda s, e: apply_pipeline(s, e, now_ms())),
     }

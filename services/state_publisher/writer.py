@@ -23,6 +23,7 @@ from redis.exceptions import RedisError, WatchError
 from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
 from shared.bus import Out, now_ms
 from shared.config import StrategyConfig
+from shared.contracts import events_in
 from shared.store import RedisKeys
 from shared.subjects import SeriesKey
 
@@ -71,16 +72,18 @@ class SnapshotWriter:
         return None
 
     def handler(self, apply: Apply) -> Callable[[Any, int], Any]:
-        """A consumer handler applying ``apply`` to the event's snapshot; None for a stale event."""
+        """A consumer handler applying ``apply`` to each event (one, or a batch's) of a snapshot; None if all stale."""
 
-        async def handle(event: Any, _seq: int) -> list[Out] | None:
-            key = event.key
+        async def handle(msg: Any, _seq: int) -> list[Out] | None:
+            key = msg.key
             snap = self.snaps.get(key) or self.snaps.setdefault(key, new_snapshot(key, self.config.tier_of(key)))
-            update = apply(snap, event)
-            if update is None:
-                return None
-            self.pending.setdefault(key, Update()).merge(update)
-            return []
+            applied = False
+            for event in events_in(msg):
+                update = apply(snap, event)
+                if update is not None:
+                    self.pending.setdefault(key, Update()).merge(update)
+                    applied = True
+            return [] if applied else None
 
         return handle
 

@@ -7,7 +7,7 @@ from typing import Any
 from services.vol_regime.core import SeriesVol, apply_candle
 from shared.bus import Out, kv_bucket
 from shared.consume import Consumer, StateStore
-from shared.contracts import Candle
+from shared.contracts import Candle, CandleBatch, batch_of
 from shared.service import Runtime, run
 
 SERVICE = "vol_regime"
@@ -30,9 +30,18 @@ async def build(rt: Runtime) -> list[Any]:
         store.mark(candle.key)
         return [Out(rt.names.vol(candle.key), event, f"vol.{candle.msg_id}")]
 
+    async def on_batch(batch: CandleBatch, _seq: int) -> list[Out] | None:
+        state = await store.get(batch.key)
+        events = [e for c in batch.candles() if (e := apply_candle(state, c, cfg)) is not None]
+        if not events:
+            return None
+        store.mark(batch.key)
+        out = batch_of(events)
+        return [Out(rt.names.vol(batch.key), out, f"vol.{out.span}")]
+
     durable = rt.durable()
     consumer = Consumer(
-        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candle},
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candle, CandleBatch: on_batch},
         await rt.kv_position(durable), stores=[store], partition=rt.partition,
         future_tolerance_ms=rt.settings.future_tolerance_ms,
     )

@@ -38,7 +38,7 @@ from nats.js import api as js_api
 from shared.backtest import backtest
 from shared.bus import connect, ensure_streams, now_ms
 from shared.config import StrategyConfig, parse_strategy_config
-from shared.contracts import Candle, encode
+from shared.contracts import Candle, ScreenerDecision, decode, encode, events_in
 from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
 from shared.subjects import Names, SeriesKey
 from tests.harness import SMALL_VOL, candles_from_returns
@@ -227,7 +227,7 @@ async def run(servers: Servers, tmp: Path, seed: int, faults: Faults | None, imp
         "PYTHONPATH": str(ROOT),
     }
     msgs, stream = feed(names, seed, with_hostile=not import_files)
-    expected = expected_counts(stream, parse_strategy_config(CONFIG, {}))
+    expected = expected_last(stream, parse_strategy_config(CONFIG, {}))
     nc = await connect(servers.nats.url, "crash-test", attempts=5)
     await ensure_streams(nc.jetstream(), names, 14)
     procs = Procs(env, logs)
@@ -308,40 +308,24 @@ async def import_interrupted(env: dict[str, str], folder: Path, stream: list[Can
     assert again.returncode == 0, err.decode()[-2000:]
 
 
-def expected_counts(stream: list[Candle], config: StrategyConfig) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for event in backtest(stream, config, now_ms()):
-        subject = f"{type(event).KIND}.{event.key.token}"
-        counts[subject] = counts.get(subject, 0) + 1
-    return counts
+def expected_last(stream: list[Candle], config: StrategyConfig) -> dict[str, int]:
+    """Per series token, the ts of the last decision the stack must reach."""
+    return {e.key.token: e.ts for e in backtest(stream, config, now_ms()) if isinstance(e, ScreenerDecision)}
 
 
-def short(names: Names, subject: str, kind: str) -> str:
-    key = names.series_of(subject)
-    return f"{kind}.{key.token}"
-
-
-KINDS = {"regime.vol": "vol_regime", "regime.hmm": "hmm_regime", "screener": "screener_decision"}
-
-
-def kind_of(names: Names, subject: str) -> str:
-    rest = subject[len(names.namespace) + 1 :] if names.namespace else subject
-    return next(k for prefix, k in KINDS.items() if rest.startswith(prefix + "."))
+KINDS = ("vol_regime", "hmm_regime", "screener_decision")
 
 
 async def settled(nc: Any, servers: Servers, names: Names, expected: dict[str, int], procs: Procs) -> Any:
-    """Wait until every series has all its events and Redis shows the last decision; fail with the logs."""
+    """Wait until Redis shows every series' last decision and has read all of REGIMES; fail with the logs."""
     deadline = time.monotonic() + (600 if SOAK else 150)
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            js = nc.jetstream()
-            info = await js.stream_info(names.stream_regimes, subjects_filter=">")
-            counts = {short(names, s, kind_of(names, s)): n for s, n in (info.state.subjects or {}).items()}
-            counts = {k: v for k, v in counts.items() if not k.startswith("score")}
-            position = await redis_position(servers, names)
-            last = (counts == expected, position, info.state.last_seq)
-            if counts == expected and position == info.state.last_seq:
+            info = await nc.jetstream().stream_info(names.stream_regimes)
+            position, decided = await redis_progress(servers, names)
+            last = (decided, position, info.state.last_seq)
+            if decided == expected and position == info.state.last_seq:
                 return nc
         except Exception as exc:  # NATS restarting under us
             last = exc
@@ -350,13 +334,20 @@ async def settled(nc: Any, servers: Servers, names: Names, expected: dict[str, i
     raise AssertionError(f"not settled: {last}; logs: {json.dumps(tails, indent=1)[-12000:]}")
 
 
-async def redis_position(servers: Servers, names: Names) -> int:
+async def redis_progress(servers: Servers, names: Names) -> tuple[int, dict[str, int]]:
+    """state_publisher's position, and each series' last decision ts in its snapshot."""
     r = aioredis.from_url(servers.redis.url, decode_responses=True)
     try:
         raw = await r.get(names.redis_key("position", names.durable("state_publisher")))
+        snaps = await r.mget([names.redis_key("symbol", k.token) for k in KEYS])
     finally:
         await r.aclose()
-    return int(raw or 0)
+    decided = {}
+    for key, snap in zip(KEYS, snaps, strict=True):
+        screener = json.loads(snap)["screener"] if snap else None
+        if screener:
+            decided[key.token] = screener["ts"]
+    return int(raw or 0), decided
 
 
 async def read_stream(js: Any, stream: str, subjects: str) -> list[Any]:
@@ -384,7 +375,9 @@ async def collect(nc: Any, servers: Servers, names: Names) -> Outcome:
     stream: dict[str, list[bytes]] = {}
     for subjects in (names.vol_all, names.hmm_all, names.screener_all):
         for msg in await read_stream(js, names.stream_regimes, subjects):
-            stream.setdefault(short(names, msg.subject, kind_of(names, msg.subject)), []).append(msg.data)
+            # Batches are transport: what must match is every event, one by one.
+            for event in events_in(decode(msg.data)):
+                stream.setdefault(f"{type(event).KIND}.{event.key.token}", []).append(encode(event))
     letters = [msgpack.unpackb(m.data) for m in await read_stream(js, names.stream_dlq, names.dlq_all)]
     r = aioredis.from_url(servers.redis.url, decode_responses=True)
     try:
@@ -436,7 +429,7 @@ def test_the_stack_gives_exactly_what_the_backtest_gives(seed: int, undisturbed:
     for key in KEYS:  # one vol event, one HMM event and one decision per applied candle
         _msgs, stream = feed(Names("x"), seed, with_hostile=True)
         applied = len({c.ts for c in stream if c.key == key})
-        assert [len(ref.stream[f"{kind}.{key.token}"]) for kind in KINDS.values()] == [applied] * 3
+        assert [len(ref.stream[f"{kind}.{key.token}"]) for kind in KINDS] == [applied] * 3
         assert ref.redis[key.token]["snapshot"]["screener"] is not None
         assert ref.redis[key.token]["history"]
 

@@ -13,7 +13,8 @@ import pytest
 from services.ohlcv_ingest.__main__ import build_with
 from services.ohlcv_ingest.files import write_csv, write_freqtrade
 from shared import feed
-from shared.contracts import Candle
+from shared.bus import read_subject
+from shared.contracts import Candle, CandleBatch, candles_in
 from shared.subjects import SeriesKey
 from tests.fakes import RecordedSeries, recorded_factory
 from tests.harness import Stack, StackFactory, candles_from_returns, eventually, small_config
@@ -35,9 +36,11 @@ def point_cli_at(st: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, raw
 
 
 async def stream_count(st: Stack) -> int:
-    subject = st.names.ohlcv(KEY)
-    info = await st.js.stream_info(st.names.stream_ohlcv, subjects_filter=subject)
-    return (info.state.subjects or {}).get(subject, 0)
+    """Candles the stream holds for KEY, single or in batches."""
+    stored = await read_subject(
+        st.js, st.names.stream_ohlcv, st.names.ohlcv(KEY), keep_last=0, decode_as=(Candle, CandleBatch)
+    )
+    return sum(len(candles_in(m)) for m in stored)
 
 
 UNIVERSE = {"universe": [{"exchange": "binance", "symbol": "ETH/USDT", "timeframe": "1m"}]}

@@ -7,15 +7,18 @@ import math
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.contracts import (
+    MAX_BATCH_BARS,
     MAX_PAYLOAD_BYTES,
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     Candle,
+    CandleBatch,
     ContractError,
     DeadLetter,
     GridBias,
@@ -24,8 +27,11 @@ from shared.contracts import (
     ScoreEvent,
     ScreenerDecision,
     VolRegimeEvent,
+    batch_of,
+    candles_in,
     decode,
     encode,
+    events_in,
     from_plain,
     to_plain,
 )
@@ -94,8 +100,12 @@ PIPELINE_EMPTY = dataclasses.replace(
 )  # fmt: skip
 DEAD = DeadLetter("vol_regime", "price <= 0", "ohlcv.kraken.BTC-USD.1m", b"\x81\xa4kind\xa6candle\x00\xff", T)
 
+CANDLES = CandleBatch.of([dataclasses.replace(CANDLE, ts=T + i * 60_000) for i in range(3)])
+VOLS = batch_of([VOL_FIRST, dataclasses.replace(VOL, ts=T + 60_000)])
+HMMS = batch_of([HMM, dataclasses.replace(HMM, ts=T + 60_000)])
 SAMPLES = [
     CANDLE, VOL, VOL_FIRST, HMM, HMM_UNTRAINED, SCORE, DECISION, DECISION_NO_HMM, PIPELINE, PIPELINE_EMPTY, DEAD,
+    CANDLES, VOLS, HMMS,
 ]  # fmt: skip
 
 
@@ -414,3 +424,59 @@ def test_grid_bias_missing_field_names_the_path() -> None:
 
 def test_extra_fields_are_ignored_for_forward_compatibility() -> None:
     assert decode(plain_of(CANDLE, vwap=100.2)) == CANDLE
+
+
+# --- batches ---------------------------------------------------------------------------------------------------
+
+
+def test_a_candle_batch_carries_the_same_candles_and_names_its_span() -> None:
+    back = decode(encode(CANDLES))
+    assert back.candles() == [dataclasses.replace(CANDLE, ts=T + i * 60_000) for i in range(3)]
+    assert back.msg_id == f"kraken.BTC-USD.1m.{T}-{T + 120_000}"
+    assert candles_in(CANDLE) == [CANDLE]
+    assert events_in(VOLS) == [VOL_FIRST, dataclasses.replace(VOL, ts=T + 60_000)]
+
+
+@pytest.mark.parametrize(
+    ("bars", "reason"),
+    [
+        ((), f"a batch holds 1..{MAX_BATCH_BARS} bars, got 0"),
+        (((T, 100.0, 101.0, 99.0, 100.0, 1.0), (T, 100.0, 101.0, 99.0, 100.0, 1.0)), f"bars[1]: ts {T} not after {T}"),
+        (((T, 100.0, 99.0, 101.0, 100.0, 1.0),), "bars[0]: high 99.0 < low 101.0"),
+        (((T, 100.0, 101.0, 99.0, math.nan, 1.0),), "bars[0]: nan is not finite"),
+        (((T + 1, 100.0, 101.0, 99.0, 100.0, 1.0),), f"bars[0]: ts {T + 1} is not aligned to 1m"),
+    ],
+)
+def test_a_batch_with_one_bad_bar_is_refused_naming_the_bar(bars: tuple[Any, ...], reason: str) -> None:
+    plain = {**to_plain(CANDLES), "bars": [list(b) for b in bars]}
+    assert refused(msgpack.packb(plain)) == reason
+
+
+def test_an_event_batch_holds_only_its_own_series_in_increasing_ts() -> None:
+    other = dataclasses.replace(VOL, symbol="ETH/USD", ts=T + 60_000)
+    plain = {**to_plain(VOLS), "events": [to_plain(VOL_FIRST), to_plain(other)]}
+    assert refused(msgpack.packb(plain)) == "events[1] is for kraken:ETH/USD:1m, not kraken:BTC/USD:1m"
+    backwards = {**to_plain(VOLS), "events": [to_plain(VOL), to_plain(VOL_FIRST)]}
+    assert refused(msgpack.packb(backwards)) == f"events[1]: ts {T} not after {T}"
+
+
+def test_the_fast_and_the_reference_decoder_agree_on_every_sample_and_its_mutations() -> None:
+    from shared.codec import _decode_reference
+
+    rng = np.random.default_rng(5)
+    for msg in SAMPLES:
+        plain = to_plain(msg)
+        for _ in range(40):
+            mutated = dict(plain)
+            field = str(rng.choice(sorted(mutated)))
+            mutated[field] = [None, 0, -1, 1.5, math.nan, "x", True, [], {}][int(rng.integers(9))]
+            data = msgpack.packb(mutated, use_bin_type=True)
+            try:
+                expected: Any = _decode_reference(data, None)
+            except ContractError as exc:
+                expected = exc.reason
+            try:
+                got: Any = decode(data)
+            except ContractError as exc:
+                got = exc.reason
+            assert got == expected, (type(msg).__name__, field, mutated[field])
