@@ -57,7 +57,11 @@ class SnapshotWriter:
         self._loaded = True
 
     def discard(self) -> None:
-        """Forget the uncommitted: the next load reads back what Redis holds."""
+        """Forget the uncommitted: the next load (or the next event handled) reads back what Redis holds.
+
+        Only ever called between batches (under the consumers' shared lock), so
+        no batch in progress loses what it applied.
+        """
         self.snaps.clear()
         self.pending.clear()
         self._loaded = False
@@ -75,6 +79,8 @@ class SnapshotWriter:
         """A consumer handler applying ``apply`` to each event (one, or a batch's) of a snapshot; None if all stale."""
 
         async def handle(msg: Any, _seq: int) -> list[Out] | None:
+            if not self._loaded:  # the other consumer of this writer discarded since: read back what Redis holds
+                await self.load()
             key = msg.key
             snap = self.snaps.get(key) or self.snaps.setdefault(key, new_snapshot(key, self.config.tier_of(key)))
             applied = False
