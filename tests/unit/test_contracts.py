@@ -443,7 +443,7 @@ def test_a_candle_batch_carries_the_same_candles_and_names_its_span() -> None:
         ((), f"a batch holds 1..{MAX_BATCH_BARS} bars, got 0"),
         (((T, 100.0, 101.0, 99.0, 100.0, 1.0), (T, 100.0, 101.0, 99.0, 100.0, 1.0)), f"bars[1]: ts {T} not after {T}"),
         (((T, 100.0, 99.0, 101.0, 100.0, 1.0),), "bars[0]: high 99.0 < low 101.0"),
-        (((T, 100.0, 101.0, 99.0, math.nan, 1.0),), "bars[0]: nan is not finite"),
+        (((T, 100.0, 101.0, 99.0, math.nan, 1.0),), "CandleBatch.bars[0][4]: nan is not finite"),
         (((T + 1, 100.0, 101.0, 99.0, 100.0, 1.0),), f"bars[0]: ts {T + 1} is not aligned to 1m"),
     ],
 )
