@@ -7,6 +7,7 @@ reason, and the service refuses to start.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -324,10 +325,16 @@ class StrategyConfig:
     exchange_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def tier_of(self, key: SeriesKey) -> str:
+        """The universe entry's tier; CORE for a series outside the universe."""
+        return self._tiers.get(key, "CORE")
+
+    @functools.cached_property
+    def _tiers(self) -> Mapping[SeriesKey, str]:
+        # The first entry of a series wins, as the scan it replaces did; built once, read per decision.
+        tiers: dict[SeriesKey, str] = {}
         for spec in self.universe:
-            if spec.key == key:
-                return spec.tier
-        return "CORE"
+            tiers.setdefault(spec.key, spec.tier)
+        return tiers
 
     @property
     def series(self) -> tuple[SeriesKey, ...]:
