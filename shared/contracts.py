@@ -337,11 +337,40 @@ class HmmRegimeBatch(_EventBatch):
     v: int = SCHEMA_VERSION
 
 
+@dataclass(frozen=True, slots=True)
+class ScreenerDecisionBatch(_EventBatch):
+    """The screener's decisions completed by one message it handled, for one series (bulk work).
+
+    At most DECISIONS_PER_BATCH per message; a live candle's decision comes alone, as a ScreenerDecision.
+    """
+
+    KIND: ClassVar[str] = "screener_decision_batch"
+    exchange: str
+    symbol: str
+    timeframe: str
+    events: tuple[ScreenerDecision, ...]
+    v: int = SCHEMA_VERSION
+
+
+DECISIONS_PER_BATCH = 64  # a decision is about 0.8 kB: 64 keep a batch well under MAX_PAYLOAD_BYTES
+_BATCH_OF: dict[type[Any], type[Any]] = {
+    VolRegimeEvent: VolRegimeBatch,
+    HmmRegimeEvent: HmmRegimeBatch,
+    ScreenerDecision: ScreenerDecisionBatch,
+}
+
+
 def batch_of(events: Sequence[Any]) -> Any:
-    """The batch message carrying ``events`` (all of one series, vol or HMM)."""
+    """The batch message carrying ``events`` (all of one series and one kind)."""
     first = events[0]
-    cls = VolRegimeBatch if isinstance(first, VolRegimeEvent) else HmmRegimeBatch
-    return cls(first.exchange, first.symbol, first.timeframe, tuple(events))
+    return _BATCH_OF[type(first)](first.exchange, first.symbol, first.timeframe, tuple(events))
+
+
+def as_messages(events: Sequence[Any], per_message: int) -> list[Any]:
+    """``events`` of one series as messages: a lone event stays itself, more go in batches of ``per_message``."""
+    if len(events) == 1:
+        return [events[0]]
+    return [batch_of(events[i : i + per_message]) for i in range(0, len(events), per_message)]
 
 
 def candles_in(msg: Any) -> list[Candle]:
@@ -424,7 +453,7 @@ def time_problem(msg: Any, now_ms: int, tolerance_ms: int) -> str | None:
 
 Message = Union[  # noqa: UP007 - a runtime union used for registry typing
     Candle, CandleBatch, VolRegimeEvent, VolRegimeBatch, HmmRegimeEvent, HmmRegimeBatch, ScoreEvent,
-    ScreenerDecision, PipelineStatus, DeadLetter,
+    ScreenerDecision, ScreenerDecisionBatch, PipelineStatus, DeadLetter,
 ]
 MESSAGE_TYPES: dict[str, type[Any]] = {cls.KIND: cls for cls in typing.get_args(Message)}
 

@@ -8,15 +8,18 @@ from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
 from shared.bus import Out, kv_bucket
 from shared.consume import Consumer, StateStore
 from shared.contracts import (
+    DECISIONS_PER_BATCH,
     HmmRegimeBatch,
     HmmRegimeEvent,
     ScoreEvent,
     ScreenerDecision,
     VolRegimeBatch,
     VolRegimeEvent,
+    as_messages,
     events_in,
 )
 from shared.service import Runtime, run
+from shared.subjects import SeriesKey
 
 SERVICE = "screener"
 
@@ -32,7 +35,16 @@ async def build(rt: Runtime) -> list[Any]:
     )
 
     def publish(decisions: list[ScreenerDecision]) -> list[Out]:
-        return [Out(names.screener(d.key), d, f"screener.{d.key.token}.{d.ts}") for d in decisions]
+        """One message per series for the decisions a message completed (a lone one stays a ScreenerDecision)."""
+        by_series: dict[SeriesKey, list[ScreenerDecision]] = {}
+        for d in decisions:
+            by_series.setdefault(d.key, []).append(d)
+        outs = []
+        for key, ds in by_series.items():
+            for m in as_messages(ds, DECISIONS_PER_BATCH):
+                ident = f"{key.token}.{m.ts}" if isinstance(m, ScreenerDecision) else m.span
+                outs.append(Out(names.screener(key), m, f"screener.{ident}"))
+        return outs
 
     async def vol(msg: VolRegimeEvent | VolRegimeBatch, seq: int) -> list[Out]:
         state = await store.get(msg.key)

@@ -22,6 +22,7 @@ from shared.contracts import (
     HmmRegimeEvent,
     PipelineStatus,
     ScreenerDecision,
+    ScreenerDecisionBatch,
     VolRegimeBatch,
     VolRegimeEvent,
 )
@@ -38,12 +39,14 @@ async def build(rt: Runtime) -> list[Any]:
     blend = float(rt.config.hmm["HMM_BLEND_WITH_TREND"])
     vol = writer.handler(lambda s, e: apply_vol(s, e, now_ms()))
     hmm = writer.handler(lambda s, e: apply_hmm(s, e, blend, now_ms()))
+    decisions = writer.handler(lambda s, d: apply_decision(s, d, now_ms()))
     handlers = {
         VolRegimeEvent: vol,
         VolRegimeBatch: vol,
         HmmRegimeEvent: hmm,
         HmmRegimeBatch: hmm,
-        ScreenerDecision: writer.handler(lambda s, e: apply_decision(s, e, now_ms())),
+        ScreenerDecision: decisions,
+        ScreenerDecisionBatch: decisions,
         PipelineStatus: writer.handler(lambda s, e: apply_pipeline(s, e, now_ms())),
     }
     names, lock = rt.names, asyncio.Lock()  # the two consumers share the writer: one batch at a time

@@ -27,6 +27,7 @@ from shared.contracts import (
     ScoreEvent,
     ScreenerDecision,
     VolRegimeEvent,
+    as_messages,
     batch_of,
     candles_in,
     decode,
@@ -103,9 +104,10 @@ DEAD = DeadLetter("vol_regime", "price <= 0", "ohlcv.kraken.BTC-USD.1m", b"\x81\
 CANDLES = CandleBatch.of([dataclasses.replace(CANDLE, ts=T + i * 60_000) for i in range(3)])
 VOLS = batch_of([VOL_FIRST, dataclasses.replace(VOL, ts=T + 60_000)])
 HMMS = batch_of([HMM, dataclasses.replace(HMM, ts=T + 60_000)])
+DECISIONS = batch_of([DECISION, dataclasses.replace(DECISION, ts=T + 60_000)])
 SAMPLES = [
     CANDLE, VOL, VOL_FIRST, HMM, HMM_UNTRAINED, SCORE, DECISION, DECISION_NO_HMM, PIPELINE, PIPELINE_EMPTY, DEAD,
-    CANDLES, VOLS, HMMS,
+    CANDLES, VOLS, HMMS, DECISIONS,
 ]  # fmt: skip
 
 
@@ -450,6 +452,15 @@ def test_a_candle_batch_carries_the_same_candles_and_names_its_span() -> None:
 def test_a_batch_with_one_bad_bar_is_refused_naming_the_bar(bars: tuple[Any, ...], reason: str) -> None:
     plain = {**to_plain(CANDLES), "bars": [list(b) for b in bars]}
     assert refused(msgpack.packb(plain)) == reason
+
+
+def test_events_go_alone_or_in_batches_of_the_given_size() -> None:
+    decisions = [dataclasses.replace(DECISION, ts=T + i * 60_000) for i in range(5)]
+    assert as_messages(decisions[:1], 2) == [DECISION]
+    batches = as_messages(decisions, 2)
+    assert [len(b.events) for b in batches] == [2, 2, 1]
+    assert [e for b in batches for e in events_in(b)] == decisions
+    assert decode(encode(batches[0])).span == f"{DECISION.key.token}.{T}-{T + 60_000}"
 
 
 def test_an_event_batch_holds_only_its_own_series_in_increasing_ts() -> None:

@@ -1,0 +1,298 @@
+"""What the status API reads from Redis (written by state_publisher only) and NATS, and how long it may keep it.
+
+Reading 1,000 snapshots is one SMEMBERS and one MGET of megabytes, tens of milliseconds
+of parsing alone, so the API keeps what it read while nothing can have changed: the
+publisher sends a notice on ``RedisKeys.changes`` with every batch it writes (in the
+same MULTI), and a :class:`ChangeFeed` counts those notices. A cached read is served
+only while the feed is subscribed, no notice came since the read began, and it is
+younger than :data:`MAX_AGE_SEC` (for what sends no notice, like a flushed Redis).
+Each series' rendered bytes are kept as long as its stored JSON is the same text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
+from typing import Any
+
+import nats.errors
+import redis.asyncio as aioredis
+from fastapi import HTTPException
+from nats.aio.client import Client as NATS
+from redis.exceptions import RedisError
+
+from services.dashboard_api import render
+from services.dashboard_api.models import ServiceHealth
+from shared.bus import read_health
+from shared.errors import ContractError
+from shared.store import RedisKeys
+from shared.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_SEC = 1.0
+RESUBSCRIBE_SEC = 1.0
+_POLL_SEC = 1.0
+_MAX_BODIES = 64  # per state: one per filter combination asked for
+_MAX_DETAILS = 256
+
+
+class ChangeFeed:
+    """Counts the publisher's change notices; a read is current while the count is the one it began at."""
+
+    def __init__(self, redis: aioredis.Redis, channel: str, shutdown: asyncio.Event | None) -> None:
+        self._redis = redis
+        self._channel = channel
+        self._shutdown = shutdown
+        self._task: asyncio.Task[None] | None = None
+        self.generation = 0
+        self.live = False  # subscribed: notices reach us
+
+    def changed(self) -> None:
+        self.generation += 1
+
+    def current(self, generation: int, at: float) -> bool:
+        """Whether what was read from ``generation`` at ``at`` (monotonic) is still what Redis holds."""
+        return self.live and generation == self.generation and time.monotonic() - at < MAX_AGE_SEC
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard_api changes")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _stopping(self) -> bool:
+        return self._shutdown is not None and self._shutdown.is_set()
+
+    async def _run(self) -> None:
+        while not self._stopping():
+            try:
+                await self._listen()
+            except (RedisError, OSError) as exc:
+                log.debug("change notices unavailable: %s", exc)
+            except Exception:
+                log.exception("change notices failed; reading Redis on every request until resubscribed")
+            if not self._stopping():
+                await asyncio.sleep(RESUBSCRIBE_SEC)
+
+    async def _listen(self) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+            # Trusted only from the confirmation on: a notice can be missed before Redis has the subscription.
+            while not self._stopping() and not self.live:
+                msg = await pubsub.get_message(timeout=_POLL_SEC)
+                if msg is not None and msg["type"] == "subscribe":
+                    self.live = True
+            self.changed()
+            while not self._stopping():
+                if await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SEC) is not None:
+                    self.changed()
+        finally:
+            self.live = False
+            self.changed()
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+
+class Entry:
+    """One stored snapshot and its bytes in each list route, each made on first demand (None: not valid)."""
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+
+    @cached_property
+    def snapshot(self) -> render.Rendered | None:
+        return render.snapshot(self.raw)
+
+    @cached_property
+    def status(self) -> bytes | None:
+        return render.series_status(self.raw)
+
+    @cached_property
+    def tuning(self) -> bytes | None:
+        return render.tuning_row(self.raw)
+
+
+class ReadState:
+    """Every snapshot and the summary as one read saw them, with the bodies made of them so far."""
+
+    def __init__(self, generation: int, at: float, entries: dict[str, Entry], summary: str | None) -> None:
+        self.generation = generation
+        self.at = at
+        self.entries = entries  # token -> entry, in token order; tokens without a snapshot left out
+        self.summary = summary
+        self.bodies: dict[Any, render.Body | None] = {}  # None: the reference path serves it
+
+    def raws(self) -> list[str]:
+        return [e.raw for e in self.entries.values()]
+
+    def body(self, key: Any, make: Callable[[ReadState], bytes | None]) -> render.Body | None:
+        if key not in self.bodies:
+            if len(self.bodies) >= _MAX_BODIES:
+                self.bodies.clear()
+            data = make(self)
+            self.bodies[key] = None if data is None else render.Body(data)
+        return self.bodies[key]
+
+    def same_as(self, other: ReadState) -> bool:
+        return self.summary == other.summary and list(self.entries.items()) == list(other.entries.items())
+
+
+class ReadModel:
+    """The API's reads: snapshots, one series' detail, the summary and service health."""
+
+    def __init__(
+        self, redis: aioredis.Redis, nc: NATS, names: Names, health_ttl: float, shutdown: asyncio.Event | None = None
+    ) -> None:
+        self.redis = redis
+        self.keys = RedisKeys(names)
+        self.feed = ChangeFeed(redis, self.keys.changes, shutdown)
+        self._nc = nc
+        self._names = names
+        self._state: ReadState | None = None
+        self._refreshing = asyncio.Lock()
+        self._details: dict[tuple[Any, ...], tuple[int, float, render.Body]] = {}
+        self._summary: tuple[str | None, render.Body | None] | None = None
+        self._health = _TtlCache(health_ttl)
+
+    async def aclose(self) -> None:
+        await self.feed.aclose()
+
+    def begin(self) -> tuple[int, float]:
+        """Where a read starts: what it gives stays current while :meth:`ChangeFeed.current` says so."""
+        self.feed.start()
+        return self.feed.generation, time.monotonic()
+
+    # ----------------------------------------------------------------- every snapshot
+
+    async def state(self) -> ReadState:
+        """Every snapshot, read again unless the last read is still current; one read at a time."""
+        async with self._refreshing:
+            old = self._state
+            if old is not None and self.feed.current(old.generation, old.at):
+                return old
+            new = await self._read(old)
+            if old is not None and new.same_as(old):
+                new.bodies = old.bodies  # nothing changed: the bodies (and their gzip) stand
+            self._state = new
+            return new
+
+    async def _read(self, old: ReadState | None) -> ReadState:
+        generation, at = self.begin()
+        tokens = sorted(await self.redis.smembers(self.keys.symbols))
+        if tokens:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.mget([self.keys.symbol(t) for t in tokens])
+                pipe.get(self.keys.summary)
+                raws, summary = await pipe.execute()
+        else:
+            raws, summary = [], await self.redis.get(self.keys.summary)
+        known = old.entries if old is not None else {}
+        entries = {}
+        for token, raw in zip(tokens, raws, strict=True):
+            if raw:
+                entry = known.get(token)
+                entries[token] = entry if entry is not None and entry.raw == raw else Entry(raw)
+        return ReadState(generation, at, entries, summary)
+
+    # ----------------------------------------------------------------- one series
+
+    def cached_detail(self, key: tuple[Any, ...]) -> render.Body | None:
+        hit = self._details.get(key)
+        if hit is not None and self.feed.current(hit[0], hit[1]):
+            return hit[2]
+        return None
+
+    def keep_detail(self, key: tuple[Any, ...], generation: int, at: float, body: render.Body) -> None:
+        if len(self._details) >= _MAX_DETAILS:
+            self._details.clear()
+        self._details[key] = (generation, at, body)
+
+    async def find(self, exchange: str, symbol: str, timeframe: str | None) -> SeriesKey:
+        """The one series ``exchange``/``symbol`` (``BTC/USD`` or ``BTC-USD``) names: one SMISMEMBER."""
+        display = symbol if "/" in symbol else _decode(symbol)
+        timeframes = list(TIMEFRAMES_MS) if timeframe is None else [timeframe] if timeframe in TIMEFRAMES_MS else []
+        try:
+            wanted = [SeriesKey(exchange, display, tf) for tf in timeframes]
+            tokens = [k.token for k in wanted]
+        except ContractError:  # a symbol no series can have
+            wanted = tokens = []
+        found = await self.redis.smismember(self.keys.symbols, tokens) if tokens else []
+        candidates = [k for k, there in zip(wanted, found, strict=True) if there]
+        if not candidates:
+            raise HTTPException(404, f"no series {exchange}:{display}" + (f":{timeframe}" if timeframe else ""))
+        if len(candidates) > 1:
+            tfs = ", ".join(sorted(k.timeframe for k in candidates))
+            raise HTTPException(400, f"{exchange}:{display} has several timeframes ({tfs}); add ?timeframe=")
+        return candidates[0]
+
+    async def detail_parts(self, key: SeriesKey, history: int) -> tuple[str | None, list[str], list[str]]:
+        """The snapshot, the newest ``history`` points and the transitions: one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.symbol(key.token))
+            if history:
+                pipe.lrange(self.keys.history(key.token), -history, -1)
+            pipe.lrange(self.keys.transitions(key.token), 0, -1)
+            replies = await pipe.execute()
+        raw, trans = replies[0], replies[-1]
+        return raw, (replies[1] if history else []), trans
+
+    # ----------------------------------------------------------------- summary and health
+
+    async def summary(self) -> tuple[str | None, render.Body | None]:
+        """The stored summary and its body (None: not valid for the model); one GET, rendered once per text."""
+        raw = await self.redis.get(self.keys.summary)
+        if self._summary is None or self._summary[0] != raw:
+            data = render.summary(raw)
+            self._summary = (raw, None if data is None else render.Body(data))
+        return self._summary
+
+    async def services(self) -> Sequence[ServiceHealth]:
+        """Every live heartbeat, read at most once per ``health_ttl`` (NATS unreachable: none)."""
+        return await self._health.get(self._read_services)
+
+    async def _read_services(self) -> list[ServiceHealth]:
+        try:
+            return [_health(h) for h in await read_health(self._nc.jetstream(), self._names)]
+        except (nats.errors.Error, OSError, TimeoutError):
+            return []
+
+
+class _TtlCache:
+    """One value, computed again once ``ttl`` seconds old; concurrent callers share one computation."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._at = -1e18
+        self._value: Any = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, compute: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                self._value = await compute()
+                self._at = time.monotonic()
+            return self._value
+
+
+def _decode(token: str) -> str:
+    try:
+        return decode_symbol(token)
+    except ContractError as exc:
+        raise HTTPException(400, exc.reason) from None
+
+
+def _health(raw: dict[str, Any]) -> ServiceHealth:
+    known = set(ServiceHealth.model_fields) - {"extra"}
+    extra = {k: v for k, v in raw.items() if k not in known}
+    return ServiceHealth(**{k: raw[k] for k in known if k in raw}, extra=extra)

@@ -1,0 +1,295 @@
+"""Response bytes of the hot routes, exactly as FastAPI's ``response_model`` serialization makes them. Pure.
+
+FastAPI serializes a ``response_model`` route with pydantic-core (``TypeAdapter.dump_json``,
+``by_alias=True``). Validating the JSON text Redis holds with the same models (``validate_json``:
+parsed and validated in one pass in Rust, no Python dicts) and dumping it gives the same bytes as
+``json.loads`` + validation + dump, and a JSON list is its items' bytes joined by commas. So each
+series' bytes are made once per stored snapshot and spliced into the lists.
+
+Whatever does not pass the models here (None) is served by the routes' reference path instead: the
+original dict code, validated by FastAPI, so malformed data fails exactly as it always did.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from services.dashboard_api.models import (
+    ConfigView,
+    SeriesStatus,
+    ServiceHealth,
+    Summary,
+    SymbolDetail,
+    SymbolSnapshot,
+)
+from shared.config import StrategyConfig
+from shared.contracts import HMM_LABELS, VOL_LABELS
+
+GZIP_MIN_BYTES = 1024  # smaller bodies go out as they are (the GZip middleware's minimum too)
+GZIP_LEVEL = 6
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, unknown OS
+
+SNAPSHOT = TypeAdapter(SymbolSnapshot)
+SERIES_STATUS = TypeAdapter(SeriesStatus)
+SERVICES = TypeAdapter(list[ServiceHealth])
+SUMMARY = TypeAdapter(Summary)
+DETAIL = TypeAdapter(SymbolDetail)
+CONFIG = TypeAdapter(ConfigView)
+_ROW = TypeAdapter(dict[str, Any])  # an item of /api/tuning's list[dict[str, Any]]
+_STR = TypeAdapter(str)
+
+
+class _TuningSource(BaseModel):
+    """The three parts of a snapshot /api/tuning reads; the rest is skipped unparsed."""
+
+    series: Any
+    hmm_tuning: Any = None
+    vol_tuning: Any = None
+
+
+_TUNING_SOURCE = TypeAdapter(_TuningSource)
+
+
+def dump(adapter: TypeAdapter[Any], value: Any) -> bytes:
+    """As FastAPI serializes a response model (``by_alias=True``, nothing excluded)."""
+    return adapter.dump_json(value, by_alias=True)
+
+
+def json_list(items: Iterable[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+class Body:
+    """Response bytes, and their gzip form made once, on first demand."""
+
+    __slots__ = ("_gzip", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._gzip: bytes | None = None
+
+    def gzip(self) -> bytes:
+        if self._gzip is None:
+            deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+            stream = deflate.compress(self.data) + deflate.flush()
+            self._gzip = _GZIP_HEADER + stream + _trailer(zlib.crc32(self.data), len(self.data))
+        return self._gzip
+
+
+def gzip_spliced(head: bytes, tail: Body) -> bytes:
+    """gzip of ``head + tail.data`` reusing the tail's compressed stream: only ``head`` is compressed.
+
+    A full flush ends the head's blocks on a byte boundary with an empty dictionary, so the tail's
+    deflate stream (which refers only to itself) can follow as it is, the way pigz joins blocks.
+    """
+    deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    first = deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)
+    stream = memoryview(tail.gzip())[len(_GZIP_HEADER) : -8]
+    crc = zlib.crc32(tail.data, zlib.crc32(head))
+    return b"".join((_GZIP_HEADER, first, stream, _trailer(crc, len(head) + len(tail.data))))
+
+
+def _trailer(crc: int, size: int) -> bytes:
+    return struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+
+
+# --------------------------------------------------------------------------- one series
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A snapshot's bytes in /api/symbols and what its filters compare."""
+
+    data: bytes
+    vol_regime: str | None
+    hmm_regime: str | None
+    tier: str
+    exchange: str
+
+
+def snapshot(raw: str) -> Rendered | None:
+    try:
+        snap = SNAPSHOT.validate_json(raw)
+    except ValidationError:
+        return None
+    hmm = snap.hmm_regime.regime if snap.hmm_regime is not None else None
+    return Rendered(dump(SNAPSHOT, snap), snap.vol_regime, hmm, snap.tier, snap.exchange)
+
+
+def series_status(raw: str) -> bytes | None:
+    """The snapshot's item in /api/status ``series``."""
+    try:
+        return dump(SERIES_STATUS, SERIES_STATUS.validate_json(raw))
+    except ValidationError:
+        return None
+
+
+def tuning_row(raw: str) -> bytes | None:
+    """The snapshot's item in /api/tuning."""
+    try:
+        src = _TUNING_SOURCE.validate_json(raw)
+    except ValidationError:
+        return None
+    return dump(_ROW, {"series": src.series, "hmm": src.hmm_tuning, "vol": src.vol_tuning})
+
+
+def matches(
+    snap: Rendered, vol_regime: str | None, hmm_regime: str | None, tier: str | None, exchange: str | None
+) -> bool:
+    """/api/symbols' filters; ``hmm_regime`` already upper-cased."""
+    return (
+        (vol_regime is None or snap.vol_regime == vol_regime)
+        and (hmm_regime is None or snap.hmm_regime == hmm_regime)
+        and (tier is None or snap.tier == tier)
+        and (exchange is None or snap.exchange == exchange)
+    )
+
+
+# --------------------------------------------------------------------------- whole bodies
+
+
+def thresholds(config: StrategyConfig) -> dict[str, float]:
+    vol = config.vol
+    return {"low": vol.ratio_low, "normal": vol.ratio_normal, "high": vol.ratio_high}
+
+
+def detail(raw: str, points: Sequence[str], transitions: Sequence[str], thresholds_json: str) -> Body | None:
+    """/api/symbols/{exchange}/{symbol}: the stored texts assembled into one document, validated once."""
+    text = "".join(
+        (
+            '{"snapshot":',
+            raw,
+            ',"history":[',
+            ",".join(points),
+            '],"transitions":[',
+            ",".join(transitions),
+            '],"thresholds":',
+            thresholds_json,
+            "}",
+        )
+    )
+    try:
+        return Body(dump(DETAIL, DETAIL.validate_json(text)))
+    except ValidationError:
+        return None
+
+
+def summary(raw: str | None) -> bytes | None:
+    """/api/summary, and /api/status ``summary``."""
+    if not raw:
+        return dump(SUMMARY, empty_summary())
+    try:
+        return dump(SUMMARY, SUMMARY.validate_json(raw))
+    except ValidationError:
+        return None
+
+
+def status_head(namespace: str, now: int, summary_json: bytes, services_json: bytes) -> bytes:
+    """/api/status up to its ``series`` list, which follows (with the closing brace) as cached bytes."""
+    return b"".join(
+        (
+            b'{"namespace":',
+            dump(_STR, namespace),
+            b',"now":',
+            str(now).encode(),
+            b',"summary":',
+            summary_json,
+            b',"services":',
+            services_json,
+            b',"series":',
+        )
+    )
+
+
+def empty_summary() -> dict[str, Any]:
+    return {
+        "symbols": 0,
+        "vol_regime_summary": dict.fromkeys(VOL_LABELS, 0),
+        "vol_regime_avg_vol_short": dict.fromkeys(VOL_LABELS),
+        "hmm_regime_summary": dict.fromkeys(HMM_LABELS, 0),
+        "hmm_untrained": 0,
+        "updated_at": None,
+    }
+
+
+def config_view(config: StrategyConfig) -> dict[str, Any]:
+    """The strategy config in force, as /api/config shows it."""
+    return {
+        "universe": [{"series": s.key.id, "tier": s.tier} for s in config.universe],
+        "per_trade_nav_pct": config.per_trade_nav_pct,
+        "max_per_trade_nav_pct": config.max_per_trade_nav_pct,
+        "base_weights": dict(config.base_weights),
+        "sizing_multipliers": {t: dict(r) for t, r in config.sizing_multipliers.items()},
+        "hybrid_weight_modifiers": {
+            scope: {label: dict(m) for label, m in per.items()} for scope, per in config.hybrid_modifiers.items()
+        },
+        "vol_thresholds": thresholds(config),
+        "idle_target": {
+            "base_target": config.idle.base_target,
+            "sensitivity": config.idle.sensitivity,
+            "floor": config.idle.floor,
+            "ceiling": config.idle.ceiling,
+        },
+        "hmm": dict(config.hmm),
+    }
+
+
+# --------------------------------------------------------------------------- the reference path
+
+
+def parsed(raws: Iterable[str]) -> list[dict[str, Any]]:
+    return [json.loads(r) for r in raws]
+
+
+def filtered(
+    snaps: Iterable[Mapping[str, Any]],
+    vol_regime: str | None,
+    hmm_regime: str | None,
+    tier: str | None,
+    exchange: str | None,
+) -> list[Mapping[str, Any]]:
+    """/api/symbols over parsed snapshots; ``hmm_regime`` already upper-cased."""
+    out = []
+    for snap in snaps:
+        if vol_regime is not None and snap.get("vol_regime") != vol_regime:
+            continue
+        if hmm_regime is not None and (snap.get("hmm_regime") or {}).get("regime") != hmm_regime:
+            continue
+        if tier is not None and snap.get("tier") != tier:
+            continue
+        if exchange is not None and snap.get("exchange") != exchange:
+            continue
+        out.append(snap)
+    return out
+
+
+def detail_dict(raw: str, points: Sequence[str], transitions: Sequence[str], thresholds: dict[str, float]) -> Any:
+    return {
+        "snapshot": json.loads(raw),
+        "history": [json.loads(p) for p in points],
+        "transitions": [json.loads(t) for t in transitions],
+        "thresholds": thresholds,
+    }
+
+
+def series_statuses(snaps: Iterable[Mapping[str, Any]]) -> list[SeriesStatus]:
+    return [
+        SeriesStatus(
+            series=s["series"],
+            vol_regime=s.get("vol_regime"),
+            hmm_regime=s.get("hmm_regime"),
+            hmm_data_pipeline=s.get("hmm_data_pipeline"),
+        )
+        for s in snaps
+    ]
+
+
+def tuning_rows(snaps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"series": s["series"], "hmm": s.get("hmm_tuning"), "vol": s.get("vol_tuning")} for s in snaps]

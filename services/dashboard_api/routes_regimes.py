@@ -1,0 +1,171 @@
+"""The routes that read the snapshots: /api/symbols, one series, /api/summary, /api/config, /api/tuning, /api/status.
+
+Each answers with the bytes :mod:`render` makes (cached per stored text, gzip made
+once), so nothing is parsed into Python objects or validated again per request. The
+``response_model`` stays on every route, for the OpenAPI schema and for the
+reference path: data the models reject goes through the original dict code and
+FastAPI's validation, failing exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from services.dashboard_api import render
+from services.dashboard_api.models import ConfigView, Status, Summary, SymbolDetail, SymbolSnapshot
+from services.dashboard_api.read_model import ReadModel, ReadState
+from shared.config import StrategyConfig
+from shared.contracts import HMM_LABELS, VOL_LABELS
+
+JSON = "application/json"
+_GZIPPED = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+
+
+def accepts_gzip(request: Request) -> bool:
+    """The GZip middleware's test, so both compress for the same clients."""
+    return "gzip" in request.headers.get("accept-encoding", "")
+
+
+def respond(request: Request, body: render.Body) -> Response:
+    if len(body.data) >= render.GZIP_MIN_BYTES and accepts_gzip(request):
+        return Response(body.gzip(), media_type=JSON, headers=_GZIPPED)
+    return Response(body.data, media_type=JSON)
+
+
+class RegimeRoutes:
+    """The snapshot routes over one :class:`ReadModel`."""
+
+    def __init__(self, reads: ReadModel, config: StrategyConfig, namespace: str) -> None:
+        self.reads = reads
+        self.config = config
+        self.namespace = namespace
+        self.thresholds = render.thresholds(config)
+        self._thresholds_json = json.dumps(self.thresholds)
+        self._config: render.Body | None = None
+
+    def router(self) -> APIRouter:
+        router = APIRouter()
+        router.add_api_route("/api/symbols", self.list_symbols, response_model=list[SymbolSnapshot], tags=["regimes"])
+        router.add_api_route(
+            "/api/symbols/{exchange}/{symbol:path}", self.symbol_detail, response_model=SymbolDetail, tags=["regimes"]
+        )
+        router.add_api_route("/api/summary", self.summary, response_model=Summary, tags=["regimes"])
+        router.add_api_route("/api/config", self.strategy_config, response_model=ConfigView, tags=["status"])
+        router.add_api_route("/api/tuning", self.tuning, response_model=list[dict[str, Any]], tags=["regimes"])
+        router.add_api_route("/api/status", self.status, response_model=Status, tags=["status"])
+        return router
+
+    async def list_symbols(
+        self,
+        request: Request,
+        vol_regime: str | None = Query(None, description="low / normal / high / crisis"),
+        hmm_regime: str | None = Query(None, description="BEARISH / RANGING / BULLISH"),
+        tier: str | None = None,
+        exchange: str | None = None,
+    ) -> Any:
+        if vol_regime is not None and vol_regime not in VOL_LABELS:
+            raise HTTPException(400, f"vol_regime must be one of {', '.join(VOL_LABELS)}")
+        if hmm_regime is not None and hmm_regime.upper() not in HMM_LABELS:
+            raise HTTPException(400, f"hmm_regime must be one of {', '.join(HMM_LABELS)}")
+        hmm = hmm_regime.upper() if hmm_regime is not None else None
+        state = await self.reads.state()
+        body = state.body(("symbols", vol_regime, hmm, tier, exchange), lambda s: _symbols(s, vol_regime, hmm, tier, exchange))
+        if body is None:
+            return render.filtered(render.parsed(state.raws()), vol_regime, hmm, tier, exchange)
+        return respond(request, body)
+
+    async def symbol_detail(
+        self,
+        request: Request,
+        exchange: str,
+        symbol: str,
+        timeframe: str | None = None,
+        history: int = Query(600, ge=0, le=1440, description="history points, newest last"),
+    ) -> Any:
+        cache_key = (exchange, symbol, timeframe, history)
+        body = self.reads.cached_detail(cache_key)
+        if body is None:
+            generation, at = self.reads.begin()
+            key = await self.reads.find(exchange, symbol, timeframe)
+            raw, points, transitions = await self.reads.detail_parts(key, history)
+            if raw is None:
+                raise HTTPException(404, f"no snapshot for {key.id} yet")
+            body = render.detail(raw, points, transitions, self._thresholds_json)
+            if body is None:
+                return render.detail_dict(raw, points, transitions, self.thresholds)
+            self.reads.keep_detail(cache_key, generation, at, body)
+        return respond(request, body)
+
+    async def summary(self, request: Request) -> Any:
+        raw, body = await self.reads.summary()
+        if body is None:
+            return json.loads(raw) if raw else render.empty_summary()
+        return respond(request, body)
+
+    async def strategy_config(self, request: Request) -> Any:
+        """The strategy config in force (read-only): what the decisions were computed with."""
+        if self._config is None:
+            view = render.config_view(self.config)
+            try:
+                self._config = render.Body(render.dump(render.CONFIG, render.CONFIG.validate_python(view)))
+            except ValidationError:
+                return view
+        return respond(request, self._config)
+
+    async def tuning(self, request: Request) -> Any:
+        """Seed 003 §4: per series, flips per day, dwell per regime, mean forward return per regime."""
+        state = await self.reads.state()
+        body = state.body(("tuning",), lambda s: _joined([e.tuning for e in s.entries.values()]))
+        if body is None:
+            return render.tuning_rows(render.parsed(state.raws()))
+        return respond(request, body)
+
+    async def status(self, request: Request) -> Any:
+        state = await self.reads.state()
+        services = await self.reads.services()
+        summary = state.body(("summary",), lambda s: render.summary(s.summary))
+        series = state.body(("status",), _status_tail)
+        now = int(time.time() * 1000)
+        if summary is None or series is None:
+            return {
+                "namespace": self.namespace,
+                "now": now,
+                "summary": json.loads(state.summary) if state.summary else render.empty_summary(),
+                "services": list(services),
+                "series": render.series_statuses(render.parsed(state.raws())),
+            }
+        head = render.status_head(self.namespace, now, summary.data, render.dump(render.SERVICES, services))
+        if len(head) + len(series.data) >= render.GZIP_MIN_BYTES and accepts_gzip(request):
+            return Response(render.gzip_spliced(head, series), media_type=JSON, headers=_GZIPPED)
+        return Response(head + series.data, media_type=JSON)
+
+
+def _joined(parts: list[bytes | None]) -> bytes | None:
+    if any(p is None for p in parts):
+        return None
+    return render.json_list(p for p in parts if p is not None)
+
+
+def _symbols(
+    state: ReadState, vol_regime: str | None, hmm_regime: str | None, tier: str | None, exchange: str | None
+) -> bytes | None:
+    parts = []
+    for entry in state.entries.values():
+        snap = entry.snapshot
+        if snap is None:
+            return None
+        if render.matches(snap, vol_regime, hmm_regime, tier, exchange):
+            parts.append(snap.data)
+    return render.json_list(parts)
+
+
+def _status_tail(state: ReadState) -> bytes | None:
+    """/api/status ``series`` and the closing brace: what follows :func:`render.status_head`."""
+    series = _joined([e.status for e in state.entries.values()])
+    return None if series is None else series + b"}"
