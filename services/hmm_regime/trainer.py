@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Mapping
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
@@ -25,6 +26,13 @@ from shared.service import Runtime
 from shared.subjects import SeriesKey
 
 log = logging.getLogger("hmm_regime")
+
+
+def _worker_start(parent: int) -> None:
+    """In each new worker: die with the service, even if it was SIGKILLed while this worker was still starting."""
+    die_with_parent()
+    if os.getppid() != parent:  # the death signal only covers a parent still alive when it was set
+        os._exit(0)
 
 
 def _fit(rows: tuple[Row, ...], cfg: Mapping[str, Any], previous: TrainedModel | None, upto: int) -> Any:
@@ -51,7 +59,10 @@ class Trainer:
         # spawn: a forked child would inherit the event loop and the NATS socket; the death signal
         # ends the worker with the service even on SIGKILL, instead of leaving it fitting for nobody.
         return ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(os.getpid(),),
         )
 
     def start(self, key: SeriesKey, state: SeriesHmm) -> asyncio.Future[TrainingResult]:

@@ -142,7 +142,7 @@ class Procs:
         children = children_of(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a worker caught mid-start on a loaded machine takes a while to exit
         while children and time.monotonic() < deadline:
             children = [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]
             time.sleep(0.05)
