@@ -69,9 +69,34 @@ def _plain_value(value: Any) -> Any:
     return value
 
 
+_ENCODER = msgspec.msgpack.Encoder()
+
+
 def encode(msg: Any) -> bytes:
-    """msgpack bytes of a message."""
-    return msgpack.packb(to_plain(msg), use_bin_type=True)
+    """msgpack bytes of a message: the map of :func:`to_plain`, byte for byte, written by msgspec.
+
+    msgspec writes a dataclass as the map of its fields in order; the ``kind``
+    entry goes in front of them, so the bytes are those of ``{"kind": ..., **fields}``.
+    """
+    body = _ENCODER.encode(msg)
+    kind = getattr(type(msg), "KIND", None)
+    if kind is None:
+        return body
+    first = body[0]
+    if first & 0xF0 == 0x80:  # fixmap
+        count, rest = first & 0x0F, body[1:]
+    else:  # map16 (0xde); no message has 65,536 fields
+        count, rest = int.from_bytes(body[1:3], "big"), body[3:]
+    return _map_header(count + 1) + _kind_entry(kind) + rest
+
+
+def _map_header(count: int) -> bytes:
+    return bytes([0x80 | count]) if count < 16 else b"\xde" + count.to_bytes(2, "big")
+
+
+@cache
+def _kind_entry(kind: str) -> bytes:
+    return msgpack.packb("kind") + msgpack.packb(kind)
 
 
 def decode(data: bytes, expected: tuple[type[Any], ...] | None = None) -> Any:

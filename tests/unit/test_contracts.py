@@ -36,6 +36,7 @@ from shared.contracts import (
     from_plain,
     to_plain,
 )
+from shared.subjects import SeriesKey
 
 T = 1_700_000_040_000  # a multiple of every timeframe up to 1h
 
@@ -491,3 +492,21 @@ def test_the_fast_and_the_reference_decoder_agree_on_every_sample_and_its_mutati
             except ContractError as exc:
                 got = exc.reason
             assert got == expected, (type(msg).__name__, field, mutated[field])
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: f"{type(m).__name__}")
+def test_encoding_is_exactly_the_msgpack_of_the_plain_map(msg: Any) -> None:
+    assert encode(msg) == msgpack.packb(to_plain(msg), use_bin_type=True)
+
+
+def test_encoding_matches_the_plain_map_for_every_event_of_a_backtest() -> None:
+    from shared.backtest import backtest
+    from tests.harness import candles_from_returns, small_config
+
+    key = SeriesKey("kraken", "BTC/USD", "1m")
+    rng = np.random.default_rng(3)
+    candles = candles_from_returns(key, rng.normal(0.0, 0.01, 300).tolist())
+    events = list(backtest(candles, small_config([("BTC/USD", "CORE")]), now_ms=T + 10**12))
+    assert len(events) == 2 * len(candles)  # a vol event and a decision per candle (HMM off)
+    for event in events:
+        assert encode(event) == msgpack.packb(to_plain(event), use_bin_type=True)
