@@ -69,7 +69,15 @@ def _plain_value(value: Any) -> Any:
     return value
 
 
-_ENCODER = msgspec.msgpack.Encoder()
+def _plain_scalar(obj: Any) -> Any:
+    """numpy scalars (a float64 from the vol math, say) as the Python number msgpack would have written."""
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return item()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_plain_scalar)
 
 
 def encode(msg: Any) -> bytes:
