@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -143,6 +143,11 @@ class StateStore(Generic[S]):
     def cached(self) -> Mapping[SeriesKey, S]:
         return self._cache
 
+    async def prefetch(self, keys: Iterable[SeriesKey]) -> None:
+        """Load the states of ``keys`` not in memory, concurrently (a burst of series new since the start)."""
+        missing = [k for k in keys if k not in self._cache]
+        await asyncio.gather(*(self.get(k) for k in missing))
+
     async def get(self, key: SeriesKey) -> S:
         state = self._cache.get(key)
         if state is not None:
@@ -152,6 +157,8 @@ class StateStore(Generic[S]):
             raw = msgpack.unpackb(entry.value or b"", raw=False) if entry.value else None
         except nats.js.errors.KeyNotFoundError:
             raw = None
+        if key in self._cache:  # a concurrent get (prefetch) got there first
+            return self._cache[key]
         state = None
         if isinstance(raw, dict):
             try:
@@ -292,6 +299,7 @@ class Consumer:
     async def process(self, msgs: Sequence[Msg]) -> None:
         """One batch: apply, release held series that can go on, publish, flush, commit the position."""
         outs: list[Out] = []
+        await self._prefetch(msgs)
         for msg in msgs:
             meta = msg.metadata
             if meta.sequence.consumer != self._next_delivery:
@@ -310,6 +318,19 @@ class Consumer:
             self.committed = position
         if self.after_batch is not None:
             await self.after_batch()
+
+    async def _prefetch(self, msgs: Sequence[Msg]) -> None:
+        """Read the stored state of every series the batch names in one round of concurrent requests."""
+        keys = set()
+        for msg in msgs:
+            with contextlib.suppress(ValueError):  # a subject naming no series is dead-lettered later
+                key = self.bus.names.series_of(msg.subject)
+                if key.owned_by(*self.partition):
+                    keys.add(key)
+        for store in self.stores:
+            prefetch = getattr(store, "prefetch", None)
+            if prefetch is not None and keys:
+                await prefetch(keys)
 
     def _position(self) -> int:
         bounds = [self._last_seq]
