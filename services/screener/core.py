@@ -24,7 +24,7 @@ from shared.contracts import (
     ScreenerDecision,
     VolRegimeEvent,
 )
-from shared.hmm import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
+from shared.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
 from shared.subjects import timeframe_ms
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
