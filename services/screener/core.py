@@ -133,8 +133,11 @@ class SeriesScreen:
         )
 
     def low_water(self) -> int | None:
-        """The lowest stream sequence of an event still waiting in the join buffer."""
-        seqs = [seq for _, seq in self.pending_vol.values()] + [seq for _, seq in self.pending_hmm.values()]
+        """The lowest stream sequence of an event still waiting in the join buffer.
+
+        Each buffer holds its events in arrival (stream) order, so its first entry has its lowest sequence.
+        """
+        seqs = [next(iter(d.values()))[1] for d in (self.pending_vol, self.pending_hmm) if d]
         return min(seqs) if seqs else None
 
     def score_as_of(self, component: str, ts: int) -> float | None:
@@ -154,7 +157,7 @@ def _stale(state: SeriesScreen, ts: int) -> bool:
 def on_vol(state: SeriesScreen, event: VolRegimeEvent, cfg: StrategyConfig, seq: int = 0) -> list[ScreenerDecision]:
     if _stale(state, event.ts) or event.ts in state.pending_vol:
         return []
-    state.pending_vol[event.ts] = (event, seq)
+    _queue(state.pending_vol, event, seq)
     state.last_vol_ts = max(event.ts, state.last_vol_ts or event.ts)
     return _drain(state, cfg)
 
@@ -162,9 +165,19 @@ def on_vol(state: SeriesScreen, event: VolRegimeEvent, cfg: StrategyConfig, seq:
 def on_hmm(state: SeriesScreen, event: HmmRegimeEvent, cfg: StrategyConfig, seq: int = 0) -> list[ScreenerDecision]:
     if _stale(state, event.ts) or event.ts in state.pending_hmm:
         return []
-    state.pending_hmm[event.ts] = (event, seq)
+    _queue(state.pending_hmm, event, seq)
     state.last_hmm_ts = max(event.ts, state.last_hmm_ts or event.ts)
     return _drain(state, cfg)
+
+
+def _queue(pending: dict[int, tuple[Any, int]], event: Any, seq: int) -> None:
+    """Keep a join buffer in ts order: events of one kind arrive in order, so this is an append."""
+    late = bool(pending) and event.ts < next(reversed(pending))
+    pending[event.ts] = (event, seq)
+    if late:  # never from the services, which publish each series in order; kept correct all the same
+        ordered = sorted(pending.items())
+        pending.clear()
+        pending.update(ordered)
 
 
 def on_score(state: SeriesScreen, event: ScoreEvent) -> bool:
@@ -194,8 +207,12 @@ def _drain(state: SeriesScreen, cfg: StrategyConfig) -> list[ScreenerDecision]:
     later candle: it skipped this one) is dropped, never decided without it.
     """
     hmm_on = bool(cfg.hmm["HMM_ENABLED"])
+    if not hmm_on:
+        state.pending_hmm.clear()
     out: list[ScreenerDecision] = []
-    for ts in sorted(set(state.pending_vol) | set(state.pending_hmm)):
+    while state.pending_vol or state.pending_hmm:
+        # The oldest candle either buffer waits on: each is in ts order, so look at their heads only.
+        ts = min(next(iter(d)) for d in (state.pending_vol, state.pending_hmm) if d)
         vol = state.pending_vol.get(ts)
         hmm = state.pending_hmm.get(ts) if hmm_on else None
         if vol is None or (hmm_on and hmm is None):
@@ -210,8 +227,6 @@ def _drain(state: SeriesScreen, cfg: StrategyConfig) -> list[ScreenerDecision]:
         del state.pending_vol[ts]
         state.pending_hmm.pop(ts, None)
         _prune_scores(state, ts + timeframe_ms(vol[0].timeframe))
-    if not hmm_on:
-        state.pending_hmm.clear()
     return out
 
 
