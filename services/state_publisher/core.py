@@ -121,28 +121,7 @@ def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Updat
     prev = snap["screener"]
     if d.ts <= _ts(prev):
         return None
-    plain = to_plain(d)
-    snap["screener"] = {
-        k: plain[k]
-        for k in (
-            "ts",
-            "tier",
-            "sizing_multiplier",
-            "base_per_trade_nav_pct",
-            "effective_per_trade_nav_pct",
-            "capped",
-            "weights",
-            "scores",
-            "defaulted",
-            "hybrid_score",
-            "trend_score",
-            "hmm_bias",
-            "hmm_confidence",
-            "blend_factor",
-            "dynamic_idle_target",
-            "grid_bias",
-        )
-    }
+    snap["screener"] = _screener_block(d)
     snap["tier"] = d.tier
     snap["updated_at"] = now
     snap["vol_tuning"] = RegimeStats.load(snap["vol_tuning"], VOL_LABELS).add(d.ts, d.vol_regime, d.close).dump()
@@ -163,6 +142,35 @@ def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Updat
         "score": d.hybrid_score,
     }
     return Update(history=[point], kinds={"screener"})
+
+
+_SCREENER_SCALARS = (
+    "ts",
+    "tier",
+    "sizing_multiplier",
+    "base_per_trade_nav_pct",
+    "effective_per_trade_nav_pct",
+    "capped",
+)
+_SCREENER_SIGNALS = ("hybrid_score", "trend_score", "hmm_bias", "hmm_confidence", "blend_factor", "dynamic_idle_target")
+
+
+def _screener_block(d: ScreenerDecision) -> dict[str, Any]:
+    """The decision's part of the snapshot, in the API's field order (built per decision: no generic walk)."""
+    g = d.grid_bias
+    return {
+        **{k: getattr(d, k) for k in _SCREENER_SCALARS},
+        "weights": dict(d.weights),
+        "scores": dict(d.scores),
+        "defaulted": list(d.defaulted),
+        **{k: getattr(d, k) for k in _SCREENER_SIGNALS},
+        "grid_bias": {
+            "mode": g.mode,
+            "entry_spacing_mult_a": g.entry_spacing_mult_a,
+            "entry_spacing_mult_b": g.entry_spacing_mult_b,
+            "size_skew_override": g.size_skew_override,
+        },
+    }
 
 
 def apply_pipeline(snap: dict[str, Any], p: PipelineStatus, now: int) -> Update | None:
