@@ -1,0 +1,691 @@
+"""The whole pipeline as real processes: bulk imports, live bursts and the API, on servers of its own.
+
+A nats-server and a Redis on free ports in a temp dir; per case a fresh namespace and fresh
+vol_regime, hmm_regime, screener and state_publisher processes (dashboard_api for the API).
+
+* ``NxM``: ``regimes import`` of N freqtrade files of M random-walk 1m candles. End to end =
+  import start until state_publisher's position is REGIMES' last sequence and every series'
+  snapshot shows its last candle. CPU µs per candle = utime+stime of each process tree
+  (/proc; the import's from wait4). Per service candles/s = candles / wall time from the
+  import start until that service's last output message arrived (state_publisher: settled).
+  ``100x500`` and ``10x200`` also compare every decision with ``regimes backtest``.
+* ``burstN``: N series warmed with WARM_BARS live candles each and settled, then one closed
+  candle per series published at once; candle -> decision (core NATS arrival) and candle ->
+  Redis (pub/sub change notice, then a GET showing the new screener ts), ms from the publish.
+* ``apiN`` (``api``: 1000 series, 100 with --quick): wrk on dashboard_api over the Redis a case
+  with N series filled (an ``Nx3`` import first when none ran).
+
+    .venv/bin/python bench/bench_pipeline.py [--quick] [--cases 1x20000 burst1000 api ...] [--max-wait S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import nats
+import numpy as np
+import redis.asyncio as aioredis
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from shared.contracts import Candle, encode  # noqa: E402
+from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process  # noqa: E402
+from shared.subjects import Names, SeriesKey  # noqa: E402
+
+EXCHANGE = "bench"
+BAR_MS = 60_000
+DAY_MS = 86_400_000
+WARM_BARS = 2
+COMPUTE = ("vol_regime", "hmm_regime", "screener", "state_publisher")
+FULL_CASES = ("1x20000", "100x500", "1000x50", "10000x10", "burst100", "burst1000", "burst10000", "api")
+QUICK_CASES = ("1x2000", "10x200", "burst100", "api")
+CHECKED = frozenset({"100x500", "10x200"})
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+class CaseFailed(RuntimeError):
+    """A case that could not finish in its time budget; the message says what was reached."""
+
+
+@dataclass
+class Bench:
+    """The run's servers, options and the namespaces cases left filled in Redis (series count -> ns, config)."""
+
+    tmp: Path
+    nats: ManagedServer
+    redis: ManagedServer
+    quick: bool
+    max_wait: float | None
+    stamp: str
+    filled: dict[int, tuple[str, Path]] = field(default_factory=dict)
+
+    def env(self, namespace: str, config: Path) -> dict[str, str]:
+        return {
+            **os.environ, "NATS_URL": self.nats.url, "REDIS_URL": self.redis.url, "REGIMES_NAMESPACE": namespace,
+            "STRATEGY_CONFIG": str(config), "HEALTH_INTERVAL_SEC": "2", "PYTHONPATH": str(ROOT),
+        }
+
+    def budget(self, candles: int) -> float:
+        """Seconds a case may wait for the stack: 60 + candles / 100, within [120, 1200], capped by --max-wait."""
+        wait = min(1200.0, max(120.0, 60 + candles / 100))
+        return min(wait, self.max_wait) if self.max_wait else wait
+
+
+def series_keys(n: int) -> list[SeriesKey]:
+    return [SeriesKey(EXCHANGE, f"S{i:04d}/USD", "1m") for i in range(1, n + 1)]
+
+
+def last_closed_ts() -> int:
+    """The last candle's open time, ms: the current minute floor minus one day (long closed)."""
+    return int(time.time() * 1000) // BAR_MS * BAR_MS - DAY_MS
+
+
+def random_walk(n: int, bars: int, seed: int) -> np.ndarray:
+    """(n, bars, 5) open/high/low/close/volume: log returns whose vol switches every 300 bars; OHLC consistent."""
+    rng = np.random.default_rng(seed)
+    scale = rng.choice([0.0005, 0.002, 0.006], size=(n, bars // 300 + 1)).repeat(300, axis=1)[:, :bars]
+    rets = rng.standard_normal((n, bars)) * scale
+    close = rng.uniform(1.0, 1000.0, (n, 1)) * np.exp(np.cumsum(rets, axis=1))
+    opens = np.concatenate([close[:, :1] / np.exp(rets[:, :1]), close[:, :-1]], axis=1)
+    wick = np.abs(rng.normal(0.0, 0.001, (2, n, bars)))
+    high = np.maximum(opens, close) * (1 + wick[0])
+    low = np.minimum(opens, close) * (1 - wick[1]) * 0.999999
+    return np.stack([opens, high, low, close, rng.lognormal(3.0, 0.5, (n, bars))], axis=2)
+
+
+def write_files(folder: Path, keys: list[SeriesKey], bars: int, seed: int) -> dict[str, int]:
+    """freqtrade JSON files (``S0001_USD-1m.json``); returns each series token's last candle ts."""
+    folder.mkdir(parents=True)
+    end = last_closed_ts()
+    ts = [end - (bars - 1 - i) * BAR_MS for i in range(bars)]
+    data = random_walk(len(keys), bars, seed)
+    for key, rows in zip(keys, data.tolist(), strict=True):
+        body = [[t, *row] for t, row in zip(ts, rows, strict=True)]
+        (folder / f"{key.symbol.replace('/', '_')}-1m.json").write_text(json.dumps(body))
+    return {k.token: end for k in keys}
+
+
+def write_config(path: Path, first: SeriesKey) -> Path:
+    """The shipped config with a one-series universe (every other series is CORE too), HMM on with defaults."""
+    raw = json.loads((ROOT / "config" / "strategy_config.json").read_text())
+    raw["universe"] = [{"exchange": first.exchange, "symbol": first.symbol, "timeframe": "1m", "tier": "CORE"}]
+    raw["hmm"] = {"HMM_ENABLED": True}
+    raw.pop("demo", None)
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, utime+stime+cutime+cstime in clock ticks) of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            f = text[text.rindex(")") + 2 :].split()
+            out[int(stat.parent.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+    return out
+
+
+def tree_cpu_us(pids: dict[str, int]) -> dict[str, float]:
+    """CPU µs so far of each named process and all its descendants (hmm_regime's training worker)."""
+    table = _proc_table()
+    out = {}
+    for name, root in pids.items():
+        seen, todo = {root}, [root]
+        while todo:
+            parent = todo.pop()
+            kids = [p for p, (pp, _) in table.items() if pp == parent and p not in seen]
+            seen.update(kids)
+            todo.extend(kids)
+        out[name] = sum(table[p][1] for p in seen if p in table) * TICK_US
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of one process, MB; 0 when it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Procs:
+    """Running services by name, and the folder of their logs."""
+
+    logs: Path
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {n}:\n" + (self.logs / n).read_text(errors="replace")[-1500:] for n in self.running)
+
+
+@contextlib.contextmanager
+def services(bench: Bench, env: dict[str, str], names: tuple[str, ...]) -> Iterator[Procs]:
+    """The named services as real processes, logging to the temp dir; stopped (SIGTERM, then SIGKILL) after."""
+    logs = bench.tmp / f"logs-{env['REGIMES_NAMESPACE']}"
+    logs.mkdir(exist_ok=True)
+    procs = Procs(logs)
+    try:
+        for name in names:
+            procs.running[name] = popen([sys.executable, "-m", f"services.{name}"], env=env, log=logs / name)
+        yield procs
+    finally:
+        for proc in procs.running.values():
+            stop_process(proc)
+
+
+async def wait_ready(js: Any, names: Names, procs: Procs, timeout: float = 90.0) -> None:
+    """Until every compute service has created its durable consumer."""
+    streams = {"vol_regime": names.stream_ohlcv, "hmm_regime": names.stream_ohlcv}
+    deadline = time.monotonic() + timeout
+    missing = [n for n in procs.running if n != "dashboard_api"]
+    while missing and time.monotonic() < deadline:
+        for name in list(missing):
+            if procs.running[name].poll() is not None:
+                raise CaseFailed(f"{name} exited with {procs.running[name].returncode}\n{procs.tails()}")
+            with contextlib.suppress(NotFoundError):
+                await js.consumer_info(streams.get(name, names.stream_regimes), names.durable(name))
+                missing.remove(name)
+        await asyncio.sleep(0.2)
+    if missing:
+        raise CaseFailed(f"not ready after {timeout:.0f}s: {missing}\n{procs.tails()}")
+
+
+class Arrivals:
+    """Messages seen on a core subscription: how many, when the last came, and first arrival per series."""
+
+    def __init__(self, names: Names, since: float = float("inf")) -> None:
+        self.names, self.since, self.count, self.last = names, since, 0, 0.0
+        self.first: dict[str, float] = {}
+
+    async def on_msg(self, msg: Any) -> None:
+        now = time.monotonic()
+        self.count, self.last = self.count + 1, now
+        if now >= self.since:
+            self.first.setdefault(self.names.series_of(msg.subject).token, now)
+
+
+async def in_redis(r: aioredis.Redis, names: Names, want: dict[str, int]) -> set[str]:
+    """Tokens whose snapshot's screener.ts equals ``want[token]`` (MGET in chunks of 1000)."""
+    tokens, done = list(want), set()
+    for i in range(0, len(tokens), 1000):
+        chunk = tokens[i : i + 1000]
+        for token, raw in zip(chunk, await r.mget([names.redis_key("symbol", t) for t in chunk]), strict=True):
+            screener = json.loads(raw).get("screener") if raw else None
+            if screener and screener.get("ts") == want[token]:
+                done.add(token)
+    return done
+
+
+async def settle(js: Any, r: aioredis.Redis, names: Names, want: dict[str, int], fed: asyncio.Future[Any],
+                 budget: float) -> float:
+    """Monotonic time (to 0.1 s) from which the feed was done, state_publisher's position was REGIMES' last
+    sequence and every series' snapshot showed its last candle (written in one MULTI with the position);
+    CaseFailed with what was reached after ``budget`` s."""
+    deadline, checked, since, done = time.monotonic() + budget, 0.0, 0.0, set[str]()
+    position_key, reached = names.redis_key("position", names.durable("state_publisher")), (0, 0)
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if fed.done() and fed.exception() is not None:
+            raise fed.exception()  # type: ignore[misc]
+        last = reached
+        reached = (int(await r.get(position_key) or 0), (await js.stream_info(names.stream_regimes)).state.last_seq)
+        since = since if reached == last else now
+        if fed.done() and reached[0] == reached[1] > 0 and now - checked > 0.5:
+            checked = now
+            done |= await in_redis(r, names, {t: ts for t, ts in want.items() if t not in done})
+            if len(done) == len(want):
+                return since
+        await asyncio.sleep(0.1)
+    raise CaseFailed(f"not settled in {budget:.0f}s: position {reached[0]} of REGIMES last_seq {reached[1]}, "
+                     f"feed {'done' if fed.done() else 'still running'}, {len(done)}/{len(want)} series in Redis")
+
+
+async def run_import(env: dict[str, str], folder: Path, logs: Path, budget: float) -> dict[str, Any]:
+    """``regimes import`` as a subprocess: its reported rate (candles/s), wall s and CPU µs (wait4 rusage)."""
+    log = logs / "import"
+    started = time.monotonic()
+    proc = popen([sys.executable, "-m", "shared.cli", "import", str(folder), "--exchange", EXCHANGE], env=env, log=log)
+    waiter = asyncio.ensure_future(asyncio.to_thread(os.wait4, proc.pid, 0))
+    try:
+        await asyncio.wait([waiter], timeout=budget)
+    finally:
+        if not waiter.done():
+            proc.kill()
+    _pid, status, usage = await waiter
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall, text = time.monotonic() - started, log.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise CaseFailed(f"import exited with {proc.returncode} after {wall:.0f}s: {text[-800:]}")
+    rates = re.findall(r"([\d,]+)/s", text)
+    return {"reported_rate": float(rates[-1].replace(",", "")) if rates else None, "wall_s": wall,
+            "cpu_us": (usage.ru_utime + usage.ru_stime) * 1e6, "started": started}
+
+
+async def bare_consumer(js: Any, names: Names, candles: int) -> dict[str, Any]:
+    """A plain pull consumer over the whole OHLCV stream (fetch 500, ``await msg.ack()`` each): messages/s,
+    and candles/s (the stream's candles / the same time), None if it could not read them all in 120 s."""
+    durable, total = names.durable("bench_reference"), (await js.stream_info(names.stream_ohlcv)).state.messages
+    sub = await js.pull_subscribe(names.ohlcv_all, durable=durable, stream=names.stream_ohlcv)
+    got, started = 0, time.monotonic()
+    try:
+        while got < total and time.monotonic() - started < 120:
+            with contextlib.suppress(TimeoutError):
+                for msg in await sub.fetch(min(500, total - got), timeout=2):
+                    await msg.ack()
+                    got += 1
+        elapsed = time.monotonic() - started
+    finally:
+        await sub.unsubscribe()
+        await js.delete_consumer(names.stream_ohlcv, durable)
+    rate = got / elapsed if got == total else None
+    return {"messages": total, "msgs_per_s": rate, "candles_per_s": rate and rate * candles / total}
+
+
+async def read_decisions(js: Any, names: Names) -> list[dict[str, Any]]:
+    """Every screener decision of the REGIMES stream (ordered consumer), msgpack-decoded."""
+    sub = await js.subscribe(names.screener_all, stream=names.stream_regimes, ordered_consumer=True,
+                             deliver_policy=js_api.DeliverPolicy.ALL)
+    out = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=5)
+            except TimeoutError:
+                break
+            out.append(msgpack.unpackb(msg.data, raw=False))
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def by_series(msgs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """The events of single and ``*_batch`` messages per series, in order, without ``kind`` (batched ones have none)."""
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for msg in msgs:
+        for e in msg["events"] if str(msg.get("kind", "")).endswith("_batch") else [msg]:
+            out.setdefault((e["exchange"], e["symbol"], e["timeframe"]), []).append(
+                {k: v for k, v in e.items() if k != "kind"})
+    return out
+
+
+async def compare_backtest(js: Any, names: Names, env: dict[str, str], folder: Path, out: Path) -> dict[str, Any]:
+    """``regimes backtest`` over the same files against the stack's decisions: equal per series, field by field."""
+    args = ["-m", "shared.cli", "backtest", str(folder), "--exchange", EXCHANGE, "--config", env["STRATEGY_CONFIG"],
+            "--out", str(out)]
+    proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE)
+    try:
+        _o, err = await asyncio.wait_for(proc.communicate(), 600)
+    except TimeoutError:
+        proc.kill()
+        raise CaseFailed("backtest took over 600s") from None
+    if proc.returncode != 0:
+        raise CaseFailed(f"backtest exited with {proc.returncode}: {err.decode()[-800:]}")
+    text = await asyncio.to_thread(out.read_text)
+    lines = (json.loads(line) for line in text.splitlines() if line)
+    expected = by_series(m for m in lines if m.get("kind", "").startswith("screener_decision"))
+    actual = by_series(await read_decisions(js, names))
+    equal = expected == actual
+    return {"equal": equal, "compared": sum(len(v) for v in expected.values()),
+            "stack": sum(len(v) for v in actual.values())}
+
+
+@contextlib.asynccontextmanager
+async def clients(bench: Bench) -> AsyncIterator[tuple[Any, aioredis.Redis]]:
+    """A NATS connection and a Redis client of the bench itself, closed after."""
+    nc = await nats.connect(bench.nats.url, name="bench", max_reconnect_attempts=3)
+    r = aioredis.from_url(bench.redis.url)
+    try:
+        yield nc, r
+    finally:
+        await r.aclose()
+        await nc.close()
+
+
+async def bulk_case(bench: Bench, name: str, series: int, bars: int) -> dict[str, Any]:
+    """One bulk import of ``series`` x ``bars`` candles, measured end to end (see the module doc)."""
+    ns, keys, candles = f"b{bench.stamp}_{name}", series_keys(series), series * bars
+    names, folder = Names(ns), bench.tmp / f"files-{ns}"
+    want = await asyncio.to_thread(write_files, folder, keys, bars, seed=series * 7919 + bars)
+    env = bench.env(ns, write_config(bench.tmp / f"{ns}.json", keys[0]))
+    res: dict[str, Any] = {"case": name, "series": series, "bars": bars, "candles": candles}
+    async with clients(bench) as (nc, r):
+        js = nc.jetstream()
+        with services(bench, env, COMPUTE) as procs:
+            await wait_ready(js, names, procs)
+            outputs = {"vol_regime": Arrivals(names), "hmm_regime": Arrivals(names), "screener": Arrivals(names)}
+            for svc, subject in zip(outputs, (names.vol_all, names.hmm_all, names.screener_all), strict=True):
+                await nc.subscribe(subject, cb=outputs[svc].on_msg)
+            pids = {n: p.pid for n, p in procs.running.items()} | {
+                "nats-server": bench.nats.proc.pid, "redis-server": bench.redis.proc.pid}
+            rss0, cpu0 = rss_mb(pids["hmm_regime"]), tree_cpu_us(pids)
+            feed = asyncio.ensure_future(run_import(env, folder, procs.logs, bench.budget(candles)))
+            t_end = await settle(js, r, names, want, feed, bench.budget(candles))
+            cpu1, imp = tree_cpu_us(pids), feed.result()
+            res["rss_mb"] = {n: rss_mb(p) for n, p in pids.items()}
+        res["import"], started = {k: v for k, v in imp.items() if k != "started"}, imp["started"]
+        res["e2e_s"] = t_end - started
+        res["e2e_rate"] = candles / res["e2e_s"]
+        res["cpu_us_per_candle"] = {n: (cpu1[n] - cpu0[n]) / candles for n in pids} | {
+            "import": imp["cpu_us"] / candles}
+        res["service_rate"] = {n: candles / (a.last - started) if a.count else None for n, a in outputs.items()} | {
+            "state_publisher": res["e2e_rate"]}
+        res["output_messages"] = {n: a.count for n, a in outputs.items()}
+        res["hmm_bytes_per_series"] = (res["rss_mb"]["hmm_regime"] - rss0) * 1024 * 1024 / series
+        res["bare_consumer"] = await bare_consumer(js, names, candles)
+        if name in CHECKED:
+            res["backtest"] = await compare_backtest(js, names, env, folder, bench.tmp / f"{ns}.jsonl")
+    bench.filled[series] = (ns, Path(env["STRATEGY_CONFIG"]))
+    return res
+
+
+def candle(key: SeriesKey, ts: int, price: float) -> Candle:
+    """A closed bar opening at ``price`` and closing 0.1 % higher (the next bar opens where it closed)."""
+    close = price * 1.001
+    return Candle(key.exchange, key.symbol, key.timeframe, ts, price, close * 1.001, price * 0.999, close, 10.0)
+
+
+async def publish(js: Any, names: Names, candles: list[Candle], chunk: int) -> None:
+    """Pipelined ``js.publish`` with Nats-Msg-Id, ``chunk`` awaited together."""
+    for i in range(0, len(candles), chunk):
+        await asyncio.gather(*(
+            js.publish(names.ohlcv(c.key), encode(c), timeout=120, headers={"Nats-Msg-Id": c.msg_id})
+            for c in candles[i : i + chunk]))
+
+
+async def redis_arrivals(r: aioredis.Redis, names: Names, want: dict[str, int], seen: dict[str, float],
+                         ids: dict[str, str]) -> None:
+    """Until cancelled: on each change notice, GET the series it lists and stamp those showing their new candle;
+    every 5 s also the rest (a missed notice then costs at most 5 s)."""
+    pubsub = r.pubsub()
+    await pubsub.subscribe(names.redis_key("changes"))
+    polled = time.monotonic()
+    try:
+        while len(seen) < len(want):
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            now = time.monotonic()
+            listed = [ids[s] for s in json.loads(msg["data"])["series"] if s in ids] if msg else []
+            if now - polled > 5.0:
+                listed, polled = list(want), now
+            todo = {t: want[t] for t in listed if t not in seen}
+            for token in await in_redis(r, names, todo) if todo else ():
+                seen[token] = now
+    finally:
+        await pubsub.aclose()
+
+
+def spread(latencies: list[float]) -> dict[str, float | None]:
+    """p50 / p99 / max in ms of latencies given in s."""
+    if not latencies:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    a = np.array(latencies) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+async def burst_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
+    """``series`` series warmed with WARM_BARS candles each and settled, then one candle each, all at once."""
+    ns, keys = f"b{bench.stamp}_{name}", series_keys(series)
+    names, base = Names(ns), last_closed_ts()
+    env = bench.env(ns, write_config(bench.tmp / f"{ns}.json", keys[0]))
+    prices = dict(zip(keys, np.random.default_rng(series).uniform(1.0, 1000.0, series).tolist(), strict=True))
+    warm = [candle(k, base - (WARM_BARS - i) * BAR_MS, p * 1.001**i) for i in range(WARM_BARS)
+            for k, p in prices.items()]
+    async with clients(bench) as (nc, r):
+        js = nc.jetstream()
+        with services(bench, env, COMPUTE) as procs:
+            await wait_ready(js, names, procs)
+            fed = asyncio.ensure_future(publish(js, names, warm, 2000))
+            await settle(js, r, names, {k.token: base - BAR_MS for k in keys}, fed, bench.budget(len(warm)))
+            res = await burst(bench, nc, r, names, [candle(k, base, p * 1.001**WARM_BARS) for k, p in prices.items()])
+    bench.filled[series] = (ns, Path(env["STRATEGY_CONFIG"]))
+    return {"case": name, "series": series, "warm_bars": WARM_BARS, **res}
+
+
+async def burst(bench: Bench, nc: Any, r: aioredis.Redis, names: Names, candles: list[Candle]) -> dict[str, Any]:
+    """Publish ``candles`` at once; latencies from the start of the publish to decision and to Redis."""
+    want, seen = {c.key.token: c.ts for c in candles}, {}
+    decisions = Arrivals(names)
+    sub = await nc.subscribe(names.screener_all, cb=decisions.on_msg)
+    ids = {c.key.id: c.key.token for c in candles}
+    listener = asyncio.ensure_future(redis_arrivals(r, names, want, seen, ids))
+    await asyncio.sleep(0.5)
+    t0 = decisions.since = time.monotonic()
+    try:
+        await publish(nc.jetstream(), names, candles, len(candles))
+        published = time.monotonic() - t0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(listener), bench.budget(len(candles)))
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await sub.unsubscribe()
+    out = {"published_s": published, "decided": len(decisions.first), "in_redis": len(seen)}
+    out["decision"] = spread([t - t0 for t in decisions.first.values()])
+    out["redis"] = spread([t - t0 for t in seen.values()])
+    out["all_in_redis_s"] = max(seen.values()) - t0 if len(seen) == len(want) else None
+    return out
+
+
+def wrk(url: str, seconds: int) -> dict[str, float | None]:
+    """Requests/s and p99 ms of ``wrk -t2 -c16 --latency`` over ``seconds``."""
+    if shutil.which("wrk") is None:
+        raise CaseFailed("wrk is not installed: apt-get install -y wrk")
+    cmd = ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", url]
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {"rps": float(rps.group(1)) if rps else None,
+            "p99_ms": float(p99.group(1)) * unit[p99.group(2)] if p99 else None}
+
+
+def body_size(url: str, gzip: bool) -> int:
+    """Bytes of the body as sent (not decompressed)."""
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return len(resp.read())
+
+
+async def wait_http(url: str, procs: Procs, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(body_size, url, False)
+            return
+        if any(p.poll() is not None for p in procs.running.values()):
+            break
+        await asyncio.sleep(0.3)
+    raise CaseFailed(f"{url} did not answer within {timeout:.0f}s\n{procs.tails()}")
+
+
+async def api_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
+    """wrk against /api/symbols, /api/status and one symbol over a Redis holding ``series`` series."""
+    if series not in bench.filled:
+        print(f"  ({name}: no case with {series} series ran; filling Redis with {series}x3 first)")
+        print_block(await bulk_case(bench, f"fill{series}", series, 3))
+    ns, config = bench.filled[series]
+    port, seconds = free_port(), 3 if bench.quick else 10
+    env = bench.env(ns, config) | {"API_HOST": "127.0.0.1", "API_PORT": str(port)}
+    base = f"http://127.0.0.1:{port}"
+    routes = {"symbols": "/api/symbols", "status": "/api/status", "symbol": "/api/symbols/bench/S0001-USD"}
+    with services(bench, env, ("dashboard_api",)) as procs:
+        await wait_http(base + "/healthz", procs)
+        pid = {"dashboard_api": procs.running["dashboard_api"].pid}
+        res: dict[str, Any] = {"case": name, "series": series, "seconds": seconds}
+        for label, path in routes.items():
+            cpu0 = tree_cpu_us(pid)["dashboard_api"]
+            res[label] = await asyncio.to_thread(wrk, base + path, seconds)
+            res[label]["api_cpu_s"] = (tree_cpu_us(pid)["dashboard_api"] - cpu0) / 1e6
+        res["symbols_bytes"] = await asyncio.to_thread(body_size, base + routes["symbols"], False)
+        res["symbols_bytes_gzip"] = await asyncio.to_thread(body_size, base + routes["symbols"], True)
+        res["rss_mb"] = rss_mb(pid["dashboard_api"])
+    return res
+
+
+def fmt(value: Any, spec: str = ",.0f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def block(res: dict[str, Any]) -> list[str]:
+    """One case's figures as lines."""
+    if "error" in res:
+        return [f"[{res['case']}] FAILED: {res['error']}"]
+    if "decision" in res:
+        return [f"[{res['case']}] {res['series']} series warmed with {res['warm_bars']} candles, then one each at once",
+                f"  all acked in {res['published_s'] * 1000:,.0f} ms; decided {res['decided']}, "
+                f"in Redis {res['in_redis']}; all in Redis after {fmt(res['all_in_redis_s'], ',.2f')} s",
+                *(f"  candle -> {k:8}: p50 {fmt(res[k]['p50_ms'])} ms, p99 {fmt(res[k]['p99_ms'])} ms, "
+                  f"max {fmt(res[k]['max_ms'])} ms" for k in ("decision", "redis"))]
+    if "import" not in res:
+        return [f"[{res['case']}] dashboard_api over {res['series']} series, wrk 16 connections x {res['seconds']} s",
+                *(f"  {k:8}: {fmt(res[k]['rps'], ',.1f')} req/s, p99 {fmt(res[k]['p99_ms'], ',.1f')} ms, "
+                  f"API CPU {res[k]['api_cpu_s']:.1f} s" for k in ("symbols", "status", "symbol")),
+                f"  /api/symbols: {res['symbols_bytes']:,} bytes; {res['symbols_bytes_gzip']:,} with gzip accepted"]
+    imp, bare, bt = res["import"], res["bare_consumer"], res.get("backtest")
+    lines = [f"[{res['case']}] {res['series']} series x {res['bars']} candles = {res['candles']:,} candles",
+             f"  import: {fmt(imp['reported_rate'])} candles/s reported, {imp['wall_s']:.1f} s wall",
+             f"  end to end: {res['e2e_s']:.1f} s = {res['e2e_rate']:,.0f} candles/s",
+             "  CPU µs/candle: " + ", ".join(f"{n} {v:,.0f}" for n, v in res["cpu_us_per_candle"].items()),
+             "  candles/s until last output: " + ", ".join(f"{n} {fmt(v)}" for n, v in res["service_rate"].items()),
+             "  output messages: " + ", ".join(f"{n} {v:,}" for n, v in res["output_messages"].items()),
+             "  RSS MB: " + ", ".join(f"{n} {v:.0f}" for n, v in res["rss_mb"].items()),
+             f"  hmm_regime RSS growth: {res['hmm_bytes_per_series']:,.0f} bytes/series",
+             f"  bare nats-py pull consumer (fetch 500, await ack), {bare['messages']:,} OHLCV messages: "
+             f"{fmt(bare['msgs_per_s'])} msgs/s = {fmt(bare['candles_per_s'])} candles/s"]
+    if bt is not None:
+        lines.append(f"  decisions equal backtest: {'yes' if bt['equal'] else 'no'} ({bt['compared']:,} compared, "
+                     f"{bt['stack']:,} in the stack)")
+    return lines
+
+
+def print_block(res: dict[str, Any]) -> None:
+    print("\n" + "\n".join(block(res)), flush=True)
+
+
+def table_row(res: dict[str, Any]) -> str:
+    """One case in the summary table."""
+    if "error" in res:
+        return f"{res['case']:>10}  FAILED"
+    if "decision" in res:
+        d, rd = res["decision"], res["redis"]
+        return (f"{res['case']:>10}  candle->decision p50/p99/max {fmt(d['p50_ms'])}/{fmt(d['p99_ms'])}/"
+                f"{fmt(d['max_ms'])} ms, ->Redis {fmt(rd['p50_ms'])}/{fmt(rd['p99_ms'])}/{fmt(rd['max_ms'])} ms, "
+                f"all in Redis {fmt(res['all_in_redis_s'], ',.2f')} s")
+    if "import" not in res:
+        return f"{res['case']:>10}  " + ", ".join(
+            f"{k} {fmt(res[k]['rps'], ',.0f')} req/s p99 {fmt(res[k]['p99_ms'], ',.0f')} ms"
+            for k in ("symbols", "status", "symbol"))
+    cpu, bt = res["cpu_us_per_candle"], res.get("backtest")
+    cols = "".join(f"{cpu[n]:>7,.0f}" for n in (*COMPUTE, "nats-server", "import"))
+    check = "-" if bt is None else "yes" if bt["equal"] else "NO"
+    return (f"{res['case']:>10}{res['candles']:>9,}{fmt(res['import']['reported_rate']):>9}{res['e2e_rate']:>7,.0f}"
+            f"{cols}{res['hmm_bytes_per_series']:>11,.0f}{fmt(res['bare_consumer']['msgs_per_s']):>8}{check:>4}")
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    """The summary: bulk rows give import and e2e candles/s, CPU µs per candle per process, hmm_regime bytes
+    per series, the bare consumer's msgs/s and whether decisions equal the backtest."""
+    print("\n" + "=" * 105)
+    print(f"{'':>10}{'':>9}{'--- candles/s':<16}{'--- CPU µs per candle':<42}")
+    print(f"{'case':>10}{'candles':>9}{'import':>9}{'e2e':>7}{'vol':>7}{'hmm':>7}{'scr':>7}{'pub':>7}{'nats':>7}"
+          f"{'import':>7}{'hmm B/ser':>11}{'bare/s':>8}{'bt':>4}")
+    for res in results:
+        print(table_row(res))
+
+
+async def run_case(bench: Bench, name: str) -> dict[str, Any]:
+    """One case by name: ``NxM``, ``burstN``, ``api`` or ``apiN``; a failure is recorded, not raised."""
+    bulk, burst_n, api = re.fullmatch(r"(\d+)x(\d+)", name), re.fullmatch(r"burst(\d+)", name), \
+        re.fullmatch(r"api(\d*)", name)
+    try:
+        if bulk:
+            return await bulk_case(bench, name, int(bulk.group(1)), int(bulk.group(2)))
+        if burst_n:
+            return await burst_case(bench, name, int(burst_n.group(1)))
+        if api:
+            return await api_case(bench, name, int(api.group(1) or (100 if bench.quick else 1000)))
+        raise CaseFailed(f"unknown case {name!r}: use NxM, burstN, api or apiN")
+    except CaseFailed as exc:
+        return {"case": name, "error": str(exc)}
+
+
+async def run_all(bench: Bench, cases: list[str], results: list[dict[str, Any]]) -> None:
+    for name in cases:
+        print(f"\n... {name}", flush=True)
+        results.append(await run_case(bench, name))
+        print_block(results[-1])
+
+
+def save(results: list[dict[str, Any]], stamp: str, quick: bool, load: str) -> None:
+    """The table, and the same figures as JSON in bench/results/pipeline-<stamp>.json."""
+    print_table(results)
+    out = ROOT / "bench" / "results" / f"pipeline-{stamp}.json"
+    out.parent.mkdir(exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "load_start": load, "load_end": list(os.getloadavg()),
+               "python": platform.python_version()}
+    out.write_text(json.dumps({"stamp": stamp, "machine": machine, "quick": quick, "cases": results}, indent=1))
+    print(f"\nfigures written to {out.relative_to(ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"small cases: {' '.join(QUICK_CASES)}")
+    parser.add_argument("--cases", nargs="+", help=f"cases by name (default: {' '.join(FULL_CASES)})")
+    parser.add_argument("--max-wait", type=float, help="cap on each case's wait for the stack, s")
+    args = parser.parse_args(argv)
+    cases = args.cases or list(QUICK_CASES if args.quick else FULL_CASES)
+    stamp, load = time.strftime("%Y%m%d-%H%M%S"), ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"bench_pipeline {stamp}: {os.cpu_count()} CPUs, load {load}, Python {platform.python_version()}, "
+          f"{platform.system()} {platform.release()}; cases: {' '.join(cases)}")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where SIGINT is ignored
+        signal.signal(sig, signal.default_int_handler)
+    tmp, servers, results = Path(tempfile.mkdtemp(prefix="bench-pipeline-")), list[ManagedServer](), []
+    interrupted = False
+    try:
+        servers.append(start_nats(tmp / "nats", port=free_port()))
+        servers.append(start_redis(tmp / "redis", port=free_port()))
+        bench = Bench(tmp, servers[0], servers[1], args.quick, args.max_wait, stamp.replace("-", "")[-6:])
+        asyncio.run(run_all(bench, cases, results))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: services and servers stopped")
+    finally:
+        for server in servers:
+            server.stop()
+        failed = interrupted or len(results) < len(cases) or any("error" in r for r in results)
+        if failed and not interrupted:
+            print(f"\nlogs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    save(results, stamp, args.quick, load)
+    return 130 if interrupted else 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
