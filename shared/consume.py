@@ -15,7 +15,8 @@ How (see the README, "Restarts and scaling"):
   (no ``ack_wait`` to sit out).
 - A batch: fetch; decode, check and hand each message to its handler; publish
   the outputs pipelined (each with a ``Nats-Msg-Id``); flush dirty state; then
-  commit the position. A crash anywhere replays from the last commit; state
+  commit the position (while behind, at most every ``commit_delay_s``, so
+  a series in many batches is written once). A crash anywhere replays from the last commit; state
   flushed ahead of the position skips what it has seen (each core's "ts not
   newer than the last applied" rule), and republished outputs are deduplicated
   by their message ids.
@@ -215,12 +216,17 @@ class Consumer:
     # Serialises batches of consumers that share a writer (state_publisher's two streams).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     future_tolerance_ms: int = 60_000
+    # While the consumer is behind, state and position are committed at most this often (s): a series touched by
+    # many batches is written once, and a crash replays at most this much more. Caught up, every batch commits.
+    commit_delay_s: float = 0.1
     pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
     committed: int = field(default=0, init=False)  # the position as last loaded or committed
     _held: dict[SeriesKey, _Held] = field(default_factory=dict, init=False)
     _next_delivery: int = field(default=0, init=False)
     _last_seq: int = field(default=0, init=False)
     _verified_at: float = field(default=0.0, init=False)
+    _uncommitted: bool = field(default=False, init=False)
+    _committed_at: float = field(default=0.0, init=False)
 
     @property
     def _retryable(self) -> tuple[type[BaseException], ...]:
@@ -285,6 +291,9 @@ class Consumer:
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
                 raise Repositioned(f"fetch interrupted: {exc}") from exc
             if not msgs and not self._held:
+                if self._uncommitted:
+                    async with self.lock:
+                        await self._commit()
                 await self._verify_now_and_then()
                 continue
             async with self.lock:
@@ -310,14 +319,22 @@ class Consumer:
             await self._one(msg, self._last_seq, outs)
         await self._release(outs)
         await self.bus.publish_all(outs)
+        self._uncommitted = True
+        if self.pending == 0 or self._held or time.monotonic() - self._committed_at >= self.commit_delay_s:
+            await self._commit()
+        if self.after_batch is not None:
+            await self.after_batch()
+
+    async def _commit(self) -> None:
+        """Make what was applied durable (the stores' dirty state), then move the position past it."""
         for store in self.stores:
             await store.flush()
         position = self._position()
         if position != self.committed:
             await self.position.commit(position)
             self.committed = position
-        if self.after_batch is not None:
-            await self.after_batch()
+        self._uncommitted = False
+        self._committed_at = time.monotonic()
 
     async def _prefetch(self, msgs: Sequence[Msg]) -> None:
         """Read the stored state of every series the batch names in one round of concurrent requests."""
