@@ -35,6 +35,11 @@ def _worker_start(parent: int) -> None:
         os._exit(0)
 
 
+def _warm() -> None:
+    """In the worker: import what fitting needs."""
+    import hmmlearn.hmm  # noqa: F401
+
+
 def _fit(rows: tuple[Row, ...], cfg: Mapping[str, Any], previous: TrainedModel | None, upto: int) -> Any:
     """In the worker: the model, or the reason the data could not be fitted (the same input fails the same way)."""
     closes = [c for _, c, _ in rows]
@@ -53,6 +58,9 @@ class Trainer:
         self.jobs: dict[SeriesKey, asyncio.Future[TrainingResult]] = {}
         self.pool = self._new_pool()
         rt.stack.callback(lambda: self.pool.shutdown(wait=False, cancel_futures=True))
+        # Start the worker now (spawning it and importing scikit-learn takes seconds), not at the first training,
+        # which would hold its series meanwhile.
+        self.pool.submit(_warm)
 
     @staticmethod
     def _new_pool() -> ProcessPoolExecutor:
