@@ -2,7 +2,7 @@
 
 Decoding has two paths with one result. The fast one lets msgspec parse the
 bytes straight into the frozen dataclasses (a few µs per candle); anything it
-refuses, and any message whose bytes may hold a non-finite number, goes to the reference
+refuses, and any message that holds a non-finite number, goes to the reference
 decoder below, which walks the type hints and says exactly what is wrong
 (``Candle.ts: expected an integer, got float``). So a valid message costs
 little and a bad one still gets its precise dead-letter reason. Every
@@ -42,6 +42,19 @@ def _fast_decoder(cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
 # A non-finite float in msgpack: float64 (0xcb) or float32 (0xca) with every exponent bit set. A match may
 # also be a coincidence inside other bytes; that only sends the message down the (exact) reference path.
 _NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]|\xca[\x7f\xff][\x80-\xff]")
+
+
+def _finite(value: Any) -> bool:
+    """Whether every float in a decoded message is finite (only asked when its bytes looked suspicious)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if dataclasses.is_dataclass(value):
+        return all(_finite(getattr(value, name)) for name in _field_names(type(value)))
+    return True
 
 
 def to_plain(msg: Any) -> dict[str, Any]:
@@ -116,7 +129,7 @@ def decode(data: bytes, expected: tuple[type[Any], ...] | None = None) -> Any:
         cls = c.MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
         if cls is not None and (expected is None or cls in expected):
             msg = _fast_decoder(cls).decode(data)
-            if msg.v == c.SCHEMA_VERSION and _NON_FINITE.search(data) is None:
+            if msg.v == c.SCHEMA_VERSION and (_NON_FINITE.search(data) is None or _finite(msg)):
                 msg.check()
                 return msg
     except (msgspec.DecodeError, msgspec.ValidationError):

@@ -31,6 +31,7 @@ failure), so the bot degrades to trend-only behaviour.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import math
@@ -52,15 +53,16 @@ from shared.sizing import (  # re-exported: the seed's names live here too
     compute_grid_bias,
 )
 
-try:
-    from hmmlearn.hmm import GaussianHMM
-    from threadpoolctl import threadpool_limits  # comes with scikit-learn, which hmmlearn requires
+# Whether hmmlearn can be imported; the import itself (with scikit-learn and scipy, ~150 MB and seconds of
+# CPU) waits until a model is fitted, so the service's own process, which only filters, never pays it.
+# Without hmmlearn the bot runs trend-only (seed §5).
+HMM_AVAILABLE: bool = importlib.util.find_spec("hmmlearn") is not None
 
-    HMM_AVAILABLE: bool = True
-except ImportError:  # the bot must run without hmmlearn (seed §5): trend-only
-    GaussianHMM = None  # type: ignore[assignment,misc]
-    threadpool_limits = None  # type: ignore[assignment]
-    HMM_AVAILABLE = False
+
+def _gaussian_hmm() -> Any:
+    from hmmlearn.hmm import GaussianHMM
+
+    return GaussianHMM
 
 log = logging.getLogger(__name__)
 
@@ -602,7 +604,9 @@ def fit_model(
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
     z = (x - mean) / std
 
-    hmm = GaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, random_state=HMM_RANDOM_SEED)
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn, which hmmlearn requires
+
+    hmm = _gaussian_hmm()(n_components=k, covariance_type=covariance_type, n_iter=n_iter, random_state=HMM_RANDOM_SEED)
     # One OpenMP thread: on a few thousand 4-feature rows, scikit-learn's threaded KMeans init spends
     # its time synchronising (measured 30x slower with 2 threads), and pools parallelise across fits anyway.
     with threadpool_limits(limits=1, user_api="openmp"):
@@ -670,7 +674,7 @@ def as_hmmlearn(model: TrainedModel) -> Any:
     """The model as a fitted hmmlearn ``GaussianHMM`` (expects standardised rows, see ``model.standardise``)."""
     if not HMM_AVAILABLE:
         raise RuntimeError("hmmlearn is not installed")
-    hmm = GaussianHMM(n_components=model.n_states, covariance_type=model.covariance_type)
+    hmm = _gaussian_hmm()(n_components=model.n_states, covariance_type=model.covariance_type)
     hmm.n_features = N_FEATURES
     hmm.startprob_ = np.array(model.startprob)
     hmm.transmat_ = np.array(model.transmat)
