@@ -282,8 +282,12 @@ class Consumer:
 
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            # While a series is held, look in often: its model may be ready any moment.
-            timeout = 0.05 if self._held else self.fetch_timeout
+            timeout = self.fetch_timeout
+            if self._held:
+                # A series waits: go on the moment its model is ready, looking for new messages meanwhile.
+                waits = {h.ready for h in self._held.values()}
+                await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                timeout = 0.01
             try:
                 msgs = await sub.fetch(self.batch, timeout=timeout)
             except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when nothing came
