@@ -52,9 +52,11 @@ async def build(rt: Runtime) -> list[Any]:
     names, lock = rt.names, asyncio.Lock()  # the two consumers share the writer: one batch at a time
 
     def consumer(stream: str, subjects: list[str], durable: str) -> Consumer:
+        # commit_delay_s=0: each batch is committed before the next, so when one consumer's batch fails and the
+        # shared writer forgets what is uncommitted, it never takes the other consumer's work with it.
         return Consumer(
             rt.bus, stream, subjects, durable, handlers, writer.position(durable),
-            stores=[writer], retry_on=(RedisError,), lock=lock,
+            stores=[writer], retry_on=(RedisError,), lock=lock, commit_delay_s=0.0,
         )
 
     regimes = consumer(names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all], rt.durable())
