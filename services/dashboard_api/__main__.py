@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import uvicorn
 
-from services.dashboard_api.app import create_app
+from services.dashboard_api.app import create_app, read_model
 from shared.errors import ConfigError
 from shared.service import Runtime, run
 
@@ -41,6 +41,7 @@ async def build(rt: Runtime) -> list[Any]:
     redis = aioredis.from_url(rt.settings.redis_url, decode_responses=True)
     rt.stack.push_async_callback(redis.aclose)
     app = create_app(rt.settings, rt.config, redis, rt.nc, rt.metrics, shutdown=rt.stop)
+    rt.stack.push_async_callback(read_model(app).aclose)  # its subscription goes before the client it uses
     server = _Server(
         uvicorn.Config(
             app, host=rt.settings.api_host, port=rt.settings.api_port, log_config=None,

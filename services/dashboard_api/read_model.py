@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -49,6 +50,7 @@ class ChangeFeed:
         self._channel = channel
         self._shutdown = shutdown
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.generation = 0
         self.live = False  # subscribed: notices reach us
 
@@ -60,10 +62,11 @@ class ChangeFeed:
         return self.live and generation == self.generation and time.monotonic() - at < MAX_AGE_SEC
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard_api changes")
 
     async def aclose(self) -> None:
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -123,12 +126,20 @@ class Entry:
         return render.tuning_row(self.raw)
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """When a read of Redis began: the feed's count then, the monotonic clock, and the read's number."""
+
+    generation: int
+    at: float
+    number: int
+
+
 class ReadState:
     """Every snapshot and the summary as one read saw them, with the bodies made of them so far."""
 
-    def __init__(self, generation: int, at: float, entries: dict[str, Entry], summary: str | None) -> None:
-        self.generation = generation
-        self.at = at
+    def __init__(self, read: Read, entries: dict[str, Entry], summary: str | None) -> None:
+        self.read = read
         self.entries = entries  # token -> entry, in token order; tokens without a snapshot left out
         self.summary = summary
         self.bodies: dict[Any, render.Body | None] = {}  # None: the reference path serves it
@@ -161,25 +172,39 @@ class ReadModel:
         self._names = names
         self._state: ReadState | None = None
         self._refreshing = asyncio.Lock()
-        self._details: dict[tuple[Any, ...], tuple[int, float, render.Body]] = {}
+        self._reads = 0  # reads begun so far
+        self._details: dict[tuple[Any, ...], tuple[Read, render.Body]] = {}
+        self._detail_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
         self._summary: tuple[str | None, render.Body | None] | None = None
         self._health = _TtlCache(health_ttl)
 
     async def aclose(self) -> None:
         await self.feed.aclose()
 
-    def begin(self) -> tuple[int, float]:
-        """Where a read starts: what it gives stays current while :meth:`ChangeFeed.current` says so."""
+    def begin(self) -> Read:
+        """A read starts: what it gives stays current while :meth:`ChangeFeed.current` says so."""
         self.feed.start()
-        return self.feed.generation, time.monotonic()
+        self._reads += 1
+        return Read(self.feed.generation, time.monotonic(), self._reads)
+
+    def ticket(self) -> int:
+        """Taken as a request arrives: any read numbered above it began later, so it is as good as a new one."""
+        return self._reads
+
+    def usable(self, read: Read, ticket: int) -> bool:
+        return read.number > ticket or self.feed.current(read.generation, read.at)
 
     # ----------------------------------------------------------------- every snapshot
 
     async def state(self) -> ReadState:
-        """Every snapshot, read again unless the last read is still current; one read at a time."""
+        """Every snapshot, read again unless the last read is still current or began after this call.
+
+        One read at a time: the calls that queued behind one take the next, all together.
+        """
+        ticket = self.ticket()
         async with self._refreshing:
             old = self._state
-            if old is not None and self.feed.current(old.generation, old.at):
+            if old is not None and self.usable(old.read, ticket):
                 return old
             new = await self._read(old)
             if old is not None and new.same_as(old):
@@ -188,7 +213,7 @@ class ReadModel:
             return new
 
     async def _read(self, old: ReadState | None) -> ReadState:
-        generation, at = self.begin()
+        read = self.begin()
         tokens = sorted(await self.redis.smembers(self.keys.symbols))
         if tokens:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -203,20 +228,26 @@ class ReadModel:
             if raw:
                 entry = known.get(token)
                 entries[token] = entry if entry is not None and entry.raw == raw else Entry(raw)
-        return ReadState(generation, at, entries, summary)
+        return ReadState(read, entries, summary)
 
     # ----------------------------------------------------------------- one series
 
-    def cached_detail(self, key: tuple[Any, ...]) -> render.Body | None:
+    def detail_lock(self, key: tuple[Any, ...]) -> asyncio.Lock:
+        """Held while one request reads a detail, so the others asking for it wait and take its answer."""
+        if key not in self._detail_locks and len(self._detail_locks) >= _MAX_DETAILS:
+            self._detail_locks = {k: lock for k, lock in self._detail_locks.items() if lock.locked()}
+        return self._detail_locks.setdefault(key, asyncio.Lock())
+
+    def cached_detail(self, key: tuple[Any, ...], ticket: int) -> render.Body | None:
         hit = self._details.get(key)
-        if hit is not None and self.feed.current(hit[0], hit[1]):
-            return hit[2]
+        if hit is not None and self.usable(hit[0], ticket):
+            return hit[1]
         return None
 
-    def keep_detail(self, key: tuple[Any, ...], generation: int, at: float, body: render.Body) -> None:
+    def keep_detail(self, key: tuple[Any, ...], read: Read, body: render.Body) -> None:
         if len(self._details) >= _MAX_DETAILS:
             self._details.clear()
-        self._details[key] = (generation, at, body)
+        self._details[key] = (read, body)
 
     async def find(self, exchange: str, symbol: str, timeframe: str | None) -> SeriesKey:
         """The one series ``exchange``/``symbol`` (``BTC/USD`` or ``BTC-USD``) names: one SMISMEMBER."""
@@ -251,6 +282,7 @@ class ReadModel:
 
     async def summary(self) -> tuple[str | None, render.Body | None]:
         """The stored summary and its body (None: not valid for the model); one GET, rendered once per text."""
+        self.feed.start()
         raw = await self.redis.get(self.keys.summary)
         if self._summary is None or self._summary[0] != raw:
             data = render.summary(raw)

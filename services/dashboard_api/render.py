@@ -184,7 +184,7 @@ def detail(raw: str, points: Sequence[str], transitions: Sequence[str], threshol
 def summary(raw: str | None) -> bytes | None:
     """/api/summary, and /api/status ``summary``."""
     if not raw:
-        return dump(SUMMARY, empty_summary())
+        return dump(SUMMARY, SUMMARY.validate_python(empty_summary()))
     try:
         return dump(SUMMARY, SUMMARY.validate_json(raw))
     except ValidationError:

@@ -60,6 +60,7 @@ class OpsRoutes:
         self.metrics = metrics
         self.shutdown = shutdown
         self.readiness_cache = _ReadinessCache(float(config.hmm["HMM_READINESS_CACHE_SEC"]))
+        self.universe = frozenset(s.key.id for s in config.universe)
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -74,7 +75,7 @@ class OpsRoutes:
             methods=["POST"],
             response_model=BackfillResponse,
             tags=["operator"],
-            responses={401: {"model": Problem}, 403: {"model": Problem}, 503: {"model": Problem}, 504: {"model": Problem}},
+            responses={code: {"model": Problem} for code in (401, 403, 503, 504)},
         )
         router.add_api_route("/metrics", self.prometheus, include_in_schema=False)
         return router
@@ -157,7 +158,7 @@ class OpsRoutes:
         presented = (authorization or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(presented.encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token")
-        if body.series is not None and body.series not in {s.key.id for s in self.config.universe}:
+        if body.series is not None and body.series not in self.universe:
             raise HTTPException(400, f"{body.series} is not in the universe")
         names = self.settings.names
         try:
@@ -166,7 +167,7 @@ class OpsRoutes:
             raise HTTPException(503, "no ohlcv_ingest is running to serve the backfill") from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise HTTPException(504, f"ingest did not answer within {timeout:.0f}s") from None
-        return json.loads(reply.data)  # type: ignore[no-any-return]
+        return json.loads(reply.data)
 
     async def prometheus(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

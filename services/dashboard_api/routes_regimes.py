@@ -75,9 +75,10 @@ class RegimeRoutes:
             raise HTTPException(400, f"hmm_regime must be one of {', '.join(HMM_LABELS)}")
         hmm = hmm_regime.upper() if hmm_regime is not None else None
         state = await self.reads.state()
-        body = state.body(("symbols", vol_regime, hmm, tier, exchange), lambda s: _symbols(s, vol_regime, hmm, tier, exchange))
+        chosen = (vol_regime, hmm, tier, exchange)
+        body = state.body(("symbols", *chosen), lambda s: _symbols(s, *chosen))
         if body is None:
-            return render.filtered(render.parsed(state.raws()), vol_regime, hmm, tier, exchange)
+            return render.filtered(render.parsed(state.raws()), *chosen)
         return respond(request, body)
 
     async def symbol_detail(
@@ -88,18 +89,19 @@ class RegimeRoutes:
         timeframe: str | None = None,
         history: int = Query(600, ge=0, le=1440, description="history points, newest last"),
     ) -> Any:
-        cache_key = (exchange, symbol, timeframe, history)
-        body = self.reads.cached_detail(cache_key)
-        if body is None:
-            generation, at = self.reads.begin()
-            key = await self.reads.find(exchange, symbol, timeframe)
-            raw, points, transitions = await self.reads.detail_parts(key, history)
-            if raw is None:
-                raise HTTPException(404, f"no snapshot for {key.id} yet")
-            body = render.detail(raw, points, transitions, self._thresholds_json)
+        cache_key, ticket = (exchange, symbol, timeframe, history), self.reads.ticket()
+        async with self.reads.detail_lock(cache_key):
+            body = self.reads.cached_detail(cache_key, ticket)
             if body is None:
-                return render.detail_dict(raw, points, transitions, self.thresholds)
-            self.reads.keep_detail(cache_key, generation, at, body)
+                read = self.reads.begin()
+                key = await self.reads.find(exchange, symbol, timeframe)
+                raw, points, transitions = await self.reads.detail_parts(key, history)
+                if raw is None:
+                    raise HTTPException(404, f"no snapshot for {key.id} yet")
+                body = render.detail(raw, points, transitions, self._thresholds_json)
+                if body is None:
+                    return render.detail_dict(raw, points, transitions, self.thresholds)
+                self.reads.keep_detail(cache_key, read, body)
         return respond(request, body)
 
     async def summary(self, request: Request) -> Any:

@@ -1,0 +1,158 @@
+"""The status API's rendering: each series' bytes are what FastAPI makes of the parsed snapshot; gzip splices.
+
+The reference is FastAPI's own serialization of a ``response_model``: validate the
+parsed value with the route's TypeAdapter, then ``dump_json(by_alias=True)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import random
+import time
+import zlib
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from services.dashboard_api import read_model, render
+from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, SymbolSnapshot
+from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
+from shared.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
+from shared.subjects import SeriesKey
+from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events
+from tests.harness import small_config
+
+KEY = SeriesKey("test", "BTC/USD", "1m")
+CONFIG = small_config([("BTC/USD", "CORE")])
+
+
+def fastapi_bytes(annotation: Any, value: Any) -> bytes:
+    adapter = TypeAdapter(annotation)
+    return adapter.dump_json(adapter.validate_python(value, from_attributes=True), by_alias=True)
+
+
+def snapshots() -> list[dict[str, Any]]:
+    """An empty snapshot, a lived-in one (every block, tuning with its accumulators), and odd numbers."""
+    snap = new_snapshot(KEY, "CORE")
+    now = int(time.time() * 1000)
+    vols, hmms = ["low", "high", "crisis", "normal"] * 5, ["BULLISH", None, "BEARISH"] * 7
+    bars = [Bar(vols[i], hmms[i]) for i in range(20)]
+    events = regime_events(CONFIG, KEY, bars, recent_start(len(bars)))
+    for ev in events:
+        if isinstance(ev, VolRegimeEvent):
+            apply_vol(snap, ev, now)
+        elif isinstance(ev, HmmRegimeEvent):
+            apply_hmm(snap, ev, 0.5, now)
+        elif isinstance(ev, ScreenerDecision):
+            apply_decision(snap, ev, now)
+    apply_pipeline(snap, pipeline_status(KEY, events[-1].ts, 100), now)
+    odd = json.loads(json.dumps(snap))
+    odd["vol"] |= {"short": 1e-7, "long": 1e16, "ratio": -0.0}
+    odd["screener"]["scores"] = {"trend": 5e-324, "carry": 1.7976931348623157e308, "x": 123456789.123456789}
+    odd["price"]["close"] = 1  # an int where the model wants a float
+    odd["tier"] = "Ünïcode ✓"
+    return [new_snapshot(KEY, "CORE"), snap, odd]
+
+
+@pytest.mark.parametrize("snap", snapshots(), ids=["empty", "lived-in", "odd"])
+def test_each_series_renders_as_fastapi_serializes_it(snap: dict[str, Any]) -> None:
+    raw = json.dumps(snap)
+    listed = fastapi_bytes(list[SymbolSnapshot], [json.loads(raw)])
+    rendered = render.snapshot(raw)
+    assert rendered is not None
+    assert render.json_list([rendered.data, rendered.data]) == listed[:-1] + b"," + listed[1:]
+    status = SeriesStatus(
+        series=snap["series"],
+        vol_regime=snap.get("vol_regime"),
+        hmm_regime=snap.get("hmm_regime"),
+        hmm_data_pipeline=snap.get("hmm_data_pipeline"),
+    )
+    assert render.series_status(raw) == fastapi_bytes(SeriesStatus, status)
+    row = {"series": snap["series"], "hmm": snap.get("hmm_tuning"), "vol": snap.get("vol_tuning")}
+    assert render.tuning_row(raw) == fastapi_bytes(dict[str, Any], row)
+
+
+def test_a_detail_renders_as_fastapi_serializes_it() -> None:
+    snap = snapshots()[1]
+    points = [json.dumps({**p, "nav": 1}) for p in _points(snap)]
+    trans = [json.dumps({"kind": "vol", "ts": 5, "from": "low", "to": "high", "ratio": 1.3, "close": 2.0})]
+    thresholds = render.thresholds(CONFIG)
+    body = render.detail(json.dumps(snap), points, trans, json.dumps(thresholds))
+    assert body is not None
+    assert body.data == fastapi_bytes(SymbolDetail, render.detail_dict(json.dumps(snap), points, trans, thresholds))
+    assert b'"from":"low"' in body.data
+
+
+def _points(snap: dict[str, Any]) -> list[dict[str, Any]]:
+    base = {"ts": 1, "close": 2.5, "vol": "low", "ratio": 0.4, "hmm": None, "p": None, "idle": 0.4, "score": 0.1}
+    return [base, {**base, "ts": 2, "hmm": "BULLISH", "p": [0.1, 0.2, 0.7]}]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"series": 1}',
+        "[]",
+        "null",
+        "{not json",
+        json.dumps({**new_snapshot(KEY, "CORE"), "vol_regime": "panic"}),
+        json.dumps({**new_snapshot(KEY, "CORE"), "vol": {"short": float("nan")}}),
+    ],
+)
+def test_what_the_models_reject_goes_to_the_reference_path(raw: str) -> None:
+    assert render.snapshot(raw) is None
+    assert render.detail(raw, [], [], "{}") is None
+
+
+def test_an_absent_or_empty_summary_is_the_empty_one() -> None:
+    empty = render.summary(None)
+    assert empty == render.summary("") == fastapi_bytes(Summary, render.empty_summary())
+    assert render.summary('{"symbols": "many"}') is None
+
+
+@pytest.mark.parametrize("head_size", [0, 1, 37, 70_000])
+@pytest.mark.parametrize("tail_size", [0, 2, 300_000])
+def test_a_spliced_gzip_is_the_gzip_of_head_and_tail(head_size: int, tail_size: int) -> None:
+    rng = random.Random(head_size * 31 + tail_size)
+    words = [b'"series":', b'"vol_regime":"low"', b"null", b"0.123", b"{", b"}", b","]
+    head = b"".join(rng.choice(words) for _ in range(head_size))[:head_size]
+    tail = render.Body(b"".join(rng.choice(words) for _ in range(tail_size))[:tail_size])
+    spliced = render.gzip_spliced(head, tail)
+    assert gzip.decompress(spliced) == head + tail.data
+    streaming = zlib.decompressobj(zlib.MAX_WBITS | 16)  # as HTTP clients decode, chunk by chunk
+    out = b"".join(streaming.decompress(spliced[i : i + 999]) for i in range(0, len(spliced), 999))
+    assert out + streaming.flush() == head + tail.data
+    assert streaming.eof
+    assert not streaming.unused_data
+    assert gzip.decompress(tail.gzip()) == tail.data
+    assert tail.gzip() is tail.gzip()  # made once
+
+
+def test_a_read_is_current_only_while_subscribed_unchanged_and_young(monkeypatch: pytest.MonkeyPatch) -> None:
+    feed = read_model.ChangeFeed(None, "changes", None)  # type: ignore[arg-type]
+    at = time.monotonic()
+    assert not feed.current(feed.generation, at)  # not subscribed: nothing is trusted
+    feed.live = True
+    assert feed.current(feed.generation, at)
+    feed.changed()
+    assert not feed.current(feed.generation - 1, at)
+    monkeypatch.setattr(read_model, "MAX_AGE_SEC", 0.0)
+    assert not feed.current(feed.generation, at)
+
+
+async def test_concurrent_health_reads_share_one_and_expire() -> None:
+    calls: list[int] = []
+
+    async def compute() -> list[int]:
+        calls.append(1)
+        await asyncio.sleep(0.01)
+        return [len(calls)]
+
+    cache = read_model._TtlCache(ttl=3600.0)
+    assert await asyncio.gather(*(cache.get(compute) for _ in range(5))) == [[1]] * 5
+    assert len(calls) == 1
+    cache.ttl = 0.0
+    assert await cache.get(compute) == [2]
