@@ -158,9 +158,6 @@ class Bus:
         self.service = service
         self.metrics = metrics
 
-    async def publish(self, out: Out) -> None:
-        await self.publish_all([out])
-
     async def publish_all(self, outs: Sequence[Out]) -> None:
         """Publish ``outs`` pipelined (all sent, then every ack awaited); raises if any is not stored."""
         if not outs:

@@ -210,7 +210,6 @@ class Consumer:
     fetch_timeout: float = 1.0
     # Lowest stream sequence a core still keeps in memory only (None: none); the position stays below it.
     low_water: Callable[[], int | None] | None = None
-    after_batch: Callable[[], Awaitable[None]] | None = None
     # Failures of the service's other backends (e.g. Redis) that should retry the batch like a NATS failure.
     retry_on: tuple[type[BaseException], ...] = ()
     # Serialises batches of consumers that share a writer (state_publisher's two streams).
@@ -326,8 +325,6 @@ class Consumer:
         self._uncommitted = True
         if self.pending == 0 or self._held or time.monotonic() - self._committed_at >= self.commit_delay_s:
             await self._commit()
-        if self.after_batch is not None:
-            await self.after_batch()
 
     async def _commit(self) -> None:
         """Make what was applied durable (the stores' dirty state), then move the position past it."""
