@@ -39,17 +39,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import nats
 import numpy as np
 import redis.asyncio as aioredis
-from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from shared.contracts import Candle, encode  # noqa: E402
+from shared.bus import read_subject  # noqa: E402
+from shared.contracts import (  # noqa: E402
+    Candle,
+    ScreenerDecision,
+    ScreenerDecisionBatch,
+    encode,
+    events_in,
+    to_plain,
+)
 from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process  # noqa: E402
 from shared.subjects import Names, SeriesKey  # noqa: E402
 
@@ -306,22 +312,10 @@ async def bare_consumer(js: Any, names: Names, candles: int) -> dict[str, Any]:
 
 
 async def read_decisions(js: Any, names: Names) -> list[dict[str, Any]]:
-    """Every screener decision of the REGIMES stream (ordered consumer), msgpack-decoded."""
-    sub = await js.subscribe(names.screener_all, stream=names.stream_regimes, ordered_consumer=True,
-                             deliver_policy=js_api.DeliverPolicy.ALL)
-    out = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=5)
-            except TimeoutError:
-                break
-            out.append(msgpack.unpackb(msg.data, raw=False))
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return out
+    """Every screener decision of the REGIMES stream, one plain map each (batches unpacked)."""
+    stored = await read_subject(js, names.stream_regimes, names.screener_all, keep_last=0,
+                                decode_as=(ScreenerDecision, ScreenerDecisionBatch))
+    return [to_plain(d) for m in stored for d in events_in(m)]
 
 
 def by_series(msgs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:

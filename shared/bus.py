@@ -303,10 +303,10 @@ async def read_subject(
     from collections import deque
 
     info = await js.stream_info(stream, subjects_filter=subject)
-    if not (info.state.subjects or {}).get(subject):
+    if not info.state.subjects:  # nothing stored under the subject (a wildcard filter counts too)
         return []
     out: deque[Any] = deque(maxlen=keep_last or None)
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
+    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
     try:
         while True:
             try:

@@ -33,12 +33,11 @@ import msgpack
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from nats.js import api as js_api
 
 from shared.backtest import backtest
-from shared.bus import connect, ensure_streams, now_ms
+from shared.bus import connect, ensure_streams, now_ms, read_subject
 from shared.config import StrategyConfig, parse_strategy_config
-from shared.contracts import Candle, ScreenerDecision, decode, encode, events_in
+from shared.contracts import MESSAGE_TYPES, Candle, DeadLetter, ScreenerDecision, encode, events_in, to_plain
 from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
 from shared.subjects import Names, SeriesKey
 from tests.harness import SMALL_VOL, candles_from_returns
@@ -351,35 +350,17 @@ async def redis_progress(servers: Servers, names: Names) -> tuple[int, dict[str,
     return int(raw or 0), decided
 
 
-async def read_stream(js: Any, stream: str, subjects: str) -> list[Any]:
-    info = await js.stream_info(stream, subjects_filter=subjects)
-    if not info.state.subjects:
-        return []
-    sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
-    out = []
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=5)
-            except TimeoutError:
-                break
-            out.append(msg)
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return out
-
-
 async def collect(nc: Any, servers: Servers, names: Names) -> Outcome:
     js = nc.jetstream()
     stream: dict[str, list[bytes]] = {}
+    kinds = tuple(MESSAGE_TYPES.values())
     for subjects in (names.vol_all, names.hmm_all, names.screener_all):
-        for msg in await read_stream(js, names.stream_regimes, subjects):
+        for msg in await read_subject(js, names.stream_regimes, subjects, keep_last=0, decode_as=kinds):
             # Batches are transport: what must match is every event, one by one.
-            for event in events_in(decode(msg.data)):
+            for event in events_in(msg):
                 stream.setdefault(f"{type(event).KIND}.{event.key.token}", []).append(encode(event))
-    letters = [msgpack.unpackb(m.data) for m in await read_stream(js, names.stream_dlq, names.dlq_all)]
+    dead = await read_subject(js, names.stream_dlq, names.dlq_all, keep_last=0, decode_as=(DeadLetter,))
+    letters = [to_plain(d) for d in dead]
     r = aioredis.from_url(servers.redis.url, decode_responses=True)
     try:
         state: dict[str, Any] = {}
