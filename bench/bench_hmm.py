@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.hmm import (
+from shared.domain.hmm import (
     HMM_DEFAULTS,
     FeatureExtractor,
     RegimeDetector,

@@ -47,8 +47,8 @@ from nats.js.errors import NotFoundError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from shared.bus import read_subject  # noqa: E402
-from shared.contracts import (  # noqa: E402
+from regimes.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process  # noqa: E402
+from shared.domain.contracts import (  # noqa: E402
     Candle,
     ScreenerDecision,
     ScreenerDecisionBatch,
@@ -56,8 +56,8 @@ from shared.contracts import (  # noqa: E402
     events_in,
     to_plain,
 )
-from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process  # noqa: E402
-from shared.subjects import Names, SeriesKey  # noqa: E402
+from shared.domain.subjects import Names, SeriesKey  # noqa: E402
+from shared.infra.bus import read_subject  # noqa: E402
 
 EXCHANGE = "bench"
 BAR_MS = 60_000
@@ -274,7 +274,7 @@ async def run_import(env: dict[str, str], folder: Path, logs: Path, budget: floa
     """``regimes import`` as a subprocess: its reported rate (candles/s), wall s and CPU µs (wait4 rusage)."""
     log = logs / "import"
     started = time.monotonic()
-    proc = popen([sys.executable, "-m", "shared.cli", "import", str(folder), "--exchange", EXCHANGE], env=env, log=log)
+    proc = popen([sys.executable, "-m", "regimes.cli", "import", str(folder), "--exchange", EXCHANGE], env=env, log=log)
     waiter = asyncio.ensure_future(asyncio.to_thread(os.wait4, proc.pid, 0))
     try:
         await asyncio.wait([waiter], timeout=budget)
@@ -330,7 +330,7 @@ def by_series(msgs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], list
 
 async def compare_backtest(js: Any, names: Names, env: dict[str, str], folder: Path, out: Path) -> dict[str, Any]:
     """``regimes backtest`` over the same files against the stack's decisions: equal per series, field by field."""
-    args = ["-m", "shared.cli", "backtest", str(folder), "--exchange", EXCHANGE, "--config", env["STRATEGY_CONFIG"],
+    args = ["-m", "regimes.cli", "backtest", str(folder), "--exchange", EXCHANGE, "--config", env["STRATEGY_CONFIG"],
             "--out", str(out)]
     proc = await asyncio.create_subprocess_exec(sys.executable, *args, env=env, stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.PIPE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.servers import ManagedServer, start_nats, start_redis
+from regimes.servers import ManagedServer, start_nats, start_redis
 from tests.harness import StackFactory, _make_stack
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """The test harness: in-process services against the session's real nats-server and Redis.
 
-Each service runs through the same ``shared.service.serve`` its ``__main__``
+Each service runs through the same ``shared.infra.service.serve`` its ``__main__``
 uses, as a task that a test can stop and start again (a restart).
 """
 
@@ -19,12 +19,13 @@ import numpy as np
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
-from shared.bus import connect, ensure_streams
-from shared.config import Settings, StrategyConfig, parse_strategy_config
-from shared.contracts import Candle, encode
-from shared.servers import ManagedServer, free_port
-from shared.service import Build, serve
-from shared.subjects import Names, SeriesKey
+from regimes.servers import ManagedServer, free_port
+from shared.domain.config import StrategyConfig, parse_strategy_config
+from shared.domain.contracts import Candle, encode
+from shared.domain.subjects import Names, SeriesKey
+from shared.infra.bus import connect, ensure_streams
+from shared.infra.service import Build, serve
+from shared.infra.settings import Settings
 
 SMALL_VOL = {
     "defaults": {

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 import uvicorn
 
 from services.dashboard_api.app import create_app, read_model
-from shared.errors import ConfigError
-from shared.service import Runtime, run
+from shared.domain.errors import ConfigError
+from shared.infra.service import Runtime, run
 
 SERVICE = "dashboard_api"
 

@@ -19,13 +19,14 @@ from fastapi.staticfiles import StaticFiles
 from nats.aio.client import Client as NATS
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.dashboard_api import render
+from services.dashboard_api import core
 from services.dashboard_api.models import Problem
 from services.dashboard_api.read_model import ReadModel
 from services.dashboard_api.routes_ops import OpsRoutes, _ReadinessCache
 from services.dashboard_api.routes_regimes import RegimeRoutes
-from shared.config import Settings, StrategyConfig
-from shared.telemetry import Metrics
+from shared.domain.config import StrategyConfig
+from shared.infra.settings import Settings
+from shared.infra.telemetry import Metrics
 
 __all__ = ["STATIC", "_ReadinessCache", "create_app", "read_model"]
 
@@ -56,7 +57,7 @@ def create_app(
     )
     app.state.reads = reads
     # Bodies the routes compressed already (Content-Encoding set) and the event stream pass through as they are.
-    app.add_middleware(GZipMiddleware, minimum_size=render.GZIP_MIN_BYTES, compresslevel=render.GZIP_LEVEL)
+    app.add_middleware(GZipMiddleware, minimum_size=core.GZIP_MIN_BYTES, compresslevel=core.GZIP_LEVEL)
     app.include_router(RegimeRoutes(reads, config, settings.namespace).router())
     app.include_router(OpsRoutes(settings, config, reads, nc, metrics, shutdown).router())
 

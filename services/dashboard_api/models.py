@@ -1,6 +1,6 @@
 """Typed response models of the status API: the shapes bots and the dashboard read.
 
-Field meanings are those of the messages they come from (shared/contracts.py);
+Field meanings are those of the messages they come from (shared/domain/contracts.py);
 any block may be null while its service has not reported for the series yet.
 """
 

@@ -26,12 +26,12 @@ from fastapi import HTTPException
 from nats.aio.client import Client as NATS
 from redis.exceptions import RedisError
 
-from services.dashboard_api import render
+from services.dashboard_api import core
 from services.dashboard_api.models import ServiceHealth
-from shared.bus import read_health
-from shared.errors import ContractError
-from shared.store import RedisKeys
-from shared.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol
+from shared.domain.errors import ContractError
+from shared.domain.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol
+from shared.infra.bus import read_health
+from shared.infra.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +114,16 @@ class Entry:
         self.raw = raw
 
     @cached_property
-    def snapshot(self) -> render.Rendered | None:
-        return render.snapshot(self.raw)
+    def snapshot(self) -> core.Rendered | None:
+        return core.snapshot(self.raw)
 
     @cached_property
     def status(self) -> bytes | None:
-        return render.series_status(self.raw)
+        return core.series_status(self.raw)
 
     @cached_property
     def tuning(self) -> bytes | None:
-        return render.tuning_row(self.raw)
+        return core.tuning_row(self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,17 +142,17 @@ class ReadState:
         self.read = read
         self.entries = entries  # token -> entry, in token order; tokens without a snapshot left out
         self.summary = summary
-        self.bodies: dict[Any, render.Body | None] = {}  # None: the reference path serves it
+        self.bodies: dict[Any, core.Body | None] = {}  # None: the reference path serves it
 
     def raws(self) -> list[str]:
         return [e.raw for e in self.entries.values()]
 
-    def body(self, key: Any, make: Callable[[ReadState], bytes | None]) -> render.Body | None:
+    def body(self, key: Any, make: Callable[[ReadState], bytes | None]) -> core.Body | None:
         if key not in self.bodies:
             if len(self.bodies) >= _MAX_BODIES:
                 self.bodies.clear()
             data = make(self)
-            self.bodies[key] = None if data is None else render.Body(data)
+            self.bodies[key] = None if data is None else core.Body(data)
         return self.bodies[key]
 
     def same_as(self, other: ReadState) -> bool:
@@ -173,9 +173,9 @@ class ReadModel:
         self._state: ReadState | None = None
         self._refreshing = asyncio.Lock()
         self._reads = 0  # reads begun so far
-        self._details: dict[tuple[Any, ...], tuple[Read, render.Body]] = {}
+        self._details: dict[tuple[Any, ...], tuple[Read, core.Body]] = {}
         self._detail_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
-        self._summary: tuple[str | None, render.Body | None] | None = None
+        self._summary: tuple[str | None, core.Body | None] | None = None
         self._health = _TtlCache(health_ttl)
 
     async def aclose(self) -> None:
@@ -238,13 +238,13 @@ class ReadModel:
             self._detail_locks = {k: lock for k, lock in self._detail_locks.items() if lock.locked()}
         return self._detail_locks.setdefault(key, asyncio.Lock())
 
-    def cached_detail(self, key: tuple[Any, ...], ticket: int) -> render.Body | None:
+    def cached_detail(self, key: tuple[Any, ...], ticket: int) -> core.Body | None:
         hit = self._details.get(key)
         if hit is not None and self.usable(hit[0], ticket):
             return hit[1]
         return None
 
-    def keep_detail(self, key: tuple[Any, ...], read: Read, body: render.Body) -> None:
+    def keep_detail(self, key: tuple[Any, ...], read: Read, body: core.Body) -> None:
         if len(self._details) >= _MAX_DETAILS:
             self._details.clear()
         self._details[key] = (read, body)
@@ -280,13 +280,13 @@ class ReadModel:
 
     # ----------------------------------------------------------------- summary and health
 
-    async def summary(self) -> tuple[str | None, render.Body | None]:
+    async def summary(self) -> tuple[str | None, core.Body | None]:
         """The stored summary and its body (None: not valid for the model); one GET, rendered once per text."""
         self.feed.start()
         raw = await self.redis.get(self.keys.summary)
         if self._summary is None or self._summary[0] != raw:
-            data = render.summary(raw)
-            self._summary = (raw, None if data is None else render.Body(data))
+            data = core.summary(raw)
+            self._summary = (raw, None if data is None else core.Body(data))
         return self._summary
 
     async def services(self) -> Sequence[ServiceHealth]:

@@ -17,11 +17,12 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from services.dashboard_api import render
+from services.dashboard_api import core
 from services.dashboard_api.models import BackfillRequest, BackfillResponse, Problem, Readiness
 from services.dashboard_api.read_model import ReadModel
-from shared.config import Settings, StrategyConfig
-from shared.telemetry import Metrics
+from shared.domain.config import StrategyConfig
+from shared.infra.settings import Settings
+from shared.infra.telemetry import Metrics
 
 SSE_KEEPALIVE_SEC = 15.0
 SSE_POLL_SEC = 1.0
@@ -85,7 +86,7 @@ class OpsRoutes:
 
     async def stale_series(self) -> list[str]:
         stale = []
-        for s in render.parsed((await self.reads.state()).raws()):
+        for s in core.parsed((await self.reads.state()).raws()):
             pipe = s.get("hmm_data_pipeline")
             if pipe is not None and not pipe.get("freshness_ok", True):
                 stale.append(s["series"])

@@ -17,11 +17,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from services.dashboard_api import render
+from services.dashboard_api import core
 from services.dashboard_api.models import ConfigView, Status, Summary, SymbolDetail, SymbolSnapshot
 from services.dashboard_api.read_model import ReadModel, ReadState
-from shared.config import StrategyConfig
-from shared.contracts import HMM_LABELS, VOL_LABELS
+from shared.domain.config import StrategyConfig
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS
 
 JSON = "application/json"
 _GZIPPED = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
@@ -32,8 +32,8 @@ def accepts_gzip(request: Request) -> bool:
     return "gzip" in request.headers.get("accept-encoding", "")
 
 
-def respond(request: Request, body: render.Body) -> Response:
-    if len(body.data) >= render.GZIP_MIN_BYTES and accepts_gzip(request):
+def respond(request: Request, body: core.Body) -> Response:
+    if len(body.data) >= core.GZIP_MIN_BYTES and accepts_gzip(request):
         return Response(body.gzip(), media_type=JSON, headers=_GZIPPED)
     return Response(body.data, media_type=JSON)
 
@@ -45,9 +45,9 @@ class RegimeRoutes:
         self.reads = reads
         self.config = config
         self.namespace = namespace
-        self.thresholds = render.thresholds(config)
+        self.thresholds = core.thresholds(config)
         self._thresholds_json = json.dumps(self.thresholds)
-        self._config: render.Body | None = None
+        self._config: core.Body | None = None
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -78,7 +78,7 @@ class RegimeRoutes:
         chosen = (vol_regime, hmm, tier, exchange)
         body = state.body(("symbols", *chosen), lambda s: _symbols(s, *chosen))
         if body is None:
-            return render.filtered(render.parsed(state.raws()), *chosen)
+            return core.filtered(core.parsed(state.raws()), *chosen)
         return respond(request, body)
 
     async def symbol_detail(
@@ -98,24 +98,24 @@ class RegimeRoutes:
                 raw, points, transitions = await self.reads.detail_parts(key, history)
                 if raw is None:
                     raise HTTPException(404, f"no snapshot for {key.id} yet")
-                body = render.detail(raw, points, transitions, self._thresholds_json)
+                body = core.detail(raw, points, transitions, self._thresholds_json)
                 if body is None:
-                    return render.detail_dict(raw, points, transitions, self.thresholds)
+                    return core.detail_dict(raw, points, transitions, self.thresholds)
                 self.reads.keep_detail(cache_key, read, body)
         return respond(request, body)
 
     async def summary(self, request: Request) -> Any:
         raw, body = await self.reads.summary()
         if body is None:
-            return json.loads(raw) if raw else render.empty_summary()
+            return json.loads(raw) if raw else core.empty_summary()
         return respond(request, body)
 
     async def strategy_config(self, request: Request) -> Any:
         """The strategy config in force (read-only): what the decisions were computed with."""
         if self._config is None:
-            view = render.config_view(self.config)
+            view = core.config_view(self.config)
             try:
-                self._config = render.Body(render.dump(render.CONFIG, render.CONFIG.validate_python(view)))
+                self._config = core.Body(core.dump(core.CONFIG, core.CONFIG.validate_python(view)))
             except ValidationError:
                 return view
         return respond(request, self._config)
@@ -125,33 +125,33 @@ class RegimeRoutes:
         state = await self.reads.state()
         body = state.body(("tuning",), lambda s: _joined([e.tuning for e in s.entries.values()]))
         if body is None:
-            return render.tuning_rows(render.parsed(state.raws()))
+            return core.tuning_rows(core.parsed(state.raws()))
         return respond(request, body)
 
     async def status(self, request: Request) -> Any:
         state = await self.reads.state()
         services = await self.reads.services()
-        summary = state.body(("summary",), lambda s: render.summary(s.summary))
+        summary = state.body(("summary",), lambda s: core.summary(s.summary))
         series = state.body(("status",), _status_tail)
         now = int(time.time() * 1000)
         if summary is None or series is None:
             return {
                 "namespace": self.namespace,
                 "now": now,
-                "summary": json.loads(state.summary) if state.summary else render.empty_summary(),
+                "summary": json.loads(state.summary) if state.summary else core.empty_summary(),
                 "services": list(services),
-                "series": render.series_statuses(render.parsed(state.raws())),
+                "series": core.series_statuses(core.parsed(state.raws())),
             }
-        head = render.status_head(self.namespace, now, summary.data, render.dump(render.SERVICES, services))
-        if len(head) + len(series.data) >= render.GZIP_MIN_BYTES and accepts_gzip(request):
-            return Response(render.gzip_spliced(head, series), media_type=JSON, headers=_GZIPPED)
+        head = core.status_head(self.namespace, now, summary.data, core.dump(core.SERVICES, services))
+        if len(head) + len(series.data) >= core.GZIP_MIN_BYTES and accepts_gzip(request):
+            return Response(core.gzip_spliced(head, series), media_type=JSON, headers=_GZIPPED)
         return Response(head + series.data, media_type=JSON)
 
 
 def _joined(parts: list[bytes | None]) -> bytes | None:
     if any(p is None for p in parts):
         return None
-    return render.json_list(p for p in parts if p is not None)
+    return core.json_list(p for p in parts if p is not None)
 
 
 def _symbols(
@@ -162,12 +162,12 @@ def _symbols(
         snap = entry.snapshot
         if snap is None:
             return None
-        if render.matches(snap, vol_regime, hmm_regime, tier, exchange):
+        if core.matches(snap, vol_regime, hmm_regime, tier, exchange):
             parts.append(snap.data)
-    return render.json_list(parts)
+    return core.json_list(parts)
 
 
 def _status_tail(state: ReadState) -> bytes | None:
-    """/api/status ``series`` and the closing brace: what follows :func:`render.status_head`."""
+    """/api/status ``series`` and the closing brace: what follows :func:`core.status_head`."""
     series = _joined([e.status for e in state.entries.values()])
     return None if series is None else series + b"}"

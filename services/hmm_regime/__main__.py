@@ -13,11 +13,11 @@ from typing import Any
 
 from services.hmm_regime.core import SeriesHmm, adopt, apply_candle, is_newer, training_due
 from services.hmm_regime.trainer import Trainer
-from shared.bus import Out, kv_bucket
-from shared.consume import Consumer, Hold, StateStore
-from shared.contracts import Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
-from shared.hmm import HMM_AVAILABLE
-from shared.service import Runtime, run
+from shared.domain.contracts import Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
+from shared.domain.hmm import HMM_AVAILABLE
+from shared.infra.bus import Out, kv_bucket
+from shared.infra.consume import Consumer, Hold, StateStore
+from shared.infra.service import Runtime, run
 
 SERVICE = "hmm_regime"
 log = logging.getLogger(SERVICE)

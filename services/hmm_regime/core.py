@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.contracts import TS_FLOOR_MS, Candle, HmmRegimeEvent
-from shared.hmm import (
+from shared.domain.contracts import TS_FLOOR_MS, Candle, HmmRegimeEvent
+from shared.domain.hmm import (
     HMM_AVAILABLE,
     RegimeDetector,
     TrainedModel,
@@ -33,7 +33,7 @@ from shared.hmm import (
     serialize_for_snapshot,
     usable_rows,
 )
-from shared.subjects import SeriesKey, timeframe_ms
+from shared.domain.subjects import SeriesKey, timeframe_ms
 
 Row = tuple[int, float, float]  # (ts ms, close, volume)
 

@@ -17,13 +17,13 @@ from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
 from services.hmm_regime.core import Row, SeriesHmm, TrainingResult, applied_history
-from shared.bus import now_ms, read_subject
-from shared.consume import Repositioned
-from shared.contracts import Candle, CandleBatch, candles_in
-from shared.hmm import TrainedModel, fit_model
-from shared.servers import die_with_parent
-from shared.service import Runtime
-from shared.subjects import SeriesKey
+from shared.domain.contracts import Candle, CandleBatch, candles_in
+from shared.domain.hmm import TrainedModel, fit_model
+from shared.domain.subjects import SeriesKey
+from shared.infra.bus import now_ms, read_subject
+from shared.infra.consume import Repositioned
+from shared.infra.lifetime import die_with_parent
+from shared.infra.service import Runtime
 
 log = logging.getLogger("hmm_regime")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from services.ohlcv_ingest.exchange import make_exchange
 from services.ohlcv_ingest.sources import SERVICE, ExchangeFactory, Ingest, log, on_msg, run_demo, run_exchange
-from shared.service import Runtime, run
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
+from shared.infra.service import Runtime, run
 
 
 async def build_with(factory: ExchangeFactory, rt: Runtime) -> list[Any]:

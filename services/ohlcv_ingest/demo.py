@@ -45,8 +45,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from shared.contracts import Candle
-from shared.subjects import SeriesKey, timeframe_ms
+from shared.domain.contracts import Candle
+from shared.domain.subjects import SeriesKey, timeframe_ms
 
 VOL_STATES: tuple[str, ...] = ("calm", "normal", "stormy", "crash")
 DRIFT_STATES: tuple[str, ...] = ("bear", "range", "bull")

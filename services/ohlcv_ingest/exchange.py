@@ -34,7 +34,6 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any, Literal, NamedTuple
 
 import ccxt.async_support as ccxt_async
@@ -48,9 +47,10 @@ from ccxt.base.errors import (
     RequestTimeout,
 )
 
-from shared.contracts import Candle
-from shared.errors import ConfigError, ContractError
-from shared.subjects import timeframe_ms
+from services.ohlcv_ingest.core import detect_gaps, missing_bars
+from shared.domain.contracts import Candle
+from shared.domain.errors import ConfigError, ContractError
+from shared.domain.subjects import timeframe_ms
 
 logger = logging.getLogger(__name__)
 
@@ -178,28 +178,6 @@ def closed_candles(
             continue
         by_ts[candle.ts] = candle
     return ParsedRows([by_ts[ts] for ts in sorted(by_ts)], rejections)
-
-
-def detect_gaps(timestamps: Iterable[int], tf_ms: int) -> list[tuple[int, int]]:
-    """Missing bars between the first and last of ``timestamps`` (bar open times, ms).
-
-    Returns inclusive ranges ``(first_missing_ts, last_missing_ts)``, oldest first; a single
-    missing bar is ``(ts, ts)``. Order and duplicates in the input do not matter. Bars before
-    the first or after the last timestamp are not gaps (that is backfill's and sync's job).
-    """
-    if tf_ms <= 0:
-        raise ValueError(f"tf_ms must be > 0, got {tf_ms}")
-    ordered = sorted(set(timestamps))
-    gaps: list[tuple[int, int]] = []
-    for prev, cur in pairwise(ordered):
-        if cur - prev > tf_ms:
-            gaps.append((prev + tf_ms, cur - tf_ms))
-    return gaps
-
-
-def missing_bars(gaps: Iterable[tuple[int, int]], tf_ms: int) -> int:
-    """How many bars the inclusive ``gaps`` ranges (ms) cover."""
-    return sum((last - first) // tf_ms + 1 for first, last in gaps if last >= first)
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:

@@ -37,8 +37,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from shared.contracts import Candle
-from shared.subjects import TIMEFRAMES_MS, timeframe_ms
+from shared.domain.contracts import Candle
+from shared.domain.subjects import TIMEFRAMES_MS, timeframe_ms
 
 FORMATS: tuple[str, ...] = ("csv", "json", "jsongz", "feather", "parquet")
 FREQTRADE_FORMATS: tuple[str, ...] = ("json", "jsongz", "feather", "parquet")

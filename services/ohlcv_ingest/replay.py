@@ -22,7 +22,7 @@ import itertools
 import math
 from collections.abc import Sequence
 
-from shared.contracts import Candle
+from shared.domain.contracts import Candle
 
 
 def interleave(*series: Sequence[Candle]) -> list[Candle]:

@@ -17,13 +17,13 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
+from services.ohlcv_ingest.core import SeriesBook
 from services.ohlcv_ingest.demo import DemoClock, DemoMarket
 from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
-from services.ohlcv_ingest.pipeline import SeriesBook
-from shared.bus import kv_bucket, now_ms, publish_candles, read_subject
-from shared.contracts import Candle, CandleBatch, ContractError, candles_in, decode, encode
-from shared.service import Runtime
-from shared.subjects import SeriesKey, timeframe_ms
+from shared.domain.contracts import Candle, CandleBatch, ContractError, candles_in, decode, encode
+from shared.domain.subjects import SeriesKey, timeframe_ms
+from shared.infra.bus import kv_bucket, now_ms, publish_candles, read_subject
+from shared.infra.service import Runtime
 
 SERVICE = "ohlcv_ingest"
 TELEMETRY_INTERVAL_SEC = 2.0

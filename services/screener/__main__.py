@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
-from shared.bus import Out, kv_bucket
-from shared.consume import Consumer, StateStore
-from shared.contracts import (
+from shared.domain.contracts import (
     DECISIONS_PER_BATCH,
     HmmRegimeBatch,
     HmmRegimeEvent,
@@ -18,8 +16,10 @@ from shared.contracts import (
     as_messages,
     events_in,
 )
-from shared.service import Runtime, run
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
+from shared.infra.bus import Out, kv_bucket
+from shared.infra.consume import Consumer, StateStore
+from shared.infra.service import Runtime, run
 
 SERVICE = "screener"
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.config import HYBRID_COMPONENTS, StrategyConfig, TrendConfig
-from shared.contracts import (
+from shared.domain.config import HYBRID_COMPONENTS, StrategyConfig, TrendConfig
+from shared.domain.contracts import (
     SCORE_COMPONENTS,
     GridBias,
     HmmRegimeEvent,
@@ -24,8 +24,8 @@ from shared.contracts import (
     ScreenerDecision,
     VolRegimeEvent,
 )
-from shared.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
-from shared.subjects import timeframe_ms
+from shared.domain.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
+from shared.domain.subjects import timeframe_ms
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
 

@@ -15,9 +15,7 @@ from redis.exceptions import RedisError
 
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol
 from services.state_publisher.writer import SnapshotWriter
-from shared.bus import now_ms
-from shared.consume import Consumer
-from shared.contracts import (
+from shared.domain.contracts import (
     HmmRegimeBatch,
     HmmRegimeEvent,
     PipelineStatus,
@@ -26,8 +24,10 @@ from shared.contracts import (
     VolRegimeBatch,
     VolRegimeEvent,
 )
-from shared.service import Runtime, run
-from shared.store import RedisKeys
+from shared.infra.bus import now_ms
+from shared.infra.consume import Consumer
+from shared.infra.redis_keys import RedisKeys
+from shared.infra.service import Runtime, run
 
 SERVICE = "state_publisher"
 

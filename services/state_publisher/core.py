@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.contracts import (
+from shared.domain.contracts import (
     HMM_LABELS,
     VOL_LABELS,
     HmmRegimeEvent,
@@ -21,7 +21,7 @@ from shared.contracts import (
     VolRegimeEvent,
     to_plain,
 )
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
 
 HISTORY_POINTS = 1440  # per series, for the symbol view: one day of 1m bars
 TRANSITIONS_KEPT = 200  # per series

@@ -21,11 +21,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
-from shared.bus import Out, now_ms
-from shared.config import StrategyConfig
-from shared.contracts import events_in
-from shared.store import RedisKeys
-from shared.subjects import SeriesKey
+from shared.domain.config import StrategyConfig
+from shared.domain.contracts import events_in
+from shared.domain.subjects import SeriesKey
+from shared.infra.bus import Out, now_ms
+from shared.infra.redis_keys import RedisKeys
 
 Apply = Callable[[dict[str, Any], Any], Update | None]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from services.vol_regime.core import SeriesVol, apply_candle
-from shared.bus import Out, kv_bucket
-from shared.consume import Consumer, StateStore
-from shared.contracts import Candle, CandleBatch, batch_of
-from shared.service import Runtime, run
+from shared.domain.contracts import Candle, CandleBatch, batch_of
+from shared.infra.bus import Out, kv_bucket
+from shared.infra.consume import Consumer, StateStore
+from shared.infra.service import Runtime, run
 
 SERVICE = "vol_regime"
 

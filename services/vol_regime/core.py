@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.contracts import Candle, VolRegimeEvent
-from shared.vol import VolRegime, VolRegimeConfig, VolTracker
+from shared.domain.contracts import Candle, VolRegimeEvent
+from shared.domain.vol import VolRegime, VolRegimeConfig, VolTracker
 
 _NO_DATA = VolRegime("normal", 0.0, 0.0, 1.0)
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from services.screener.core import SeriesScreen, decide
-from shared.config import StrategyConfig
-from shared.contracts import (
+from shared.domain.config import StrategyConfig
+from shared.domain.contracts import (
     HMM_LABELS,
     HmmRegimeEvent,
     PipelineStatus,
@@ -33,7 +33,7 @@ from shared.contracts import (
     VolRegimeEvent,
     encode,
 )
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
 from tests.conftest import ROOT
 from tests.harness import Stack, StackFactory, eventually, small_config
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.contracts import HMM_LABELS, VOL_LABELS
-from shared.subjects import SeriesKey
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS
+from shared.domain.subjects import SeriesKey
 from tests.e2e.conftest import (
     PHONE,
     Bar,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shared.servers import free_port
+from regimes.servers import free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, 
         [
             sys.executable,
             "-m",
-            "shared.cli",
+            "regimes.cli",
             "up",
             "--port",
             str(port),
@@ -142,7 +142,7 @@ def test_up_reports_a_taken_port_with_the_flag_that_changes_it(tmp_path: Path) -
         sock.listen()
         port = sock.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "regimes.cli", "up", "--port", str(port), "--data-dir", str(tmp_path)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -159,7 +159,7 @@ def test_up_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     cfg["vol_regimes"]["defaults"]["ratio_low_high"]["high"] = 0.1
     bad.write_text(json.dumps(cfg))
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(free_port()), "--config", str(bad)],
+        [sys.executable, "-m", "regimes.cli", "up", "--port", str(free_port()), "--config", str(bad)],
         cwd=ROOT,
         capture_output=True,
         text=True,

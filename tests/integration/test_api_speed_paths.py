@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException, Query, Request
 from nats.aio.client import Client as NATS
 
+from regimes.servers import ManagedServer
 from services.dashboard_api import read_model as read_model_module
 from services.dashboard_api.app import create_app, read_model
 from services.dashboard_api.models import (
@@ -42,14 +43,14 @@ from services.dashboard_api.read_model import ChangeFeed
 from services.dashboard_api.routes_ops import OpsRoutes
 from services.state_publisher.core import Update, apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
 from services.state_publisher.writer import SnapshotWriter
-from shared.bus import kv_bucket, read_health
-from shared.config import Settings, StrategyConfig
-from shared.contracts import HMM_LABELS, VOL_LABELS, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
-from shared.errors import ContractError
-from shared.servers import ManagedServer
-from shared.store import RedisKeys
-from shared.subjects import SeriesKey, decode_symbol
-from shared.telemetry import Metrics
+from shared.domain.config import StrategyConfig
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.errors import ContractError
+from shared.domain.subjects import SeriesKey, decode_symbol
+from shared.infra.bus import kv_bucket, read_health
+from shared.infra.redis_keys import RedisKeys
+from shared.infra.settings import Settings
+from shared.infra.telemetry import Metrics
 from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events, vol_event
 from tests.harness import eventually, small_config
 

@@ -34,12 +34,12 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from shared.backtest import backtest
-from shared.bus import connect, ensure_streams, now_ms, read_subject
-from shared.config import StrategyConfig, parse_strategy_config
-from shared.contracts import MESSAGE_TYPES, Candle, DeadLetter, ScreenerDecision, encode, events_in, to_plain
-from shared.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
-from shared.subjects import Names, SeriesKey
+from regimes.backtest import backtest
+from regimes.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
+from shared.domain.config import StrategyConfig, parse_strategy_config
+from shared.domain.contracts import MESSAGE_TYPES, Candle, DeadLetter, ScreenerDecision, encode, events_in, to_plain
+from shared.domain.subjects import Names, SeriesKey
+from shared.infra.bus import connect, ensure_streams, now_ms, read_subject
 from tests.harness import SMALL_VOL, candles_from_returns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,7 +298,7 @@ def write_freqtrade_files(folder: Path, stream: list[Candle]) -> None:
 async def import_interrupted(env: dict[str, str], folder: Path, stream: list[Candle], rng: Any) -> None:
     """``regimes import`` of freqtrade files, SIGKILLed part-way, then run again to the end."""
     await asyncio.to_thread(write_freqtrade_files, folder, stream)
-    args = [sys.executable, "-m", "shared.cli", "import", str(folder), "--exchange", "test"]
+    args = [sys.executable, "-m", "regimes.cli", "import", str(folder), "--exchange", "test"]
     first = popen(args, env=env)
     await asyncio.sleep(rng.uniform(1.0, 2.5))
     first.send_signal(signal.SIGKILL)

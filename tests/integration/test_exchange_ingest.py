@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from services.ohlcv_ingest.__main__ import build_with
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
 from tests.fakes import TF_MS, RecordedSeries, recorded_factory
 from tests.harness import Stack, StackFactory, eventually, small_config
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from regimes import feed
 from services.ohlcv_ingest.__main__ import build_with
 from services.ohlcv_ingest.files import write_csv, write_freqtrade
-from shared import feed
-from shared.bus import read_subject
-from shared.contracts import Candle, CandleBatch, candles_in
-from shared.subjects import SeriesKey
+from shared.domain.contracts import Candle, CandleBatch, candles_in
+from shared.domain.subjects import SeriesKey
+from shared.infra.bus import read_subject
 from tests.fakes import RecordedSeries, recorded_factory
 from tests.harness import Stack, StackFactory, candles_from_returns, eventually, small_config
 

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 
 from services.ohlcv_ingest.demo import DemoMarket
-from shared.contracts import HMM_LABELS, Candle, HmmRegimeEvent, decode
-from shared.subjects import SeriesKey
+from shared.domain.contracts import HMM_LABELS, Candle, HmmRegimeEvent, decode
+from shared.domain.subjects import SeriesKey
 from tests.harness import StackFactory, eventually, small_config
 
 KEY = SeriesKey("test", "HMM/USD", "1m")

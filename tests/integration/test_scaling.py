@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
 from tests.harness import StackFactory, candles_from_returns, eventually, regime_returns, small_config
 
 SYMBOLS = [f"S{i}/USD" for i in range(6)]

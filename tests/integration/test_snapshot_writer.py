@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from regimes.servers import ManagedServer
 from services.state_publisher.core import apply_vol
 from services.state_publisher.writer import RedisReset, SnapshotWriter
-from shared.servers import ManagedServer
-from shared.store import RedisKeys
-from shared.subjects import Names, SeriesKey
+from shared.domain.subjects import Names, SeriesKey
+from shared.infra.redis_keys import RedisKeys
 from tests.e2e.conftest import vol_event
 from tests.harness import small_config
 

@@ -10,9 +10,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from shared.contracts import Candle, DeadLetter, decode, encode
-from shared.servers import free_port
-from shared.subjects import SeriesKey
+from regimes.servers import free_port
+from shared.domain.contracts import Candle, DeadLetter, decode, encode
+from shared.domain.subjects import SeriesKey
 from tests.harness import (
     StackFactory,
     candles_from_returns,

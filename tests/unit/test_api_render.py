@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from services.dashboard_api import read_model, render
+from services.dashboard_api import core, read_model
 from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, SymbolSnapshot
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
-from shared.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
-from shared.subjects import SeriesKey
+from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.subjects import SeriesKey
 from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events
 from tests.harness import small_config
 
@@ -61,28 +61,28 @@ def snapshots() -> list[dict[str, Any]]:
 def test_each_series_renders_as_fastapi_serializes_it(snap: dict[str, Any]) -> None:
     raw = json.dumps(snap)
     listed = fastapi_bytes(list[SymbolSnapshot], [json.loads(raw)])
-    rendered = render.snapshot(raw)
+    rendered = core.snapshot(raw)
     assert rendered is not None
-    assert render.json_list([rendered.data, rendered.data]) == listed[:-1] + b"," + listed[1:]
+    assert core.json_list([rendered.data, rendered.data]) == listed[:-1] + b"," + listed[1:]
     status = SeriesStatus(
         series=snap["series"],
         vol_regime=snap.get("vol_regime"),
         hmm_regime=snap.get("hmm_regime"),
         hmm_data_pipeline=snap.get("hmm_data_pipeline"),
     )
-    assert render.series_status(raw) == fastapi_bytes(SeriesStatus, status)
+    assert core.series_status(raw) == fastapi_bytes(SeriesStatus, status)
     row = {"series": snap["series"], "hmm": snap.get("hmm_tuning"), "vol": snap.get("vol_tuning")}
-    assert render.tuning_row(raw) == fastapi_bytes(dict[str, Any], row)
+    assert core.tuning_row(raw) == fastapi_bytes(dict[str, Any], row)
 
 
 def test_a_detail_renders_as_fastapi_serializes_it() -> None:
     snap = snapshots()[1]
     points = [json.dumps({**p, "nav": 1}) for p in _points(snap)]
     trans = [json.dumps({"kind": "vol", "ts": 5, "from": "low", "to": "high", "ratio": 1.3, "close": 2.0})]
-    thresholds = render.thresholds(CONFIG)
-    body = render.detail(json.dumps(snap), points, trans, json.dumps(thresholds))
+    thresholds = core.thresholds(CONFIG)
+    body = core.detail(json.dumps(snap), points, trans, json.dumps(thresholds))
     assert body is not None
-    assert body.data == fastapi_bytes(SymbolDetail, render.detail_dict(json.dumps(snap), points, trans, thresholds))
+    assert body.data == fastapi_bytes(SymbolDetail, core.detail_dict(json.dumps(snap), points, trans, thresholds))
     assert b'"from":"low"' in body.data
 
 
@@ -103,14 +103,14 @@ def _points(snap: dict[str, Any]) -> list[dict[str, Any]]:
     ],
 )
 def test_what_the_models_reject_goes_to_the_reference_path(raw: str) -> None:
-    assert render.snapshot(raw) is None
-    assert render.detail(raw, [], [], "{}") is None
+    assert core.snapshot(raw) is None
+    assert core.detail(raw, [], [], "{}") is None
 
 
 def test_an_absent_or_empty_summary_is_the_empty_one() -> None:
-    empty = render.summary(None)
-    assert empty == render.summary("") == fastapi_bytes(Summary, render.empty_summary())
-    assert render.summary('{"symbols": "many"}') is None
+    empty = core.summary(None)
+    assert empty == core.summary("") == fastapi_bytes(Summary, core.empty_summary())
+    assert core.summary('{"symbols": "many"}') is None
 
 
 @pytest.mark.parametrize("head_size", [0, 1, 37, 70_000])
@@ -119,8 +119,8 @@ def test_a_spliced_gzip_is_the_gzip_of_head_and_tail(head_size: int, tail_size: 
     rng = random.Random(head_size * 31 + tail_size)
     words = [b'"series":', b'"vol_regime":"low"', b"null", b"0.123", b"{", b"}", b","]
     head = b"".join(rng.choice(words) for _ in range(head_size))[:head_size]
-    tail = render.Body(b"".join(rng.choice(words) for _ in range(tail_size))[:tail_size])
-    spliced = render.gzip_spliced(head, tail)
+    tail = core.Body(b"".join(rng.choice(words) for _ in range(tail_size))[:tail_size])
+    spliced = core.gzip_spliced(head, tail)
     assert gzip.decompress(spliced) == head + tail.data
     streaming = zlib.decompressobj(zlib.MAX_WBITS | 16)  # as HTTP clients decode, chunk by chunk
     out = b"".join(streaming.decompress(spliced[i : i + 999]) for i in range(0, len(spliced), 999))

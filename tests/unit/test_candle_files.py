@@ -28,9 +28,9 @@ from services.ohlcv_ingest.files import (
     write_csv,
     write_freqtrade,
 )
-from shared.contracts import Candle
-from shared.errors import ContractError
-from shared.subjects import SeriesKey
+from shared.domain.contracts import Candle
+from shared.domain.errors import ContractError
+from shared.domain.subjects import SeriesKey
 
 H = 3_600_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from shared.config import (
+from shared.domain.config import (
     DEFAULT_CONFIG_PATH,
     HMM_KEYS,
-    Settings,
     load_strategy_config,
     parse_strategy_config,
     resolve_hmm_keys,
 )
-from shared.errors import ConfigError
-from shared.hmm import HMM_DEFAULTS
-from shared.subjects import SeriesKey
+from shared.domain.errors import ConfigError
+from shared.domain.hmm import HMM_DEFAULTS
+from shared.domain.subjects import SeriesKey
+from shared.infra.settings import Settings
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "strategy_config.json"
 SHIPPED: dict[str, Any] = json.loads(CONFIG_PATH.read_text())
@@ -491,7 +491,7 @@ def test_unrelated_environment_variables_are_ignored() -> None:
 
 
 def test_a_universe_entry_without_timeframe_takes_hmm_ohlcv_interval_min() -> None:
-    from shared.config import parse_strategy_config
+    from shared.domain.config import parse_strategy_config
 
     raw = {"universe": [{"exchange": "kraken", "symbol": "BTC/USD"}], "hmm": {"HMM_OHLCV_INTERVAL_MIN": 60}}
     assert parse_strategy_config(raw, {}).universe[0].key.timeframe == "1h"
@@ -499,8 +499,8 @@ def test_a_universe_entry_without_timeframe_takes_hmm_ohlcv_interval_min() -> No
 
 
 def test_an_interval_with_no_timeframe_names_the_missing_key() -> None:
-    from shared.config import parse_strategy_config
-    from shared.errors import ConfigError
+    from shared.domain.config import parse_strategy_config
+    from shared.domain.errors import ConfigError
 
     raw = {"universe": [{"exchange": "kraken", "symbol": "BTC/USD"}], "hmm": {"HMM_OHLCV_INTERVAL_MIN": 7}}
     with pytest.raises(ConfigError, match=r"universe\[0\]\.timeframe"):

@@ -1,4 +1,4 @@
-"""The one consume loop (shared.consume.Consumer): its batch protocol, without a server."""
+"""The one consume loop (shared.infra.consume.Consumer): its batch protocol, without a server."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import nats.errors
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from shared.bus import Out
-from shared.consume import Consumer, Hold, Repositioned
-from shared.contracts import Candle, encode
-from shared.subjects import Names, SeriesKey
-from shared.telemetry import Metrics
+from shared.domain.contracts import Candle, encode
+from shared.domain.subjects import Names, SeriesKey
+from shared.infra.bus import Out
+from shared.infra.consume import Consumer, Hold, Repositioned
+from shared.infra.telemetry import Metrics
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
 OTHER = SeriesKey("test", "BBB/USD", "1m")
@@ -295,7 +295,7 @@ async def test_a_failed_batch_is_applied_again_from_the_committed_position_befor
 
 
 async def test_a_service_whose_nats_connection_closes_for_good_fails_instead_of_idling() -> None:
-    from shared.service import _watch_closed
+    from shared.infra.service import _watch_closed
 
     closed, stop = asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(_watch_closed(closed, stop))
@@ -313,7 +313,7 @@ async def test_a_service_whose_nats_connection_closes_for_good_fails_instead_of_
 def test_a_dead_letter_is_bounded_whatever_it_carries() -> None:
     import hashlib
 
-    from shared.contracts import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter, decode
+    from shared.domain.contracts import DEAD_LETTER_PAYLOAD_BYTES, DeadLetter, decode
 
     payload = b"x" * 1_000_000
     letter = DeadLetter.of("svc", "r" * 10_000, "s" * 10_000, payload, T0)

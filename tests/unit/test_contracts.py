@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.contracts import (
+from shared.domain.contracts import (
     MAX_BATCH_BARS,
     MAX_PAYLOAD_BYTES,
     MESSAGE_TYPES,
@@ -36,7 +36,7 @@ from shared.contracts import (
     from_plain,
     to_plain,
 )
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
 
 T = 1_700_000_040_000  # a multiple of every timeframe up to 1h
 
@@ -473,7 +473,7 @@ def test_an_event_batch_holds_only_its_own_series_in_increasing_ts() -> None:
 
 
 def test_the_fast_and_the_reference_decoder_agree_on_every_sample_and_its_mutations() -> None:
-    from shared.codec import _decode_reference
+    from shared.domain.codec import _decode_reference
 
     rng = np.random.default_rng(5)
     for msg in SAMPLES:
@@ -500,7 +500,7 @@ def test_encoding_is_exactly_the_msgpack_of_the_plain_map(msg: Any) -> None:
 
 
 def test_encoding_matches_the_plain_map_for_every_event_of_a_backtest() -> None:
-    from shared.backtest import backtest
+    from regimes.backtest import backtest
     from tests.harness import candles_from_returns, small_config
 
     key = SeriesKey("kraken", "BTC/USD", "1m")

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ohlcv_ingest.demo import DemoClock, DemoMarket, start_price
-from shared.contracts import Candle
-from shared.subjects import SeriesKey
-from shared.vol import VolRegimeConfig, VolTracker
+from shared.domain.contracts import Candle
+from shared.domain.subjects import SeriesKey
+from shared.domain.vol import VolRegimeConfig, VolTracker
 
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD", "PEPE/USD", "LINK/USD")
 SERIES = [SeriesKey("demo", s, "1m") for s in SYMBOLS]

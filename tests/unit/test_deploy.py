@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.config import HMM_KEYS, Settings, load_strategy_config
-from shared.supervisor import SERVICES
+from regimes.supervisor import SERVICES
+from shared.domain.config import HMM_KEYS, load_strategy_config
+from shared.infra.settings import Settings
 
 yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]

@@ -43,7 +43,7 @@ from services.ohlcv_ingest.exchange import (
     plan_backfill,
     rate_limit_delay,
 )
-from shared.errors import ConfigError
+from shared.domain.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kraken"
 TF = 60_000  # 1m, ms

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.contracts import GridBias
-from shared.hmm import (
+from shared.domain.contracts import GridBias
+from shared.domain.hmm import (
     GRID_BIAS_MAX_ADJUST,
     GRID_SIZE_SKEW_SCALE,
     Regime,

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
-from shared.hmm import (
+from shared.domain.hmm import (
     HMM_DEFAULTS,
     N_FEATURES,
     SNAPSHOT_KEY,
@@ -197,18 +197,18 @@ def test_forward_filter_equals_predict_proba(
     closes, volumes, _ = data
     start, stop = 1000, 1400
     det = RegimeDetector(CFG, fast_path=fast_path)
-    assert det._kernel is None
+    assert det.kernel is None
     assert det.install(model, closes[:start], volumes[:start])
-    assert det._kernel is not None
-    assert det._kernel.fast is fast_path
+    assert det.kernel is not None
+    assert det.kernel.fast is fast_path
     hmm = as_hmmlearn(model)
     z = model.standardise(FeatureExtractor().batch(closes[:stop], volumes[:stop]))
     n0 = usable_rows(start)
-    assert_allclose(det._filter.alpha, hmm.predict_proba(z[:n0])[-1], rtol=0, atol=1e-9)
+    assert_allclose(det.filter_state.alpha, hmm.predict_proba(z[:n0])[-1], rtol=0, atol=1e-9)
     for t in range(start, stop):
         state = det.update(closes[t], volumes[t])
         expected = hmm.predict_proba(z[: usable_rows(t + 1)])[-1]
-        assert_allclose(det._filter.alpha, expected, rtol=0, atol=1e-9)
+        assert_allclose(det.filter_state.alpha, expected, rtol=0, atol=1e-9)
         assert_allclose(state.probabilities, by_label(model, expected), rtol=0, atol=1e-9)
 
 
@@ -228,7 +228,7 @@ def test_window_mode_equals_predict_proba_over_last_n(
         rows = usable_rows(t + 1)
         expected = hmm.predict_proba(z[rows - n : rows])[-1]
         assert_allclose(state.probabilities, by_label(model, expected), rtol=0, atol=1e-9)
-        assert len(det._filter.window) == n
+        assert len(det.filter_state.window) == n
 
 
 def test_window_shorter_than_n_right_after_install(model: TrainedModel) -> None:
@@ -253,7 +253,7 @@ def test_other_covariance_types_filter_exactly(
     z = m.standardise(FeatureExtractor().batch(closes[:1000], volumes[:1000]))
     for t in range(800, 1000):
         det.update(closes[t], volumes[t])
-        assert_allclose(det._filter.alpha, hmm.predict_proba(z[: usable_rows(t + 1)])[-1], rtol=0, atol=1e-9)
+        assert_allclose(det.filter_state.alpha, hmm.predict_proba(z[: usable_rows(t + 1)])[-1], rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("n_states", [2, 4, 5])
@@ -266,8 +266,8 @@ def test_other_state_counts_label_extremes_and_aggregate(
     assert m.label_order == (0, *([1] * (n_states - 2)), 2)  # states are sorted by spread
     det = RegimeDetector(cfg)
     assert det.install(m, closes[:1000], volumes[:1000])
-    assert det._kernel is not None
-    assert det._kernel.fast is (n_states <= 4)
+    assert det.kernel is not None
+    assert det.kernel.fast is (n_states <= 4)
     hmm = as_hmmlearn(m)
     z = m.standardise(FeatureExtractor().batch(closes[:1100], volumes[:1100]))
     for t in range(1000, 1100):
@@ -297,7 +297,7 @@ def test_forward_step_survives_emission_underflow() -> None:
     for fast_path in (True, False):
         det = RegimeDetector(fast_path=fast_path)
         assert det.install(m, [100.0], [1.0])
-        kernel = det._kernel
+        kernel = det.kernel
         assert kernel is not None
         alpha = kernel.forward(None, kernel.log_emission(z[0]))
         assert_allclose(kernel.forward(alpha, kernel.log_emission(z[1])), expected, atol=1e-12)
@@ -359,7 +359,7 @@ def test_untrained_detector_is_neutral_but_counts() -> None:
         assert (s.regime, s.probabilities, s.bias_signal, s.confidence) == (Regime.RANGING, (0.0, 1.0, 0.0), 0.0, 0.0)
         assert s.observation_count == i
     assert det.features.count == 80
-    assert not det._trained
+    assert not det.trained
     assert det.model is None
 
 
@@ -424,7 +424,7 @@ def test_matched_labels_that_contradict_spreads_fall_back_to_spread(
 ) -> None:
     closes, volumes, _ = data
     inverted = dataclasses.replace(model, label_order=(Regime.BULLISH, Regime.RANGING, Regime.BEARISH))
-    with caplog.at_level("WARNING", logger="shared.hmm"):
+    with caplog.at_level("WARNING", logger="shared.domain.hmm"):
         m = fit_model(closes[200:1400], volumes[200:1400], CFG, previous=inverted)
     assert m.label_order == (Regime.BEARISH, Regime.RANGING, Regime.BULLISH)
     assert "contradict" in caplog.text
@@ -466,12 +466,12 @@ def test_snapshot_round_trip_continues_bit_for_bit(
     wire = msgpack.packb(snap)
     restored = RegimeDetector(cfg)
     assert restore_from_snapshot(restored, msgpack.unpackb(wire))
-    assert restored._trained
+    assert restored.trained
     assert restored.state == running.state
     assert not restored.needs_retrain(model.trained_at)
     for t in range(1300, 1500):
         assert restored.update(closes[t], volumes[t]) == running.update(closes[t], volumes[t])
-    assert restored._filter.alpha == running._filter.alpha
+    assert restored.filter_state.alpha == running.filter_state.alpha
 
 
 def test_untrained_snapshot_restores_warmup_only() -> None:
@@ -485,9 +485,9 @@ def test_untrained_snapshot_restores_warmup_only() -> None:
     assert trained_before.train(*market(4, [(1, 400)])[:2])
     for target in (twin, trained_before):
         assert restore_from_snapshot(target, snap)
-    assert not trained_before._trained
+    assert not trained_before.trained
     assert trained_before.model is None
-    assert not twin._trained
+    assert not twin.trained
     assert twin.needs_retrain(0)
     assert twin.features.state_dict() == det.features.state_dict()
     assert twin.state == det.state
@@ -506,7 +506,7 @@ def test_snapshot_from_other_config_is_refused_and_detector_retrains(
     snap = msgpack.unpackb(msgpack.packb(serialize_for_snapshot(src)))
     det = RegimeDetector({**CFG, **other, "HMM_N_ITER": 5})
     assert not restore_from_snapshot(det, snap)
-    assert not det._trained
+    assert not det.trained
     assert det.state == RegimeState()
     assert det.needs_retrain(0)
     assert det.train(closes[:1200], volumes[:1200])
@@ -556,6 +556,6 @@ def test_malformed_snapshot_is_refused(
     bad = _corrupt(serialize_for_snapshot(src), path, value)
     det = RegimeDetector(CFG)
     assert not restore_from_snapshot(det, bad)
-    assert not det._trained
+    assert not det.trained
     assert det.model is None
     assert det.state == RegimeState()

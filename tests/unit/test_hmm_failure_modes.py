@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-import shared.hmm as hmm_mod
-from shared.contracts import GridBias
-from shared.hmm import (
+import shared.domain.hmm.fit as hmm_fit
+from shared.domain.contracts import GridBias
+from shared.domain.hmm import (
     STALE_GAP_BARS,
     WARMUP_BARS,
     FeatureExtractor,
@@ -71,13 +71,13 @@ def assert_neutral(det: RegimeDetector) -> None:
 def test_without_hmmlearn_training_refuses_and_detector_stays_neutral(
     data: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(hmm_mod, "HMM_AVAILABLE", False)
+    monkeypatch.setattr(hmm_fit, "HMM_AVAILABLE", False)
     closes, volumes = data
     det = RegimeDetector(CFG)
-    with caplog.at_level("WARNING", logger="shared.hmm"):
+    with caplog.at_level("WARNING", logger="shared.domain.hmm"):
         assert not det.train(closes, volumes)
     assert "hmmlearn" in caplog.text
-    assert not det._trained
+    assert not det.trained
     for c, v in zip(closes[:100], volumes[:100], strict=True):
         det.update(c, v)
     assert_neutral(det)
@@ -98,11 +98,11 @@ def test_too_little_data_stays_ranging(data: tuple[np.ndarray, np.ndarray], capl
     det = RegimeDetector(CFG)
     n = 200 + WARMUP_BARS - 2  # one feature row short of HMM_MIN_TRAIN_SAMPLES
     assert usable_rows(n) == 199
-    with caplog.at_level("WARNING", logger="shared.hmm"):
+    with caplog.at_level("WARNING", logger="shared.domain.hmm"):
         assert not det.train(closes[:n], volumes[:n])
     assert "need 200" in caplog.text
     assert_neutral(det)
-    assert not det._trained
+    assert not det.trained
     with pytest.raises(ValueError, match="need 200"):
         fit_model(closes[:n], volumes[:n], CFG)
     assert det.train(closes[: n + 1], volumes[: n + 1])  # exactly enough
@@ -134,18 +134,18 @@ def test_inference_exception_returns_last_valid_state(
 ) -> None:
     closes, volumes = data
     last = trained.update(closes[800], volumes[800])
-    alpha = list(trained._filter.alpha or [])
-    kernel = trained._kernel
+    alpha = list(trained.filter_state.alpha or [])
+    kernel = trained.kernel
     assert kernel is not None
 
     def boom(*_: object) -> list[float]:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(kernel, "forward", boom)
-    with caplog.at_level("ERROR", logger="shared.hmm"):
+    with caplog.at_level("ERROR", logger="shared.domain.hmm"):
         assert trained.update(closes[801], volumes[801]) is last
     assert "inference failed" in caplog.text
-    assert trained._filter.alpha == alpha  # the failed step left the filter untouched
+    assert trained.filter_state.alpha == alpha  # the failed step left the filter untouched
     monkeypatch.undo()
     assert trained.update(closes[802], volumes[802]).observation_count == last.observation_count + 1
 
@@ -155,7 +155,7 @@ def test_nan_inside_inference_returns_last_valid_state(
 ) -> None:
     closes, volumes = data
     last = trained.update(closes[800], volumes[800])
-    kernel = trained._kernel
+    kernel = trained.kernel
     assert kernel is not None
     # A model corrupted after it was installed: every emission becomes NaN.
     kernel.fast_states = tuple((*s[:-1], math.nan) for s in kernel.fast_states)
@@ -168,12 +168,12 @@ def test_window_mode_failure_leaves_window_untouched(data: tuple[np.ndarray, np.
     det = RegimeDetector({**CFG, "HMM_INFERENCE_WINDOW": 20})
     assert det.install(model, closes[:800], volumes[:800])
     last = det.update(closes[800], volumes[800])
-    window = list(det._filter.window)
-    kernel = det._kernel
+    window = list(det.filter_state.window)
+    kernel = det.kernel
     assert kernel is not None
     kernel.fast_states = tuple((*s[:-1], math.nan) for s in kernel.fast_states)
     assert det.update(closes[801], volumes[801]) is last
-    assert list(det._filter.window) == window
+    assert list(det.filter_state.window) == window
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ def test_confidence_below_threshold_zeroes_bias(trained: RegimeDetector, data: t
 def test_verdict_from_probabilities(
     trained: RegimeDetector, probs: tuple[float, float, float], regime: Regime, confidence: float
 ) -> None:
-    kernel = trained._kernel
+    kernel = trained.kernel
     assert kernel is not None
     alpha = [probs[lab] for lab in kernel.labels]
     s = kernel.verdict(alpha, 1.0, 0.15, 7)
@@ -270,10 +270,10 @@ def test_garbage_model_is_refused_and_detector_stays_neutral(
     name, bad = _garbage(model)[case]
     assert validate_model(bad) is not None, name
     det = RegimeDetector(CFG)
-    with caplog.at_level("ERROR", logger="shared.hmm"):
+    with caplog.at_level("ERROR", logger="shared.domain.hmm"):
         assert not det.install(bad, closes[:800], volumes[:800]), name
     assert "refused" in caplog.text
-    assert not det._trained
+    assert not det.trained
     assert det.model is None
     for t in range(800, 820):
         det.update(closes[t], volumes[t])
@@ -304,7 +304,7 @@ def test_garbage_model_does_not_replace_a_working_one(
     assert not trained.install(_garbage(model)[0][1], closes[:850], volumes[:850])
     assert trained.model is model
     assert trained.state is before
-    assert trained._trained
+    assert trained.trained
 
 
 # --------------------------------------------------------------------------- price gap > 2x slow halflife
@@ -315,17 +315,17 @@ def test_long_gap_cold_starts_the_emas(trained: RegimeDetector, data: tuple[np.n
     assert pytest.approx(33.2, abs=0.1) == STALE_GAP_BARS
     assert not trained.note_gap(STALE_GAP_BARS - 1)
     assert trained.features.count > WARMUP_BARS
-    alpha = list(trained._filter.alpha or [])
+    alpha = list(trained.filter_state.alpha or [])
     assert trained.note_gap(STALE_GAP_BARS + 1)
     assert trained.features.count == 0
     # The restarted features equal a fresh extractor's on the candles after the gap; the filter waits for them.
     after_c, after_v = closes[820:900] * 1.1, volumes[820:900]
     for i in range(WARMUP_BARS - 1):
         s = trained.update(after_c[i], after_v[i])
-        assert trained._filter.alpha == alpha
+        assert trained.filter_state.alpha == alpha
         assert s.observation_count == i + 1
     trained.update(after_c[WARMUP_BARS - 1], after_v[WARMUP_BARS - 1])
-    assert trained._filter.alpha != alpha
+    assert trained.filter_state.alpha != alpha
     fresh = FeatureExtractor()
     fresh.batch(after_c[:WARMUP_BARS], after_v[:WARMUP_BARS])
     assert trained.features.state_dict() == fresh.state_dict()

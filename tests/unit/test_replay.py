@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
-from shared.contracts import Candle
+from shared.domain.contracts import Candle
 
 MINUTE = 60_000
 T0 = 1_704_067_200_000

@@ -12,14 +12,14 @@ from numpy.testing import assert_allclose
 
 from services.hmm_regime.core import SeriesHmm, TrainingResult, adopt, applied_history, training_due
 from services.hmm_regime.core import apply_candle as hmm_apply
-from services.ohlcv_ingest.pipeline import FRESHNESS_FLOOR_SEC, SeriesBook, freshness_limit_sec
+from services.ohlcv_ingest.core import FRESHNESS_FLOOR_SEC, SeriesBook, freshness_limit_sec
 from services.vol_regime.core import SeriesVol
 from services.vol_regime.core import apply_candle as vol_apply
-from shared.config import resolve_hmm_keys
-from shared.contracts import Candle, decode, encode
-from shared.hmm import WARMUP_BARS, RegimeDetector, TrainedModel, fit_model, usable_rows
-from shared.subjects import SeriesKey
-from shared.vol import VolInputs, VolRegimeConfig, classify_vol_regime
+from shared.domain.config import resolve_hmm_keys
+from shared.domain.contracts import Candle, decode, encode
+from shared.domain.hmm import WARMUP_BARS, RegimeDetector, TrainedModel, fit_model, usable_rows
+from shared.domain.subjects import SeriesKey
+from shared.domain.vol import VolInputs, VolRegimeConfig, classify_vol_regime
 
 TF_MS = 60_000
 T0 = 1_700_000_040_000
@@ -416,7 +416,7 @@ def test_status_reports_the_pipeline_fields() -> None:
 
 
 def test_book_knows_which_candles_the_stream_holds() -> None:
-    from services.ohlcv_ingest.pipeline import SeriesBook
+    from services.ohlcv_ingest.core import SeriesBook
 
     book = SeriesBook(SeriesKey("kraken", "BTC/USD", "1m"), "exchange", 60.0)
     assert book.add(120_000)

@@ -29,9 +29,9 @@ from services.screener.core import (
     on_vol,
     sizing_multiplier,
 )
-from shared.config import StrategyConfig, parse_strategy_config
-from shared.contracts import HmmRegimeEvent, ScoreEvent, ScreenerDecision, VolRegimeEvent
-from shared.subjects import SeriesKey
+from shared.domain.config import StrategyConfig, parse_strategy_config
+from shared.domain.contracts import HmmRegimeEvent, ScoreEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.subjects import SeriesKey
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "strategy_config.json"
 SHIPPED: dict[str, Any] = json.loads(CONFIG_PATH.read_text())

@@ -24,7 +24,7 @@ from services.state_publisher.core import (
     new_snapshot,
     summarize,
 )
-from shared.contracts import (
+from shared.domain.contracts import (
     HMM_LABELS,
     VOL_LABELS,
     GridBias,
@@ -33,7 +33,7 @@ from shared.contracts import (
     ScreenerDecision,
     VolRegimeEvent,
 )
-from shared.subjects import SeriesKey
+from shared.domain.subjects import SeriesKey
 
 KEY = SeriesKey("kraken", "BTC/USD", "1m")
 TF_MS = 60_000

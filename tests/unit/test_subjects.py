@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import ConfigError, ContractError
-from shared.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol, encode_symbol, timeframe_ms
+from shared.domain.errors import ConfigError, ContractError
+from shared.domain.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol, encode_symbol, timeframe_ms
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # a NATS subject token and a JetStream KV key segment
 KEY = SeriesKey("kraken", "BTC/USD", "1m")

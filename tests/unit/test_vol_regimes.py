@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from shared.errors import ConfigError
-from shared.vol import (
+from shared.domain.errors import ConfigError
+from shared.domain.vol import (
     VolInputs,
     VolRegime,
     VolRegimeConfig,

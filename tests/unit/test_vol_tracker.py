@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from shared.vol import VolInputs, VolRegime, VolRegimeConfig, VolTracker, classify_vol_regime
+from shared.domain.vol import VolInputs, VolRegime, VolRegimeConfig, VolTracker, classify_vol_regime
 
 NORMAL_WITH_ZEROS = VolRegime("normal", 0.0, 0.0, 1.0)
 SEED_CFG = VolRegimeConfig()

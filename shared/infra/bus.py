@@ -1,6 +1,6 @@
 """NATS/JetStream plumbing, written once: connect, streams, KV buckets, publish, dead letters, health.
 
-The consume loop that runs on top of it lives in :mod:`shared.consume`.
+The consume loop that runs on top of it lives in :mod:`shared.infra.consume`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
-from shared.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
-from shared.errors import ContractError
-from shared.subjects import Names, SeriesKey
-from shared.telemetry import Metrics
+from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
+from shared.domain.errors import ContractError
+from shared.domain.subjects import Names, SeriesKey
+from shared.infra.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from services.dashboard_api.models import (
     SymbolDetail,
     SymbolSnapshot,
 )
-from shared.config import StrategyConfig
-from shared.contracts import HMM_LABELS, VOL_LABELS
+from shared.domain.config import StrategyConfig
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS
 
 GZIP_MIN_BYTES = 1024  # smaller bodies go out as they are (the GZip middleware's minimum too)
 GZIP_LEVEL = 6

@@ -22,12 +22,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import start_http_server
 
-from shared.bus import Bus, Health, connect, ensure_streams, kv_bucket
-from shared.config import Settings, StrategyConfig, load_strategy_config
-from shared.consume import KvPosition
-from shared.errors import ConfigError
-from shared.subjects import Names
-from shared.telemetry import Metrics, configure_logging
+from shared.domain.config import StrategyConfig, load_strategy_config
+from shared.domain.errors import ConfigError
+from shared.domain.subjects import Names
+from shared.infra.bus import Bus, Health, connect, ensure_streams, kv_bucket
+from shared.infra.consume import KvPosition
+from shared.infra.settings import Settings
+from shared.infra.telemetry import Metrics, configure_logging
 
 log = logging.getLogger(__name__)
 

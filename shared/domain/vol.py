@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shared.errors import ConfigError
+from shared.domain.errors import ConfigError
 
 __all__ = [
     "STATE_VERSION",

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
-from shared.errors import ContractError
-from shared.subjects import SeriesKey, check_exchange, timeframe_ms
+from shared.domain.errors import ContractError
+from shared.domain.subjects import SeriesKey, check_exchange, timeframe_ms
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -62,7 +62,7 @@ class Candle(_PerSeries):
     KIND: ClassVar[str] = "candle"
     exchange: str  # ccxt exchange id, lowercase ("kraken"; "demo" for the demo market)
     symbol: str  # display form, "BTC/USD"
-    timeframe: str  # a key of shared.subjects.TIMEFRAMES_MS
+    timeframe: str  # a key of shared.domain.subjects.TIMEFRAMES_MS
     ts: int  # bar open time, ms UTC, a multiple of the timeframe
     open: float  # price, > 0
     high: float  # price, >= max(open, close)
@@ -459,7 +459,7 @@ MESSAGE_TYPES: dict[str, type[Any]] = {cls.KIND: cls for cls in typing.get_args(
 
 
 # The codec needs the types above; it is re-exported here so that every reader imports from one place.
-from shared.codec import decode, encode, from_plain, to_plain  # noqa: E402
+from shared.domain.codec import decode, encode, from_plain, to_plain  # noqa: E402
 
 __all__ = [
     "HMM_LABELS",

@@ -8,13 +8,36 @@ backfill's time, rows and message.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
-from services.ohlcv_ingest.exchange import detect_gaps
-from shared.contracts import PipelineStatus
-from shared.subjects import SeriesKey, timeframe_ms
+from shared.domain.contracts import PipelineStatus
+from shared.domain.subjects import SeriesKey, timeframe_ms
 
 FRESHNESS_FLOOR_SEC = 180.0
+
+
+def detect_gaps(timestamps: Iterable[int], tf_ms: int) -> list[tuple[int, int]]:
+    """Missing bars between the first and last of ``timestamps`` (bar open times, ms).
+
+    Returns inclusive ranges ``(first_missing_ts, last_missing_ts)``, oldest first; a single
+    missing bar is ``(ts, ts)``. Order and duplicates in the input do not matter. Bars before
+    the first or after the last timestamp are not gaps (that is backfill's and sync's job).
+    """
+    if tf_ms <= 0:
+        raise ValueError(f"tf_ms must be > 0, got {tf_ms}")
+    ordered = sorted(set(timestamps))
+    gaps: list[tuple[int, int]] = []
+    for prev, cur in pairwise(ordered):
+        if cur - prev > tf_ms:
+            gaps.append((prev + tf_ms, cur - tf_ms))
+    return gaps
+
+
+def missing_bars(gaps: Iterable[tuple[int, int]], tf_ms: int) -> int:
+    """How many bars the inclusive ``gaps`` ranges (ms) cover."""
+    return sum((last - first) // tf_ms + 1 for first, last in gaps if last >= first)
 
 
 def freshness_limit_sec(tf_ms: int) -> float:

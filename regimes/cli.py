@@ -8,12 +8,13 @@ import importlib
 import sys
 from pathlib import Path
 
+from regimes.supervisor import SERVICES, Supervisor, UpOptions
 from services.ohlcv_ingest.replay import interleave
-from shared.bus import now_ms
-from shared.config import Settings, StrategyConfig, load_strategy_config
-from shared.errors import ConfigError
-from shared.subjects import TIMEFRAMES_MS
-from shared.supervisor import SERVICES, Supervisor, UpOptions
+from shared.domain.config import StrategyConfig, load_strategy_config
+from shared.domain.errors import ConfigError
+from shared.domain.subjects import TIMEFRAMES_MS
+from shared.infra.bus import now_ms
+from shared.infra.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,11 +89,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  vol windows: {cfg.vol.short_window_bars}/{cfg.vol.long_window_bars} bars")
         print(f"  HMM: {'on' if cfg.hmm['HMM_ENABLED'] else 'off'}, blend {cfg.hmm['HMM_BLEND_WITH_TREND']}")
         return
-    from shared import feed  # file and control commands need NATS; imported late to keep `up` light
+    from regimes import feed  # file and control commands need NATS; imported late to keep `up` light
 
     try:
         if args.command == "backtest":
-            from shared import backtest
+            from regimes import backtest
 
             cfg = _check(args.config or Settings.from_env().strategy_config)
             candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))

@@ -1,4 +1,4 @@
-"""The message codec: msgpack bytes <-> the checked message types of :mod:`shared.contracts`.
+"""The message codec: msgpack bytes <-> the checked message types of :mod:`shared.domain.contracts`.
 
 Decoding has two paths with one result. The fast one lets msgspec parse the
 bytes straight into the frozen dataclasses (a few µs per candle); anything it
@@ -7,7 +7,7 @@ decoder below, which walks the type hints and says exactly what is wrong
 (``Candle.ts: expected an integer, got float``). So a valid message costs
 little and a bad one still gets its precise dead-letter reason. Every
 struct's own ``check`` (high >= low, aligned ts, ...) runs on both paths.
-Only import this module through :mod:`shared.contracts`.
+Only import this module through :mod:`shared.domain.contracts`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import msgpack
 import msgspec
 
-import shared.contracts as c
-from shared.errors import ContractError
+import shared.domain.contracts as c
+from shared.domain.errors import ContractError
 
 
 class _Head(msgspec.Struct):

@@ -22,10 +22,10 @@ from services.hmm_regime.core import apply_candle as hmm_apply
 from services.screener.core import SeriesScreen, on_hmm, on_vol
 from services.vol_regime.core import SeriesVol
 from services.vol_regime.core import apply_candle as vol_apply
-from shared.config import StrategyConfig
-from shared.contracts import Candle, time_problem, to_plain
-from shared.hmm import fit_model
-from shared.subjects import SeriesKey
+from shared.domain.config import StrategyConfig
+from shared.domain.contracts import Candle, time_problem, to_plain
+from shared.domain.hmm import fit_model
+from shared.domain.subjects import SeriesKey
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.subjects import Names
+from shared.domain.subjects import Names
 
 
 @dataclass(frozen=True, slots=True)

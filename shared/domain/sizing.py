@@ -1,8 +1,8 @@
 """The HMM verdict's plain types and what the screener derives from them (seed 003 §2.3): no numpy.
 
-Kept apart from :mod:`shared.hmm` so that the screener, which only blends and
+Kept apart from :mod:`shared.domain.hmm` so that the screener, which only blends and
 advises, never loads numpy, hmmlearn or scikit-learn (about 150 MB of memory
-per process). :mod:`shared.hmm` re-exports every name, as the seed spells them.
+per process). :mod:`shared.domain.hmm` re-exports every name, as the seed spells them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-from shared.contracts import GridBias
+from shared.domain.contracts import GridBias
 
 
 class Regime(IntEnum):

@@ -16,10 +16,11 @@ from nats.js import JetStreamContext
 
 from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
-from shared.bus import PUBLISH_WINDOW, candle_messages, connect, ensure_streams, publish_candles, publish_messages
-from shared.config import Settings, load_strategy_config
-from shared.contracts import Candle, ContractError, candles_in
-from shared.subjects import Names
+from shared.domain.config import load_strategy_config
+from shared.domain.contracts import Candle, ContractError, candles_in
+from shared.domain.subjects import Names
+from shared.infra.bus import PUBLISH_WINDOW, candle_messages, connect, ensure_streams, publish_candles, publish_messages
+from shared.infra.settings import Settings
 
 
 def progress(done: int, total: int, label: str, started: float) -> None:

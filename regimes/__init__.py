@@ -1,0 +1,1 @@
+"""The tooling on top: the `regimes` command, the supervisor, embedded servers, file feeds and the backtest."""

@@ -1,0 +1,255 @@
+"""Seed 003's detector: train on history, then filter one candle at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from shared.domain.hmm import fit
+from shared.domain.hmm.features import FeatureExtractor, as_series, usable_rows
+from shared.domain.hmm.kernel import FilterState, Kernel
+from shared.domain.hmm.model import HMM_DEFAULTS, TrainedModel, validate_model
+from shared.domain.sizing import Regime, RegimeState
+
+log = logging.getLogger(__name__)
+
+
+class RegimeDetector:
+    """Seed 003's detector: train on history, then filter one candle at a time.
+
+    ``cfg`` is ``HMM_DEFAULTS`` updated with ``config`` (already validated by the
+    caller). ``state`` is the latest :class:`RegimeState`; ``trained`` says
+    whether a model is installed; ``model`` is that model. ``fast_path`` False
+    forces the numpy kernel (the results agree to rounding; used by tests).
+
+    The shaping keys (HMM_N_STATES, HMM_COVARIANCE_TYPE, HMM_INFERENCE_WINDOW)
+    are fixed at construction; gain and thresholds are read from ``cfg`` on
+    every candle, so they can be tuned at runtime.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None, *, fast_path: bool = True) -> None:
+        self.cfg: dict[str, Any] = {**HMM_DEFAULTS, **(config or {})}
+        self.state: RegimeState = RegimeState()
+        self.model: TrainedModel | None = None
+        self.features: FeatureExtractor = FeatureExtractor()
+        self._fast_path = fast_path
+        self._kernel: Kernel | None = None
+        self._window = int(self.cfg["HMM_INFERENCE_WINDOW"])
+        self._filter = self.new_filter()
+
+    @property
+    def trained(self) -> bool:
+        """Whether a model is installed (else every verdict is the neutral RANGING default)."""
+        return self._kernel is not None
+
+    @property
+    def kernel(self) -> Kernel | None:
+        """The installed model's inference constants; None until trained."""
+        return self._kernel
+
+    @property
+    def filter_state(self) -> FilterState:
+        """The forward filter's state after the last observation (read it; change it through :meth:`load`)."""
+        return self._filter
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether small models use the plain-float kernel (False forces numpy; results agree to rounding)."""
+        return self._fast_path
+
+    @property
+    def window(self) -> int:
+        """HMM_INFERENCE_WINDOW: observations (bars) per inference; 0 = all history."""
+        return self._window
+
+    # ---- training
+
+    def train(
+        self,
+        closes: Sequence[float] | np.ndarray,
+        volumes: Sequence[float] | np.ndarray,
+        now_ms: int | None = None,
+    ) -> bool:
+        """Fit on the last ``HMM_TRAINING_CANDLES`` candles and install the model; False (logged) when refused.
+
+        Refused without hmmlearn, on bad input, with fewer than
+        ``HMM_MIN_TRAIN_SAMPLES`` feature rows, or when fitting fails; the
+        detector then keeps what it had (neutral RANGING if never trained).
+        """
+        if not fit.HMM_AVAILABLE:  # read at call time: tests switch it off
+            log.warning("HMM training skipped: hmmlearn is not installed; regime stays RANGING, bias 0")
+            return False
+        try:
+            c, v = as_series(closes, volumes)
+        except ValueError as exc:
+            log.warning("HMM training refused: %s", exc)
+            return False
+        n_train = int(self.cfg["HMM_TRAINING_CANDLES"])
+        if 0 < n_train < len(c):
+            c, v = c[-n_train:], v[-n_train:]
+        rows = usable_rows(len(c))
+        needed = int(self.cfg["HMM_MIN_TRAIN_SAMPLES"])
+        if rows < needed:
+            log.warning("HMM training refused: %d feature rows from %d candles, need %d", rows, len(c), needed)
+            return False
+        try:
+            model = fit.fit_model(c, v, self.cfg, previous=self.model, now_ms=now_ms)
+        except Exception:  # a failed fit (sklearn/hmmlearn internals included) must never take the service down
+            log.exception("HMM training failed; keeping the previous state")
+            return False
+        return self.install(model, c, v)
+
+    def install(
+        self,
+        model: TrainedModel,
+        closes: Sequence[float] | np.ndarray,
+        volumes: Sequence[float] | np.ndarray,
+    ) -> bool:
+        """Adopt ``model`` (trained here or elsewhere) and replay ``closes``/``volumes`` through it.
+
+        The history should end at the latest candle: features and filter are
+        rebuilt from it, so afterwards the filtered probabilities equal
+        ``predict_proba(X)[-1]`` (or over the last N rows in window mode) for the
+        features X of that history. False (logged, nothing changed) when the
+        model is garbage or does not fit the config, or the history is bad.
+        """
+        reason = validate_model(model, int(self.cfg["HMM_N_STATES"]), str(self.cfg["HMM_COVARIANCE_TYPE"]))
+        if reason is not None:
+            log.error("HMM model refused: %s", reason)
+            return False
+        try:
+            c, v = as_series(closes, volumes)
+            kernel = Kernel(model, self._fast_path)
+            extractor = FeatureExtractor()
+            flt = self.new_filter()
+            for close, volume in zip(c.tolist(), v.tolist(), strict=True):
+                row = extractor.step_values(close, volume)
+                if row is not None:
+                    self._observe(kernel, flt, row)
+            state = RegimeState() if not has_posterior(flt) else self._verdict(kernel, flt, 0)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            log.error("HMM model refused: replaying history failed: %s", exc)
+            return False
+        self.load(model, kernel, extractor, flt, state)
+        log.info(
+            "HMM model installed: %d states, %s, %d samples, log-likelihood %.3f, labels %s",
+            model.n_states,
+            model.covariance_type,
+            model.n_samples,
+            model.log_likelihood,
+            [Regime(lab).name for lab in model.label_order],
+        )
+        return True
+
+    def needs_retrain(self, now_ms: int | None = None) -> bool:
+        """True when untrained or the model is at least HMM_RETRAIN_INTERVAL_SEC old (``now_ms``: ms UTC)."""
+        if not self.trained or self.model is None:
+            return True
+        now = fit.now_ms_utc() if now_ms is None else now_ms
+        return now - self.model.trained_at >= float(self.cfg["HMM_RETRAIN_INTERVAL_SEC"]) * 1000.0
+
+    def note_gap(self, missing_bars: float) -> bool:
+        """Tell the detector ``missing_bars`` bars are missing before the next candle; cold-starts stale EMAs.
+
+        Returns whether the features were reset (gap > ``STALE_GAP_BARS``). The
+        filter keeps its probabilities; it resumes once the features have warmed up.
+        """
+        if FeatureExtractor.gap_is_stale(missing_bars):
+            log.info("HMM features cold-start after a gap of %s bars", missing_bars)
+            self.features.reset()
+            return True
+        return False
+
+    # ---- inference
+
+    def update(self, close: float, volume: float) -> RegimeState:
+        """Take in one closed candle (price, base-asset volume) and return the new state.
+
+        Untrained or warming up: the neutral state, with ``observation_count``
+        advancing. A bad candle or a failure inside inference is logged and the
+        last valid state is returned unchanged.
+        """
+        try:
+            row = self.features.step_values(close, volume)
+        except ValueError as exc:
+            log.warning("HMM update skipped a candle: %s", exc)
+            return self.state
+        count = self.state.observation_count + 1
+        kernel = self._kernel
+        if kernel is None or row is None:
+            self.state = replace(self.state, observation_count=count)
+            return self.state
+        try:
+            flt = self._filter
+            if self._window > 0:
+                # Work on copies: a failure must leave the window as it was.
+                trial = FilterState(None, deque(flt.window, self._window), deque(flt.window_log_e, self._window))
+                self._observe(kernel, trial, row)
+                state = self._verdict(kernel, trial, count)
+                self._filter = trial
+            else:
+                z = kernel.standardise(row)
+                alpha = kernel.forward(flt.alpha, kernel.log_emission(z))
+                state = kernel.verdict(alpha, float(self.cfg["HMM_BIAS_GAIN"]), self._threshold, count)
+                flt.alpha = alpha
+        except Exception:  # seed §5: whatever breaks inside inference, the bot keeps the last valid state
+            log.exception("HMM inference failed; returning the last valid state")
+            return self.state
+        self.state = state
+        return state
+
+    # ---- internals
+
+    @property
+    def _threshold(self) -> float:
+        return float(self.cfg["HMM_CONFIDENCE_THRESHOLD"])
+
+    def new_filter(self) -> FilterState:
+        n = self.window
+        return FilterState(None, deque(maxlen=n or None), deque(maxlen=n or None))
+
+    def _observe(self, kernel: Kernel, flt: FilterState, row: Sequence[float]) -> None:
+        z = kernel.standardise(row)
+        log_e = kernel.log_emission(z)
+        if self.window > 0:
+            flt.window.append(z)
+            flt.window_log_e.append(log_e)
+        else:
+            flt.alpha = kernel.forward(flt.alpha, log_e)
+
+    def _verdict(self, kernel: Kernel, flt: FilterState, count: int) -> RegimeState:
+        if self.window > 0:
+            alpha: list[float] | None = None
+            for log_e in flt.window_log_e:
+                alpha = kernel.forward(alpha, log_e)
+            flt.alpha = alpha
+        if flt.alpha is None:
+            raise FloatingPointError("no observation to filter")
+        return kernel.verdict(flt.alpha, float(self.cfg["HMM_BIAS_GAIN"]), self._threshold, count)
+
+    def load(
+        self,
+        model: TrainedModel | None,
+        kernel: Kernel | None,
+        extractor: FeatureExtractor,
+        flt: FilterState,
+        state: RegimeState,
+    ) -> None:
+        """Take over a consistent set of parts, as :meth:`install` or a snapshot restore builds them.
+
+        ``model`` and ``kernel`` None leave the detector untrained (warm features only).
+        """
+        self.model = model
+        self._kernel = kernel if model is not None else None
+        self.features = extractor
+        self._filter = flt
+        self.state = state
+
+
+def has_posterior(flt: FilterState) -> bool:
+    return flt.alpha is not None or len(flt.window) > 0

@@ -1,0 +1,1 @@
+"""The infrastructure the services share: the bus, the one consume loop, settings, Redis key names, telemetry."""
