@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.domain.hmm import (
-    HMM_DEFAULTS,
     FeatureExtractor,
+    HmmConfig,
     RegimeDetector,
     TrainedModel,
     as_hmmlearn,
@@ -120,7 +120,7 @@ def main() -> None:
         f"model: {model.n_states} states, {model.covariance_type}, {model.n_samples} rows, "
         f"log-likelihood {model.log_likelihood:.1f}"
     )
-    print(f"training, {TRAIN} candles (fit_model, n_iter={HMM_DEFAULTS['HMM_N_ITER']}): {t_fit * 1e3:.1f} ms")
+    print(f"training, {TRAIN} candles (fit_model, n_iter={HmmConfig().n_iter}): {t_fit * 1e3:.1f} ms")
     print("per candle, best of repeats:")
     rows = [
         ("forward filter, mode 0, python fast path", fast),

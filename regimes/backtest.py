@@ -22,7 +22,7 @@ from services.hmm_regime.core import apply_candle as hmm_apply
 from services.screener.core import SeriesScreen, on_hmm, on_vol
 from services.vol_regime.core import SeriesVol
 from services.vol_regime.core import apply_candle as vol_apply
-from shared.domain.config import StrategyConfig
+from shared.domain.config import HmmConfig, StrategyConfig
 from shared.domain.contracts import Candle, time_problem, to_plain
 from shared.domain.hmm import fit_model
 from shared.domain.subjects import SeriesKey
@@ -39,8 +39,8 @@ def backtest(
     candles: Iterable[Candle], config: StrategyConfig, now_ms: int, tolerance_ms: int = 60_000
 ) -> Iterator[Any]:
     """Every vol event, HMM event and decision the stack would publish for ``candles`` (in stream order)."""
-    hmm_cfg = dict(config.hmm)
-    hmm_on = bool(hmm_cfg["HMM_ENABLED"])
+    hmm_cfg = config.hmm
+    hmm_on = hmm_cfg.enabled
     series: dict[SeriesKey, _Series] = {}
     for candle in candles:
         if time_problem(candle, now_ms, tolerance_ms) is not None:
@@ -63,7 +63,7 @@ def backtest(
             yield from on_hmm(s.screen, hmm, config)
 
 
-def _train(state: SeriesHmm, cfg: dict[str, Any]) -> TrainingResult:
+def _train(state: SeriesHmm, cfg: HmmConfig) -> TrainingResult:
     rows = tuple(state.history)
     upto = state.last_ts or 0
     previous = state.detector.model if state.detector.trained else None

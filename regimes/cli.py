@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{path}: ok")
         print(f"  universe: {len(cfg.universe)} series ({', '.join(s.key.id for s in cfg.universe)})")
         print(f"  vol windows: {cfg.vol.short_window_bars}/{cfg.vol.long_window_bars} bars")
-        print(f"  HMM: {'on' if cfg.hmm['HMM_ENABLED'] else 'off'}, blend {cfg.hmm['HMM_BLEND_WITH_TREND']}")
+        print(f"  HMM: {'on' if cfg.hmm.enabled else 'off'}, blend {cfg.hmm.blend_with_trend}")
         return
     from regimes import feed  # file and control commands need NATS; imported late to keep `up` light
 

@@ -84,7 +84,7 @@ async def publish_files(
     try:
         js = nc.jetstream()
         names = settings.names
-        await ensure_streams(js, names, int(config.hmm["HMM_OHLCV_RETENTION_DAYS"]))
+        await ensure_streams(js, names, config.hmm.ohlcv_retention_days)
         started = time.monotonic()
         if speed is None:
             new = await _import(js, names, candles, started)

@@ -237,7 +237,7 @@ def config_view(config: StrategyConfig) -> dict[str, Any]:
             "floor": config.idle.floor,
             "ceiling": config.idle.ceiling,
         },
-        "hmm": dict(config.hmm),
+        "hmm": config.hmm.as_keys(),
     }
 
 

@@ -10,8 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-VolLabel = Literal["low", "normal", "high", "crisis"]
-HmmLabel = Literal["BEARISH", "RANGING", "BULLISH"]
+from shared.domain.vocab import HmmLabel, VolLabel
 
 
 class Price(BaseModel):

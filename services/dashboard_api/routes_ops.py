@@ -60,7 +60,7 @@ class OpsRoutes:
         self.nc = nc
         self.metrics = metrics
         self.shutdown = shutdown
-        self.readiness_cache = _ReadinessCache(float(config.hmm["HMM_READINESS_CACHE_SEC"]))
+        self.readiness_cache = _ReadinessCache(config.hmm.readiness_cache_sec)
         self.universe = frozenset(s.key.id for s in config.universe)
 
     def router(self) -> APIRouter:

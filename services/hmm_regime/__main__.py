@@ -24,8 +24,8 @@ log = logging.getLogger(SERVICE)
 
 
 async def build(rt: Runtime) -> list[Any]:
-    cfg = dict(rt.config.hmm)
-    if not cfg["HMM_ENABLED"]:
+    cfg = rt.config.hmm
+    if not cfg.enabled:
         log.info("HMM_ENABLED is false: hmm_regime stays idle")
         return []
     if not HMM_AVAILABLE:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.domain.config import HmmConfig
 from shared.domain.contracts import TS_FLOOR_MS, Candle, HmmRegimeEvent
 from shared.domain.hmm import (
     HMM_AVAILABLE,
@@ -55,8 +56,8 @@ class SeriesHmm:
     history_complete: bool = True
 
     @classmethod
-    def new(cls, cfg: Mapping[str, Any]) -> SeriesHmm:
-        return cls(RegimeDetector(cfg), history=deque(maxlen=int(cfg["HMM_TRAINING_CANDLES"])))
+    def new(cls, cfg: HmmConfig) -> SeriesHmm:
+        return cls(RegimeDetector(cfg), history=deque(maxlen=cfg.training_candles))
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -67,7 +68,7 @@ class SeriesHmm:
         }
 
     @classmethod
-    def load(cls, cfg: Mapping[str, Any], raw: Mapping[str, Any]) -> SeriesHmm:
+    def load(cls, cfg: HmmConfig, raw: Mapping[str, Any]) -> SeriesHmm:
         """A stored detector that no longer fits ``cfg`` is refused (logged); the series keeps its place."""
         state = cls.new(cfg)
         restore_from_snapshot(state.detector, raw["detector"])
@@ -91,19 +92,19 @@ def is_newer(state: SeriesHmm, candle: Candle) -> bool:
     return state.last_ts is None or candle.ts > state.last_ts
 
 
-def training_due(state: SeriesHmm, cfg: Mapping[str, Any]) -> bool:
+def training_due(state: SeriesHmm, cfg: HmmConfig) -> bool:
     """Whether the series must (re)train before its next candle; a function of persisted state only."""
     if not HMM_AVAILABLE or state.last_ts is None:
         return False
     det = state.detector
     attempts = [t for t in (det.model.trained_at if det.trained and det.model else None, state.failed_at) if t]
-    interval_ms = float(cfg["HMM_RETRAIN_INTERVAL_SEC"]) * 1000.0
+    interval_ms = cfg.retrain_interval_sec * 1000.0
     if attempts and state.last_ts - max(attempts) < interval_ms:
         return False
     if det.trained:
         return True
-    window = min(state.seen, int(cfg["HMM_TRAINING_CANDLES"]))
-    return usable_rows(window) >= int(cfg["HMM_MIN_TRAIN_SAMPLES"])
+    window = min(state.seen, cfg.training_candles)
+    return usable_rows(window) >= cfg.min_train_samples
 
 
 def adopt(state: SeriesHmm, result: TrainingResult) -> bool:

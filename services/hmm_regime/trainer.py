@@ -12,11 +12,11 @@ import asyncio
 import logging
 import multiprocessing
 import os
-from collections.abc import Mapping
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from typing import Any
 
 from services.hmm_regime.core import Row, SeriesHmm, TrainingResult, applied_history
+from shared.domain.config import HmmConfig
 from shared.domain.contracts import Candle, CandleBatch, candles_in
 from shared.domain.hmm import TrainedModel, fit_model
 from shared.domain.subjects import SeriesKey
@@ -40,7 +40,7 @@ def _warm() -> None:
     import hmmlearn.hmm  # noqa: F401
 
 
-def _fit(rows: tuple[Row, ...], cfg: Mapping[str, Any], previous: TrainedModel | None, upto: int) -> Any:
+def _fit(rows: tuple[Row, ...], cfg: HmmConfig, previous: TrainedModel | None, upto: int) -> Any:
     """In the worker: the model, or the reason the data could not be fitted (the same input fails the same way)."""
     closes = [c for _, c, _ in rows]
     volumes = [v for _, _, v in rows]
@@ -51,10 +51,10 @@ def _fit(rows: tuple[Row, ...], cfg: Mapping[str, Any], previous: TrainedModel |
 
 
 class Trainer:
-    def __init__(self, rt: Runtime, cfg: Mapping[str, Any]) -> None:
+    def __init__(self, rt: Runtime, cfg: HmmConfig) -> None:
         self.rt = rt
         self.cfg = cfg
-        self.window = int(cfg["HMM_TRAINING_CANDLES"])
+        self.window = cfg.training_candles
         self.jobs: dict[SeriesKey, asyncio.Future[TrainingResult]] = {}
         self.pool = self._new_pool()
         rt.stack.callback(lambda: self.pool.shutdown(wait=False, cancel_futures=True))

@@ -19,7 +19,7 @@ from shared.infra.service import Runtime, run
 
 
 async def build_with(factory: ExchangeFactory, rt: Runtime) -> list[Any]:
-    if not rt.config.hmm["HMM_OHLCV_ENABLED"]:
+    if not rt.config.hmm.ohlcv_enabled:
         log.warning("HMM_OHLCV_ENABLED is false: ingest publishes nothing")
         return []
     ing = Ingest(rt)

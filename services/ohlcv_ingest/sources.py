@@ -49,8 +49,8 @@ class Ingest:
 
     async def load_books(self) -> None:
         """What the stream already holds per series (after a restart, or candles imported earlier)."""
-        retention_bars = int(self.hmm["HMM_OHLCV_RETENTION_DAYS"]) * 1440
-        sync = float(self.hmm["HMM_OHLCV_SYNC_INTERVAL_SEC"])
+        retention_bars = self.hmm.ohlcv_retention_days * 1440
+        sync = self.hmm.ohlcv_sync_interval_sec
         for spec in self.rt.config.universe:
             key = spec.key
             book = self.book(key, "demo" if key.exchange == "demo" else "exchange", sync)
@@ -112,8 +112,8 @@ class Ingest:
         """``control.backfill``: {"series": id | null, "target_candles": n, "max_pages": n} -> results."""
         try:
             req = json.loads(msg.data or b"{}")
-            target = int(req.get("target_candles") or self.hmm["HMM_TRAINING_CANDLES"])
-            pages = int(req.get("max_pages") or self.hmm["HMM_OHLCV_BACKFILL_MAX_PAGES"])
+            target = int(req.get("target_candles") or self.hmm.training_candles)
+            pages = int(req.get("max_pages") or self.hmm.ohlcv_backfill_max_pages)
             wanted = req.get("series")
             keys = [k for k in self.books if wanted in (None, k.id)]
             if not keys:
@@ -126,8 +126,8 @@ class Ingest:
 
     async def report(self) -> None:
         now = now_ms()
-        training = int(self.hmm["HMM_TRAINING_CANDLES"])
-        retention = int(self.hmm["HMM_OHLCV_RETENTION_DAYS"])
+        training = self.hmm.training_candles
+        retention = self.hmm.ohlcv_retention_days
         for key, book in list(self.books.items()):
             book.expire(now, retention)
             await self.rt.js.publish(self.rt.names.pipeline(key), encode(book.status(now, training)))
@@ -194,14 +194,14 @@ async def run_exchange(ing: Ingest, exchange_id: str, keys: list[SeriesKey], fac
     rt.stack.push_async_callback(exchange.close)
     for key in keys:
         ing.sources[key] = ExchangeSource(exchange, timeframe=key.timeframe)
-    if hmm["HMM_OHLCV_BACKFILL_ON_STARTUP"]:
+    if hmm.ohlcv_backfill_on_startup:
         for key in keys:
             if rt.stop.is_set():
                 return
-            await ing.backfill(key, int(hmm["HMM_TRAINING_CANDLES"]), int(hmm["HMM_OHLCV_BACKFILL_MAX_PAGES"]))
-    interval = float(hmm["HMM_OHLCV_SYNC_INTERVAL_SEC"])
-    recent = int(hmm["HMM_RECENT_CANDLES"])
-    pages = int(hmm["HMM_OHLCV_BACKFILL_MAX_PAGES"])
+            await ing.backfill(key, hmm.training_candles, hmm.ohlcv_backfill_max_pages)
+    interval = hmm.ohlcv_sync_interval_sec
+    recent = hmm.recent_candles
+    pages = hmm.ohlcv_backfill_max_pages
     while not rt.stop.is_set():
         for key in keys:
             book = ing.book(key)

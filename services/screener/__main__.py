@@ -67,7 +67,7 @@ async def build(rt: Runtime) -> list[Any]:
         return []
 
     subjects = [names.vol_all, names.scores_all]
-    if cfg.hmm["HMM_ENABLED"]:
+    if cfg.hmm.enabled:
         subjects.append(names.hmm_all)
     durable = rt.durable()
     consumer = Consumer(

@@ -206,7 +206,7 @@ def _drain(state: SeriesScreen, cfg: StrategyConfig) -> list[ScreenerDecision]:
     missing half can no longer come (the other service has already reported a
     later candle: it skipped this one) is dropped, never decided without it.
     """
-    hmm_on = bool(cfg.hmm["HMM_ENABLED"])
+    hmm_on = cfg.hmm.enabled
     if not hmm_on:
         state.pending_hmm.clear()
     out: list[ScreenerDecision] = []
@@ -262,7 +262,7 @@ def decide(
         else:
             scores[comp] = value
     # With the HMM off the bot falls back to the trend alone (seed 003 §5), exactly as in shadow mode.
-    blend = float(cfg.hmm["HMM_BLEND_WITH_TREND"]) if cfg.hmm["HMM_ENABLED"] else 1.0
+    blend = cfg.hmm.blend_with_trend if cfg.hmm.enabled else 1.0
     shadow = blend >= 1.0
     hmm_bias = hmm.bias_signal if hmm is not None and hmm.trained else 0.0
     idle = cfg.idle
@@ -279,7 +279,7 @@ def decide(
     if hmm is None or not hmm.trained or shadow:
         grid = NEUTRAL_GRID
     else:
-        grid = compute_grid_bias(_hmm_state(hmm), float(cfg.hmm["HMM_CONFIDENCE_THRESHOLD"]))
+        grid = compute_grid_bias(_hmm_state(hmm), cfg.hmm.confidence_threshold)
     return ScreenerDecision(
         exchange=key.exchange,
         symbol=key.symbol,

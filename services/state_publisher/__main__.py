@@ -36,7 +36,7 @@ async def build(rt: Runtime) -> list[Any]:
     redis = aioredis.from_url(rt.settings.redis_url, decode_responses=True)
     rt.stack.push_async_callback(redis.aclose)
     writer = SnapshotWriter(redis, RedisKeys(rt.names), rt.config)
-    blend = float(rt.config.hmm["HMM_BLEND_WITH_TREND"])
+    blend = rt.config.hmm.blend_with_trend
     vol = writer.handler(lambda s, e: apply_vol(s, e, now_ms()))
     hmm = writer.handler(lambda s, e: apply_hmm(s, e, blend, now_ms()))
     decisions = writer.handler(lambda s, d: apply_decision(s, d, now_ms()))

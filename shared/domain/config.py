@@ -11,17 +11,15 @@ import functools
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shared.domain.errors import ConfigError, ContractError
+from shared.domain.errors import ConfigError, ContractError, check_known
 from shared.domain.subjects import TIMEFRAMES_MS, SeriesKey, check_exchange, encode_symbol
+from shared.domain.vocab import HYBRID_COMPONENTS, TIERS, VOL_LABELS
 from shared.domain.vol import VolRegimeConfig
 
-VOL_LABELS = ("low", "normal", "high", "crisis")
-TIERS = ("CORE", "SATELLITE", "TACTICAL", "ALT-EXT")
-HYBRID_COMPONENTS = ("trend", "carry", "expectancy", "router")
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "strategy_config.json"
 
 
@@ -60,10 +58,9 @@ def positive_float(key: str, raw: Any) -> float:
 # --- HMM keys (seed 003 §7) -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Key:
-    default: Any
-    parse: Callable[[str, Any], Any]
+def _key(default: Any, parse: Callable[[str, Any], Any]) -> Any:
+    """A field of :class:`HmmConfig`: its default and the parser that validates file and environment values."""
+    return field(default=default, metadata={"parse": parse})
 
 
 def _bool(key: str, v: Any) -> bool:
@@ -112,47 +109,71 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
 
 
 _DAY = 86_400.0
-# Seed defaults, except HMM_INFERENCE_WINDOW: 0 selects the exact forward filter
-# (one O(K^2) step per candle); the seed's 50 remains available as a setting.
-HMM_KEYS: dict[str, _Key] = {
-    "HMM_ENABLED": _Key(False, _bool),
-    "HMM_OHLCV_ENABLED": _Key(True, _bool),
-    "HMM_OHLCV_INTERVAL_MIN": _Key(1, _int_in(1, 1440)),
-    "HMM_OHLCV_SYNC_INTERVAL_SEC": _Key(60.0, _float_in(0.0, _DAY, lo_open=True)),
-    "HMM_OHLCV_RETENTION_DAYS": _Key(14, _int_in(1, 3650)),
-    "HMM_OHLCV_BACKFILL_ON_STARTUP": _Key(True, _bool),
-    "HMM_OHLCV_BACKFILL_MAX_PAGES": _Key(40, _int_in(1, 10_000)),
-    "HMM_TRAINING_CANDLES": _Key(2000, _int_in(10, 1_000_000)),
-    "HMM_RECENT_CANDLES": _Key(100, _int_in(1, 100_000)),
-    "HMM_READINESS_CACHE_SEC": _Key(300.0, _float_in(0.0, _DAY)),
-    "HMM_N_STATES": _Key(3, _int_in(2, 8)),
-    "HMM_N_ITER": _Key(100, _int_in(1, 10_000)),
-    "HMM_COVARIANCE_TYPE": _Key("diag", _choice("diag", "full", "spherical", "tied")),
-    "HMM_INFERENCE_WINDOW": _Key(0, _int_in(0, 100_000)),
-    "HMM_CONFIDENCE_THRESHOLD": _Key(0.15, _float_in(0.0, 1.0)),
-    "HMM_RETRAIN_INTERVAL_SEC": _Key(86_400.0, _float_in(0.0, 365 * _DAY, lo_open=True)),
-    "HMM_MIN_TRAIN_SAMPLES": _Key(500, _int_in(10, 1_000_000)),
-    "HMM_BIAS_GAIN": _Key(1.0, _float_in(0.0, 100.0)),
-    "HMM_BLEND_WITH_TREND": _Key(0.5, _float_in(0.0, 1.0)),
-}
+COVARIANCE_TYPES: tuple[str, ...] = ("spherical", "diag", "full", "tied")
 
 
-def resolve_hmm_keys(file_values: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Every HMM_* key: the seed default, overridden by the config file, overridden by the environment."""
-    unknown = sorted(k for k in file_values if k not in HMM_KEYS)
-    if unknown:
-        raise ConfigError(f"hmm.{unknown[0]}", f"unknown key (known: {', '.join(HMM_KEYS)})")
-    out: dict[str, Any] = {}
-    for key, spec in HMM_KEYS.items():
-        if key in env:
-            out[key] = spec.parse(key, env[key])
-        elif key in file_values:
-            out[key] = spec.parse(f"hmm.{key}", file_values[key])
-        else:
-            out[key] = spec.default
-    if out["HMM_MIN_TRAIN_SAMPLES"] > out["HMM_TRAINING_CANDLES"]:
-        raise ConfigError("HMM_MIN_TRAIN_SAMPLES", "must not exceed HMM_TRAINING_CANDLES")
-    return out
+@dataclass(frozen=True, slots=True)
+class HmmConfig:
+    """The ``hmm`` block of the strategy config, typed: field ``x`` is the key ``HMM_X``.
+
+    Each value comes from the seed's default, overridden by the config file,
+    overridden by an environment variable of the key's name. Seed defaults,
+    except ``inference_window``: 0 selects the exact forward filter (one O(K²)
+    step per candle); the seed's 50 remains available as a setting.
+    """
+
+    enabled: bool = _key(False, _bool)
+    ohlcv_enabled: bool = _key(True, _bool)
+    ohlcv_interval_min: int = _key(1, _int_in(1, 1440))  # minutes: timeframe of universe entries that omit one
+    ohlcv_sync_interval_sec: float = _key(60.0, _float_in(0.0, _DAY, lo_open=True))  # s between exchange syncs
+    ohlcv_retention_days: int = _key(14, _int_in(1, 3650))  # days of candles the stream keeps
+    ohlcv_backfill_on_startup: bool = _key(True, _bool)
+    ohlcv_backfill_max_pages: int = _key(40, _int_in(1, 10_000))  # exchange pages per backfill run
+    training_candles: int = _key(2000, _int_in(10, 1_000_000))  # bars: training uses the last this many
+    recent_candles: int = _key(100, _int_in(1, 100_000))  # bars re-read to re-warm features with no snapshot
+    readiness_cache_sec: float = _key(300.0, _float_in(0.0, _DAY))  # s the API caches its readiness verdict
+    n_states: int = _key(3, _int_in(2, 8))
+    n_iter: int = _key(100, _int_in(1, 10_000))  # Baum-Welch iterations at most
+    covariance_type: str = _key("diag", _choice(*COVARIANCE_TYPES))
+    inference_window: int = _key(0, _int_in(0, 100_000))  # observations (bars); 0 = filter over all history
+    confidence_threshold: float = _key(0.15, _float_in(0.0, 1.0))  # fraction: below it the bias is 0
+    retrain_interval_sec: float = _key(86_400.0, _float_in(0.0, 365 * _DAY, lo_open=True))  # s of candle time
+    min_train_samples: int = _key(500, _int_in(10, 1_000_000))  # usable feature rows (bars after warm-up)
+    bias_gain: float = _key(1.0, _float_in(0.0, 100.0))
+    blend_with_trend: float = _key(0.5, _float_in(0.0, 1.0))  # 0 = pure HMM, 1 = pure trend (shadow mode)
+
+    def __post_init__(self) -> None:
+        if self.min_train_samples > self.training_candles:
+            raise ConfigError("HMM_MIN_TRAIN_SAMPLES", "must not exceed HMM_TRAINING_CANDLES")
+
+    @staticmethod
+    def key_of(name: str) -> str:
+        """The config/environment key of a field: ``n_states`` -> ``HMM_N_STATES``."""
+        return "HMM_" + name.upper()
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """Every HMM_* key, in the order of the fields."""
+        return tuple(cls.key_of(f.name) for f in fields(cls))
+
+    @classmethod
+    def from_keys(cls, file_values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> HmmConfig:
+        """Validate ``file_values`` (HMM_* keys of the file's ``hmm`` block), then apply ``env`` overrides."""
+        env = {} if env is None else env
+        known = cls.keys()
+        check_known(file_values, "hmm", known)
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key_of(f.name)
+            if key in env:
+                kw[f.name] = f.metadata["parse"](key, env[key])
+            elif key in file_values:
+                kw[f.name] = f.metadata["parse"](f"hmm.{key}", file_values[key])
+        return cls(**kw)
+
+    def as_keys(self) -> dict[str, Any]:
+        """``{"HMM_N_STATES": 3, ...}``: the seed's spelling, as ``/api/config`` shows it."""
+        return {self.key_of(f.name): getattr(self, f.name) for f in fields(self)}
 
 
 # --- strategy config -------------------------------------------------------------
@@ -208,7 +229,7 @@ class StrategyConfig:
     base_weights: Mapping[str, float]
     trend: TrendConfig
     idle: IdleTargetConfig
-    hmm: Mapping[str, Any]
+    hmm: HmmConfig
     demo: DemoConfig
     exchange_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -246,17 +267,18 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     if not isinstance(raw, dict):
         raise ConfigError("(root)", "the strategy config must be a JSON object")
     known = {"universe", "sizing", "hybrid", "trend", "idle_target", "vol_regimes", "hmm", "demo", "exchanges"}
-    unknown = sorted(set(raw) - known - {k for k in raw if k.startswith("_")})
-    if unknown:
-        raise ConfigError(unknown[0], f"unknown top-level key (known: {', '.join(sorted(known))})")
+    check_known(raw, "", sorted(known))
     vol_present = "vol_regimes" in raw
     vol_block = _obj(raw, "vol_regimes")
+    check_known(vol_block, "vol_regimes", ("defaults", "sizing_multipliers", "hybrid_weight_modifiers"))
     sizing = _obj(raw, "sizing")
+    check_known(sizing, "sizing", ("per_trade_nav_pct", "max_per_trade_nav_pct"))
     per_trade = _num(sizing, "sizing.per_trade_nav_pct", 0.02, 0.0, 1.0)
     cap = sizing.get("max_per_trade_nav_pct")
     if cap is not None:
         cap = _num(sizing, "sizing.max_per_trade_nav_pct", None, 0.0, 1.0)
     trend_raw = _obj(raw, "trend")
+    check_known(trend_raw, "trend", ("fast_ema_bars", "slow_ema_bars", "score_scale"))
     trend = TrendConfig(
         fast_ema_bars=_int(trend_raw, "trend.fast_ema_bars", 12, 1, 10_000),
         slow_ema_bars=_int(trend_raw, "trend.slow_ema_bars", 48, 2, 100_000),
@@ -265,6 +287,8 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     if trend.fast_ema_bars >= trend.slow_ema_bars:
         raise ConfigError("trend.fast_ema_bars", "must be smaller than trend.slow_ema_bars")
     idle_raw = _obj(raw, "idle_target")
+    idle_keys = ("REBALANCE_TARGET_IDLE_PCT", "TREND_IDLE_SENSITIVITY", "TREND_IDLE_FLOOR", "TREND_IDLE_CEILING")
+    check_known(idle_raw, "idle_target", idle_keys)
     idle = IdleTargetConfig(
         base_target=_num(idle_raw, "idle_target.REBALANCE_TARGET_IDLE_PCT", 0.40, 0.0, 1.0),
         sensitivity=_num(idle_raw, "idle_target.TREND_IDLE_SENSITIVITY", 0.20, 0.0, 10.0),
@@ -274,6 +298,7 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     if idle.floor > idle.ceiling:
         raise ConfigError("idle_target.TREND_IDLE_FLOOR", "must not exceed TREND_IDLE_CEILING")
     demo_raw = _obj(raw, "demo")
+    check_known(demo_raw, "demo", ("seed", "history_bars", "bars_per_sec"))
     demo = DemoConfig(
         seed=_int(demo_raw, "demo.seed", 7, 0, 2**31),
         history_bars=_int(demo_raw, "demo.history_bars", 1200, 0, 100_000),
@@ -283,22 +308,30 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     for ex_id, opts in exchanges.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"exchanges.{ex_id}", "must be an object of ccxt options")
-    hmm = resolve_hmm_keys(_obj(raw, "hmm"), env)
+    hmm = HmmConfig.from_keys(_obj(raw, "hmm"), env)
+    universe = _universe(raw.get("universe"), _interval_timeframe(hmm.ohlcv_interval_min))
+    tiers = (*TIERS, *sorted({s.tier for s in universe} - set(TIERS)))  # the vocabulary's and the universe's own
     return StrategyConfig(
-        universe=_universe(raw.get("universe"), _interval_timeframe(int(hmm["HMM_OHLCV_INTERVAL_MIN"]))),
+        universe=universe,
         vol=VolRegimeConfig.from_strategy_config(raw),
         vol_regimes_present=vol_present,
-        sizing_multipliers=_sizing_multipliers(vol_block.get("sizing_multipliers", {})),
-        hybrid_modifiers=_hybrid_modifiers(vol_block.get("hybrid_weight_modifiers", {})),
+        sizing_multipliers=_sizing_multipliers(vol_block.get("sizing_multipliers", {}), tiers),
+        hybrid_modifiers=_hybrid_modifiers(vol_block.get("hybrid_weight_modifiers", {}), tiers),
         per_trade_nav_pct=per_trade,
         max_per_trade_nav_pct=cap,
-        base_weights=_base_weights(_obj(raw, "hybrid").get("base_weights")),
+        base_weights=_base_weights(_hybrid_block(raw).get("base_weights")),
         trend=trend,
         idle=idle,
         hmm=hmm,
         demo=demo,
         exchange_options=exchanges,
     )
+
+
+def _hybrid_block(raw: Mapping[str, Any]) -> dict[str, Any]:
+    block = _obj(raw, "hybrid")
+    check_known(block, "hybrid", ("base_weights",))
+    return block
 
 
 def _obj(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -342,9 +375,7 @@ def _universe(raw: Any, default_tf: str | None) -> tuple[SeriesSpec, ...]:
         where = f"universe[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(where, "must be an object")
-        extra = sorted(set(item) - {"exchange", "symbol", "timeframe", "tier"})
-        if extra:
-            raise ConfigError(f"{where}.{extra[0]}", "unknown key")
+        check_known(item, where, ("exchange", "symbol", "timeframe", "tier"))
         try:
             exchange = check_exchange(str(item.get("exchange", "")))
         except ContractError as exc:
@@ -375,41 +406,41 @@ def _universe(raw: Any, default_tf: str | None) -> tuple[SeriesSpec, ...]:
 def _label_map(raw: Any, where: str, lo: float, hi: float) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be an object of regime -> number")
-    out: dict[str, float] = {}
-    for label, value in raw.items():
-        if label not in VOL_LABELS:
-            raise ConfigError(f"{where}.{label}", f"unknown regime (expected {', '.join(VOL_LABELS)})")
-        out[label] = _float_in(lo, hi)(f"{where}.{label}", value)
-    return out
+    check_known(raw, where, VOL_LABELS)
+    return {label: _float_in(lo, hi)(f"{where}.{label}", value) for label, value in _entries(raw)}
 
 
-def _sizing_multipliers(raw: Any) -> dict[str, dict[str, float]]:
+def _sizing_multipliers(raw: Any, tiers: tuple[str, ...]) -> dict[str, dict[str, float]]:
     if not isinstance(raw, dict):
         raise ConfigError("vol_regimes.sizing_multipliers", "must be an object of tier -> regime -> multiplier")
-    return {tier: _label_map(m, f"vol_regimes.sizing_multipliers.{tier}", 0.0, 10.0) for tier, m in raw.items()}
+    check_known(raw, "vol_regimes.sizing_multipliers", tiers)
+    return {tier: _label_map(m, f"vol_regimes.sizing_multipliers.{tier}", 0.0, 10.0) for tier, m in _entries(raw)}
 
 
-def _hybrid_modifiers(raw: Any) -> dict[str, dict[str, dict[str, float]]]:
+def _hybrid_modifiers(raw: Any, tiers: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:
     where = "vol_regimes.hybrid_weight_modifiers"
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be an object of default/tier -> regime -> component -> multiplier")
+    check_known(raw, where, ("default", *tiers))
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for scope, per_label in raw.items():
+    for scope, per_label in _entries(raw):
         if not isinstance(per_label, dict):
             raise ConfigError(f"{where}.{scope}", "must be an object of regime -> modifiers")
+        check_known(per_label, f"{where}.{scope}", VOL_LABELS)
         out[scope] = {}
-        for label, mods in per_label.items():
-            if label not in VOL_LABELS:
-                raise ConfigError(f"{where}.{scope}.{label}", "unknown regime")
+        for label, mods in _entries(per_label):
             if not isinstance(mods, dict):
                 raise ConfigError(f"{where}.{scope}.{label}", "must be an object of component -> multiplier")
-            for comp in mods:
-                if comp not in ("carry", "expectancy", "router", "trend"):
-                    raise ConfigError(f"{where}.{scope}.{label}.{comp}", "unknown component")
+            check_known(mods, f"{where}.{scope}.{label}", HYBRID_COMPONENTS)
             out[scope][label] = {
-                comp: _float_in(0.0, 10.0)(f"{where}.{scope}.{label}.{comp}", v) for comp, v in mods.items()
+                comp: _float_in(0.0, 10.0)(f"{where}.{scope}.{label}.{comp}", v) for comp, v in _entries(mods)
             }
     return out
+
+
+def _entries(block: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A block's items without its ``_`` comment keys."""
+    return [(k, v) for k, v in block.items() if not k.startswith("_")]
 
 
 def _base_weights(raw: Any) -> dict[str, float]:
@@ -418,9 +449,7 @@ def _base_weights(raw: Any) -> dict[str, float]:
         return defaults
     if not isinstance(raw, dict):
         raise ConfigError("hybrid.base_weights", "must be an object of component -> weight")
-    extra = sorted(set(raw) - set(HYBRID_COMPONENTS))
-    if extra:
-        raise ConfigError(f"hybrid.base_weights.{extra[0]}", "unknown component")
+    check_known(raw, "hybrid.base_weights", HYBRID_COMPONENTS)
     out = {c: _float_in(0.0, 1.0)(f"hybrid.base_weights.{c}", raw.get(c, defaults[c])) for c in HYBRID_COMPONENTS}
     if sum(out.values()) <= 0:
         raise ConfigError("hybrid.base_weights", "weights must not all be zero")

@@ -22,15 +22,11 @@ from typing import Any, ClassVar, Literal, Union
 
 from shared.domain.errors import ContractError
 from shared.domain.subjects import SeriesKey, check_exchange, timeframe_ms
+from shared.domain.vocab import HMM_LABELS, SCORE_COMPONENTS, VOL_LABELS, HmmLabel, VolLabel
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
 
-VolLabel = Literal["low", "normal", "high", "crisis"]
-VOL_LABELS: tuple[str, ...] = ("low", "normal", "high", "crisis")
-HmmLabel = Literal["BEARISH", "RANGING", "BULLISH"]
-HMM_LABELS: tuple[str, ...] = ("BEARISH", "RANGING", "BULLISH")
-SCORE_COMPONENTS: tuple[str, ...] = ("carry", "expectancy", "router")
 
 
 class _PerSeries:

@@ -12,21 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from shared.domain.errors import ConfigError, ContractError
-
-# Timeframe token -> bar length in ms. Only these reach the bus.
-TIMEFRAMES_MS: dict[str, int] = {
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "6h": 21_600_000,
-    "12h": 43_200_000,
-    "1d": 86_400_000,
-}
+from shared.domain.vocab import TIMEFRAMES_MS
 
 _EXCHANGE_RE = re.compile(r"^[a-z0-9]{1,32}$")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_]{0,32}$")

@@ -23,11 +23,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import mul
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from shared.domain.errors import ConfigError
+from shared.domain.errors import ConfigError, check_known
+from shared.domain.vocab import VolLabel
 
 __all__ = [
     "STATE_VERSION",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 _CONFIG_KEY = "vol_regimes.defaults"
+_WINDOW_KEYS = ("short_window_bars", "long_window_bars", "short_halflife_bars", "long_halflife_bars")
+_RATIO_KEYS = ("low", "normal", "high")
 
 # Module-level aliases of C functions: a global load instead of a global plus an attribute
 # load in the per-bar path. Immutable, so not state.
@@ -70,7 +73,7 @@ class VolInputs:
 class VolRegime:
     """A classification and the numbers behind it."""
 
-    label: Literal["low", "normal", "high", "crisis"]
+    label: VolLabel
     vol_short: float  # EWMA std of log returns over the short window, bar level (fraction)
     vol_long: float  # same over the long window
     ratio: float  # vol_short / vol_long, dimensionless; 1.0 when there is not enough data
@@ -109,7 +112,7 @@ class VolRegimeConfig:
     ratio_high: float = 1.8
 
     def __post_init__(self) -> None:
-        for name in ("short_window_bars", "long_window_bars", "short_halflife_bars", "long_halflife_bars"):
+        for name in _WINDOW_KEYS:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ConfigError(f"{_CONFIG_KEY}.{name}", f"must be a positive integer, got {value!r}")
@@ -148,8 +151,9 @@ class VolRegimeConfig:
         defaults = block.get("defaults", {})
         if not isinstance(defaults, Mapping):
             raise ConfigError(_CONFIG_KEY, f"must be an object, got {type(defaults).__name__}")
+        check_known(defaults, _CONFIG_KEY, (*_WINDOW_KEYS, "ratio_low_high"))
         kwargs: dict[str, Any] = {}
-        for name in ("short_window_bars", "long_window_bars", "short_halflife_bars", "long_halflife_bars"):
+        for name in _WINDOW_KEYS:
             if name in defaults:
                 value = defaults[name]
                 if not _is_int(value) or value <= 0:
@@ -158,7 +162,8 @@ class VolRegimeConfig:
         ratios = defaults.get("ratio_low_high", {})
         if not isinstance(ratios, Mapping):
             raise ConfigError(f"{_CONFIG_KEY}.ratio_low_high", f"must be an object, got {type(ratios).__name__}")
-        for name in ("low", "normal", "high"):
+        check_known(ratios, f"{_CONFIG_KEY}.ratio_low_high", _RATIO_KEYS)
+        for name in _RATIO_KEYS:
             if name in ratios:
                 value = ratios[name]
                 if not _is_real(value):
@@ -167,7 +172,7 @@ class VolRegimeConfig:
         return cls(**kwargs)
 
 
-def label_for_ratio(ratio: float, cfg: VolRegimeConfig) -> Literal["low", "normal", "high", "crisis"]:
+def label_for_ratio(ratio: float, cfg: VolRegimeConfig) -> VolLabel:
     """The seed's thresholds (§2 step 5) on ``ratio = vol_short / vol_long`` (dimensionless).
 
     Each boundary belongs to the regime above it: ``ratio == ratio_high`` is crisis.
@@ -474,7 +479,7 @@ class VolTracker:
             raise ValueError(f"vol tracker state must be a mapping, got {type(state).__name__}")
         if state.get("v") != STATE_VERSION:
             raise ValueError(f"vol tracker state version {state.get('v')!r}, expected {STATE_VERSION}")
-        for name in ("short_window_bars", "long_window_bars", "short_halflife_bars", "long_halflife_bars"):
+        for name in _WINDOW_KEYS:
             if state.get(name) != getattr(cfg, name):
                 raise ValueError(f"vol tracker state has {name}={state.get(name)!r}, config has {getattr(cfg, name)}")
 

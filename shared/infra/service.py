@@ -114,7 +114,7 @@ async def serve(
         nc = await connect(settings.nats_url, service, stop, closed=closed)
         stack.push_async_callback(_close, nc)
         bus = Bus(nc, settings.names, service, metrics)
-        await ensure_streams(bus.js, settings.names, int(config.hmm["HMM_OHLCV_RETENTION_DAYS"]))
+        await ensure_streams(bus.js, settings.names, config.hmm.ohlcv_retention_days)
         health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0)
         health = Health(health_kv, service, settings.replica, settings.replicas, metrics)
         if settings.metrics_port:

@@ -97,7 +97,7 @@ class World:
 
 
 def fill(writer: SnapshotWriter, config: StrategyConfig) -> None:
-    blend = float(config.hmm["HMM_BLEND_WITH_TREND"])
+    blend = config.hmm.blend_with_trend
     now = int(time.time() * 1000)
     for i, (key, tier) in enumerate(universe()):
         snap = new_snapshot(key, tier)
@@ -277,7 +277,7 @@ def reference_app(settings: Settings, config: StrategyConfig, redis: aioredis.Re
                 "floor": config.idle.floor,
                 "ceiling": config.idle.ceiling,
             },
-            "hmm": dict(config.hmm),
+            "hmm": config.hmm.as_keys(),
         }
 
     @app.get("/api/tuning", tags=["regimes"])

@@ -15,13 +15,12 @@ import pytest
 
 from shared.domain.config import (
     DEFAULT_CONFIG_PATH,
-    HMM_KEYS,
+    HmmConfig,
     load_strategy_config,
     parse_strategy_config,
-    resolve_hmm_keys,
 )
 from shared.domain.errors import ConfigError
-from shared.domain.hmm import HMM_DEFAULTS
+from shared.domain.hmm import RegimeDetector
 from shared.domain.subjects import SeriesKey
 from shared.infra.settings import Settings
 
@@ -194,7 +193,7 @@ def test_env_keys_lists_every_variable_from_env_reads() -> None:
 def test_from_env_reads_no_hmm_keys_itself() -> None:
     env = RecordingEnv()
     Settings.from_env(env)
-    assert not env.seen & set(HMM_KEYS)
+    assert not env.seen & set(HmmConfig.keys())
 
 
 # --- parse_strategy_config --------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def test_minimal_config_takes_the_defaults() -> None:
     assert cfg.sizing_multipliers == {}
     assert cfg.hybrid_modifiers == {}
     assert (cfg.per_trade_nav_pct, cfg.max_per_trade_nav_pct) == (0.02, None)
-    assert cfg.hmm == resolve_hmm_keys({}, {})
+    assert cfg.hmm == HmmConfig()
 
 
 def test_keys_starting_with_underscore_are_comments() -> None:
@@ -371,27 +370,26 @@ def test_load_strategy_config_names_the_file_setting(tmp_path: Path) -> None:
 
 
 def test_hmm_keys_are_exactly_the_seed_table() -> None:
-    assert list(HMM_KEYS) == list(SEED_HMM_TABLE)
+    assert list(HmmConfig.keys()) == list(SEED_HMM_TABLE)
 
 
 @pytest.mark.parametrize("key", list(SEED_HMM_TABLE))
 def test_hmm_default_equals_the_seed_table(key: str) -> None:
     expected = DEVIATIONS.get(key, SEED_HMM_TABLE[key])
-    got = resolve_hmm_keys({}, {})[key]
+    got = HmmConfig.from_keys({}, {}).as_keys()[key]
     assert got == expected
     assert type(got) is type(expected)
 
 
 def test_inference_window_default_is_the_documented_forward_filter_deviation() -> None:
-    assert resolve_hmm_keys({}, {})["HMM_INFERENCE_WINDOW"] == 0
+    assert HmmConfig.from_keys({}, {}).as_keys()["HMM_INFERENCE_WINDOW"] == 0
     # The seed's 50 (a sliding window of observations) stays available as a setting.
-    assert resolve_hmm_keys({"HMM_INFERENCE_WINDOW": 50}, {})["HMM_INFERENCE_WINDOW"] == 50
+    assert HmmConfig.from_keys({"HMM_INFERENCE_WINDOW": 50}, {}).as_keys()["HMM_INFERENCE_WINDOW"] == 50
 
 
-def test_detector_defaults_agree_with_the_config_defaults() -> None:
-    defaults = resolve_hmm_keys({}, {})
-    for key, value in HMM_DEFAULTS.items():
-        assert defaults[key] == value, key
+def test_the_detector_takes_its_defaults_from_the_one_hmm_config() -> None:
+    assert RegimeDetector().cfg == HmmConfig()
+    assert RegimeDetector({"HMM_N_STATES": 4}).cfg == HmmConfig(n_states=4)
 
 
 ENV_SPELLINGS: dict[str, tuple[str, Any]] = {
@@ -418,15 +416,15 @@ ENV_SPELLINGS: dict[str, tuple[str, Any]] = {
 
 
 def test_every_hmm_key_can_be_set_from_the_environment() -> None:
-    assert set(ENV_SPELLINGS) == set(HMM_KEYS)
-    got = resolve_hmm_keys({}, {k: raw for k, (raw, _) in ENV_SPELLINGS.items()})
+    assert set(ENV_SPELLINGS) == set(HmmConfig.keys())
+    got = HmmConfig.from_keys({}, {k: raw for k, (raw, _) in ENV_SPELLINGS.items()}).as_keys()
     assert got == {k: value for k, (_, value) in ENV_SPELLINGS.items()}
 
 
 def test_environment_overrides_file_overrides_default() -> None:
     file = {"HMM_N_ITER": 50, "HMM_BLEND_WITH_TREND": 0.7, "HMM_ENABLED": True}
     env = {"HMM_N_ITER": "70"}
-    got = resolve_hmm_keys(file, env)
+    got = HmmConfig.from_keys(file, env).as_keys()
     assert got["HMM_N_ITER"] == 70  # env beats file
     assert got["HMM_BLEND_WITH_TREND"] == 0.7  # file beats default
     assert got["HMM_ENABLED"] is True
@@ -435,9 +433,9 @@ def test_environment_overrides_file_overrides_default() -> None:
 
 def test_strategy_config_resolves_hmm_keys_with_the_environment() -> None:
     cfg = parse_strategy_config(raw_config(), env={"HMM_BLEND_WITH_TREND": "1.0", "HMM_ENABLED": "false"})
-    assert cfg.hmm["HMM_BLEND_WITH_TREND"] == 1.0
-    assert cfg.hmm["HMM_ENABLED"] is False
-    assert cfg.hmm["HMM_TRAINING_CANDLES"] == SHIPPED["hmm"]["HMM_TRAINING_CANDLES"]
+    assert cfg.hmm.blend_with_trend == 1.0
+    assert cfg.hmm.enabled is False
+    assert cfg.hmm.training_candles == SHIPPED["hmm"]["HMM_TRAINING_CANDLES"]
 
 
 @pytest.mark.parametrize(
@@ -456,7 +454,7 @@ def test_strategy_config_resolves_hmm_keys_with_the_environment() -> None:
     ],
 )
 def test_bad_hmm_env_value_names_the_key(key: str, raw: str) -> None:
-    raises_naming(key, lambda: resolve_hmm_keys({}, {key: raw}))
+    raises_naming(key, lambda: HmmConfig.from_keys({}, {key: raw}).as_keys())
 
 
 @pytest.mark.parametrize(
@@ -472,22 +470,22 @@ def test_bad_hmm_env_value_names_the_key(key: str, raw: str) -> None:
     ],
 )
 def test_bad_hmm_file_value_names_the_key_in_its_section(key: str, value: Any) -> None:
-    raises_naming(f"hmm.{key}", lambda: resolve_hmm_keys({key: value}, {}))
+    raises_naming(f"hmm.{key}", lambda: HmmConfig.from_keys({key: value}, {}).as_keys())
 
 
 def test_unknown_hmm_file_key_is_named() -> None:
-    raises_naming("hmm.HMM_N_STATE", lambda: resolve_hmm_keys({"HMM_N_STATE": 3}, {}))
+    raises_naming("hmm.HMM_N_STATE", lambda: HmmConfig.from_keys({"HMM_N_STATE": 3}, {}).as_keys())
 
 
 def test_min_train_samples_cannot_exceed_training_candles() -> None:
     raises_naming(
         "HMM_MIN_TRAIN_SAMPLES",
-        lambda: resolve_hmm_keys({"HMM_TRAINING_CANDLES": 400}, {"HMM_MIN_TRAIN_SAMPLES": "500"}),
+        lambda: HmmConfig.from_keys({"HMM_TRAINING_CANDLES": 400}, {"HMM_MIN_TRAIN_SAMPLES": "500"}).as_keys(),
     )
 
 
 def test_unrelated_environment_variables_are_ignored() -> None:
-    assert resolve_hmm_keys({}, {"HMM": "x", "hmm_enabled": "maybe", "PATH": "/bin"}) == resolve_hmm_keys({}, {})
+    assert HmmConfig.from_keys({}, {"HMM": "x", "hmm_enabled": "maybe", "PATH": "/bin"}) == HmmConfig()
 
 
 def test_a_universe_entry_without_timeframe_takes_hmm_ohlcv_interval_min() -> None:
@@ -505,3 +503,69 @@ def test_an_interval_with_no_timeframe_names_the_missing_key() -> None:
     raw = {"universe": [{"exchange": "kraken", "symbol": "BTC/USD"}], "hmm": {"HMM_OHLCV_INTERVAL_MIN": 7}}
     with pytest.raises(ConfigError, match=r"universe\[0\]\.timeframe"):
         parse_strategy_config(raw, {})
+
+
+# --- unknown keys at every depth ----------------------------------------------------------------------------
+
+
+def _dict_nodes(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every object of the config with its dotted path (list items as ``[i]``)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for key, child in node.items():
+            out += _dict_nodes(child, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            out += _dict_nodes(child, f"{path}[{i}]")
+    return out
+
+
+SHIPPED_NODES = _dict_nodes(SHIPPED)
+
+
+@pytest.mark.parametrize("path", [p for p, _ in SHIPPED_NODES], ids=lambda p: p or "(root)")
+def test_an_unknown_key_is_refused_in_every_object_of_the_config(path: str) -> None:
+    raw = copy.deepcopy(SHIPPED)
+    node = dict(_dict_nodes(raw))[path]
+    node["zz_not_a_key"] = 1
+    err = raises_naming(f"{path}.zz_not_a_key" if path else "zz_not_a_key", lambda: parse_strategy_config(raw, env={}))
+    assert "unknown" in err.reason
+
+
+@pytest.mark.parametrize(
+    ("path", "typo", "meant"),
+    [
+        ("sizing", "per_trade_nav", "per_trade_nav_pct"),
+        ("vol_regimes.defaults", "ratio_lowhigh", "ratio_low_high"),
+        ("vol_regimes", "sizing_multiplier", "sizing_multipliers"),
+        ("trend", "slow_ema", "slow_ema_bars"),
+        ("idle_target", "TREND_IDLE_FLOR", "TREND_IDLE_FLOOR"),
+        ("demo", "bars_per_second", "bars_per_sec"),
+        ("hybrid", "base_weight", "base_weights"),
+        ("hmm", "HMM_N_STATE", "HMM_N_STATES"),
+        ("universe[0]", "timefame", "timeframe"),
+    ],
+)
+def test_a_misspelt_key_is_refused_naming_the_nearest_valid_key(path: str, typo: str, meant: str) -> None:
+    raw = copy.deepcopy(SHIPPED)
+    dict(_dict_nodes(raw))[path][typo] = 1
+    err = raises_naming(f"{path}.{typo}", lambda: parse_strategy_config(raw, env={}))
+    assert f"did you mean {meant!r}" in err.reason
+
+
+def test_keys_starting_with_underscore_are_comments_at_every_depth() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    for _path, node in _dict_nodes(raw):
+        node["_note"] = "why this value"
+    assert parse_strategy_config(raw, env={}) == parse_strategy_config(SHIPPED, env={})
+
+
+def test_a_tier_of_the_universes_own_may_have_multipliers_and_a_misspelt_one_may_not() -> None:
+    raw = copy.deepcopy(SHIPPED)
+    raw["universe"][0]["tier"] = "SWING"
+    raw["vol_regimes"]["sizing_multipliers"]["SWING"] = {"low": 1.0, "normal": 1.0, "high": 0.5, "crisis": 0.25}
+    assert parse_strategy_config(raw, env={}).sizing_multipliers["SWING"]["crisis"] == 0.25
+    raw["vol_regimes"]["sizing_multipliers"]["SWNG"] = {"low": 1.0}
+    err = raises_naming("vol_regimes.sizing_multipliers.SWNG", lambda: parse_strategy_config(raw, env={}))
+    assert "did you mean 'SWING'" in err.reason

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from regimes.supervisor import SERVICES
-from shared.domain.config import HMM_KEYS, load_strategy_config
+from shared.domain.config import HmmConfig, load_strategy_config
 from shared.infra.settings import Settings
 
 yaml = pytest.importorskip("yaml")
@@ -47,7 +47,7 @@ def test_services_start_after_healthy_servers(compose: dict[str, Any]) -> None:
 
 
 def test_service_environment_is_settings_the_code_reads(compose: dict[str, Any], tmp_path: Path) -> None:
-    known = set(Settings.ENV_KEYS) | set(HMM_KEYS)
+    known = set(Settings.ENV_KEYS) | set(HmmConfig.keys())
     for name in SERVICES:
         env = _env(compose["services"][name])
         assert set(env) <= known, f"{name} sets variables no code reads: {set(env) - known}"

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 from shared.domain.hmm import (
-    HMM_DEFAULTS,
     N_FEATURES,
     SNAPSHOT_KEY,
     WARMUP_BARS,
     FeatureExtractor,
+    HmmConfig,
     Regime,
     RegimeDetector,
     RegimeState,
@@ -352,7 +352,7 @@ def test_state_invariants_over_updates(data: tuple[np.ndarray, np.ndarray, np.nd
 
 def test_untrained_detector_is_neutral_but_counts() -> None:
     det = RegimeDetector()
-    assert det.cfg == dict(HMM_DEFAULTS)
+    assert det.cfg == HmmConfig()
     closes, volumes, _ = market(1, [(2, 80)])
     for i, (c, v) in enumerate(zip(closes, volumes, strict=True), start=1):
         s = det.update(c, v)

@@ -210,7 +210,8 @@ def test_indistinguishable_states_give_neutral_bias(data: tuple[np.ndarray, np.n
 
 def test_confidence_below_threshold_zeroes_bias(trained: RegimeDetector, data: tuple[np.ndarray, np.ndarray]) -> None:
     closes, volumes = data
-    trained.cfg["HMM_CONFIDENCE_THRESHOLD"] = 1.01  # nothing is ever that sure: every bias is zero
+    # Nothing is ever that sure: every bias is zero.
+    trained.cfg = dataclasses.replace(trained.cfg, confidence_threshold=1.01)
     for t in range(800, 900):
         s = trained.update(closes[t], volumes[t])
         assert s.bias_signal == 0.0
@@ -348,7 +349,7 @@ def test_extractor_reset_equals_a_fresh_extractor(data: tuple[np.ndarray, np.nda
 
 def test_stale_model_asks_for_retrain(trained: RegimeDetector, model: TrainedModel) -> None:
     day_ms = 86_400_000
-    assert trained.cfg["HMM_RETRAIN_INTERVAL_SEC"] == 86400.0
+    assert trained.cfg.retrain_interval_sec == 86400.0
     assert not trained.needs_retrain(model.trained_at + day_ms - 1)
     assert trained.needs_retrain(model.trained_at + day_ms)
 

@@ -15,7 +15,7 @@ from services.hmm_regime.core import apply_candle as hmm_apply
 from services.ohlcv_ingest.core import FRESHNESS_FLOOR_SEC, SeriesBook, freshness_limit_sec
 from services.vol_regime.core import SeriesVol
 from services.vol_regime.core import apply_candle as vol_apply
-from shared.domain.config import resolve_hmm_keys
+from shared.domain.config import HmmConfig
 from shared.domain.contracts import Candle, decode, encode
 from shared.domain.hmm import WARMUP_BARS, RegimeDetector, TrainedModel, fit_model, usable_rows
 from shared.domain.subjects import SeriesKey
@@ -118,7 +118,7 @@ def test_vol_events_pass_their_own_contract() -> None:
 
 # --- hmm_regime -------------------------------------------------------------------------------------------------
 
-HMM_CFG = resolve_hmm_keys(
+HMM_CFG = HmmConfig.from_keys(
     {"HMM_ENABLED": True, "HMM_N_ITER": 20, "HMM_MIN_TRAIN_SAMPLES": 200, "HMM_TRAINING_CANDLES": 400}, {}
 )
 
@@ -167,7 +167,7 @@ def test_stale_candle_gives_no_hmm_event() -> None:
 
 
 def test_history_is_bounded_by_training_candles() -> None:
-    state = SeriesHmm.new({**HMM_CFG, "HMM_TRAINING_CANDLES": 10})
+    state = SeriesHmm.new(dataclasses.replace(HMM_CFG, training_candles=10, min_train_samples=10))
     for i in range(25):
         hmm_apply(state, candle(i, 100.0 + i))
     assert [ts for ts, _, _ in state.history] == [T0 + i * TF_MS for i in range(15, 25)]
@@ -175,11 +175,11 @@ def test_history_is_bounded_by_training_candles() -> None:
 
 def test_first_training_is_due_at_min_train_samples_usable_rows_by_the_candle_count() -> None:
     state = SeriesHmm.new(HMM_CFG)
-    needed = HMM_CFG["HMM_MIN_TRAIN_SAMPLES"] + WARMUP_BARS - 1
+    needed = HMM_CFG.min_train_samples + WARMUP_BARS - 1
     for i in range(needed - 1):
         assert not training_due(state, HMM_CFG)
         hmm_apply(state, candle(i, 100.0 + (i % 7)))
-    assert usable_rows(len(state.history)) == HMM_CFG["HMM_MIN_TRAIN_SAMPLES"] - 1
+    assert usable_rows(len(state.history)) == HMM_CFG.min_train_samples - 1
     assert not training_due(state, HMM_CFG)
     hmm_apply(state, candle(needed, 100.0))
     assert training_due(state, HMM_CFG)
@@ -190,7 +190,7 @@ def test_first_training_is_due_at_min_train_samples_usable_rows_by_the_candle_co
 
 
 def test_retraining_is_due_by_candle_time_after_the_last_training(model: TrainedModel) -> None:
-    cfg = {**HMM_CFG, "HMM_RETRAIN_INTERVAL_SEC": 3600.0}
+    cfg = dataclasses.replace(HMM_CFG, retrain_interval_sec=3600.0)
     state = SeriesHmm.new(cfg)
     for i in range(400):
         hmm_apply(state, candle(i, 100.0 + (i % 7)))
@@ -207,7 +207,7 @@ def test_retraining_is_due_by_candle_time_after_the_last_training(model: Trained
 
 
 def test_a_failed_training_is_not_retried_before_the_retrain_interval_of_candle_time() -> None:
-    cfg = {**HMM_CFG, "HMM_RETRAIN_INTERVAL_SEC": 600.0}
+    cfg = dataclasses.replace(HMM_CFG, retrain_interval_sec=600.0)
     state = SeriesHmm.new(cfg)
     for i in range(400):
         hmm_apply(state, candle(i, 100.0))

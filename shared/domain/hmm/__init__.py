@@ -31,6 +31,7 @@ failure), so the bot degrades to trend-only behaviour.
 
 from __future__ import annotations
 
+from shared.domain.config import COVARIANCE_TYPES, HmmConfig
 from shared.domain.hmm.detector import RegimeDetector
 from shared.domain.hmm.features import (
     FEATURE_NAMES,
@@ -42,7 +43,7 @@ from shared.domain.hmm.features import (
     usable_rows,
 )
 from shared.domain.hmm.fit import HMM_AVAILABLE, as_hmmlearn, fit_model
-from shared.domain.hmm.model import COVARIANCE_TYPES, HMM_DEFAULTS, HMM_RANDOM_SEED, TrainedModel, validate_model
+from shared.domain.hmm.model import HMM_RANDOM_SEED, TrainedModel, validate_model
 from shared.domain.hmm.snapshot import SNAPSHOT_KEY, restore_from_snapshot, serialize_for_snapshot
 from shared.domain.sizing import (  # the seed's names live here too
     GRID_BIAS_MAX_ADJUST,
@@ -59,7 +60,6 @@ __all__ = [
     "GRID_BIAS_MAX_ADJUST",
     "GRID_SIZE_SKEW_SCALE",
     "HMM_AVAILABLE",
-    "HMM_DEFAULTS",
     "HMM_RANDOM_SEED",
     "N_FEATURES",
     "SLOW_EMA_HALFLIFE_BARS",
@@ -67,6 +67,7 @@ __all__ = [
     "STALE_GAP_BARS",
     "WARMUP_BARS",
     "FeatureExtractor",
+    "HmmConfig",
     "Regime",
     "RegimeDetector",
     "RegimeState",

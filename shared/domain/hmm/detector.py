@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from shared.domain.config import HmmConfig
 from shared.domain.hmm import fit
 from shared.domain.hmm.features import FeatureExtractor, as_series, usable_rows
 from shared.domain.hmm.kernel import FilterState, Kernel
-from shared.domain.hmm.model import HMM_DEFAULTS, TrainedModel, validate_model
+from shared.domain.hmm.model import TrainedModel, validate_model
 from shared.domain.sizing import Regime, RegimeState
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 class RegimeDetector:
     """Seed 003's detector: train on history, then filter one candle at a time.
 
-    ``cfg`` is ``HMM_DEFAULTS`` updated with ``config`` (already validated by the
-    caller). ``state`` is the latest :class:`RegimeState`; ``trained`` says
+    ``cfg`` is the typed :class:`HmmConfig` (a mapping of HMM_* keys is validated
+    into one). ``state`` is the latest :class:`RegimeState`; ``trained`` says
     whether a model is installed; ``model`` is that model. ``fast_path`` False
     forces the numpy kernel (the results agree to rounding; used by tests).
 
@@ -32,14 +33,14 @@ class RegimeDetector:
     every candle, so they can be tuned at runtime.
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, *, fast_path: bool = True) -> None:
-        self.cfg: dict[str, Any] = {**HMM_DEFAULTS, **(config or {})}
+    def __init__(self, config: HmmConfig | Mapping[str, Any] | None = None, *, fast_path: bool = True) -> None:
+        self.cfg: HmmConfig = fit.as_hmm_config(config)
         self.state: RegimeState = RegimeState()
         self.model: TrainedModel | None = None
         self.features: FeatureExtractor = FeatureExtractor()
         self._fast_path = fast_path
         self._kernel: Kernel | None = None
-        self._window = int(self.cfg["HMM_INFERENCE_WINDOW"])
+        self._window = self.cfg.inference_window
         self._filter = self.new_filter()
 
     @property
@@ -89,11 +90,11 @@ class RegimeDetector:
         except ValueError as exc:
             log.warning("HMM training refused: %s", exc)
             return False
-        n_train = int(self.cfg["HMM_TRAINING_CANDLES"])
+        n_train = self.cfg.training_candles
         if 0 < n_train < len(c):
             c, v = c[-n_train:], v[-n_train:]
         rows = usable_rows(len(c))
-        needed = int(self.cfg["HMM_MIN_TRAIN_SAMPLES"])
+        needed = self.cfg.min_train_samples
         if rows < needed:
             log.warning("HMM training refused: %d feature rows from %d candles, need %d", rows, len(c), needed)
             return False
@@ -118,7 +119,7 @@ class RegimeDetector:
         features X of that history. False (logged, nothing changed) when the
         model is garbage or does not fit the config, or the history is bad.
         """
-        reason = validate_model(model, int(self.cfg["HMM_N_STATES"]), str(self.cfg["HMM_COVARIANCE_TYPE"]))
+        reason = validate_model(model, self.cfg.n_states, self.cfg.covariance_type)
         if reason is not None:
             log.error("HMM model refused: %s", reason)
             return False
@@ -151,7 +152,7 @@ class RegimeDetector:
         if not self.trained or self.model is None:
             return True
         now = fit.now_ms_utc() if now_ms is None else now_ms
-        return now - self.model.trained_at >= float(self.cfg["HMM_RETRAIN_INTERVAL_SEC"]) * 1000.0
+        return now - self.model.trained_at >= self.cfg.retrain_interval_sec * 1000.0
 
     def note_gap(self, missing_bars: float) -> bool:
         """Tell the detector ``missing_bars`` bars are missing before the next candle; cold-starts stale EMAs.
@@ -195,7 +196,7 @@ class RegimeDetector:
             else:
                 z = kernel.standardise(row)
                 alpha = kernel.forward(flt.alpha, kernel.log_emission(z))
-                state = kernel.verdict(alpha, float(self.cfg["HMM_BIAS_GAIN"]), self._threshold, count)
+                state = kernel.verdict(alpha, self.cfg.bias_gain, self._threshold, count)
                 flt.alpha = alpha
         except Exception:  # seed §5: whatever breaks inside inference, the bot keeps the last valid state
             log.exception("HMM inference failed; returning the last valid state")
@@ -207,7 +208,7 @@ class RegimeDetector:
 
     @property
     def _threshold(self) -> float:
-        return float(self.cfg["HMM_CONFIDENCE_THRESHOLD"])
+        return self.cfg.confidence_threshold
 
     def new_filter(self) -> FilterState:
         n = self.window
@@ -230,7 +231,7 @@ class RegimeDetector:
             flt.alpha = alpha
         if flt.alpha is None:
             raise FloatingPointError("no observation to filter")
-        return kernel.verdict(flt.alpha, float(self.cfg["HMM_BIAS_GAIN"]), self._threshold, count)
+        return kernel.verdict(flt.alpha, self.cfg.bias_gain, self._threshold, count)
 
     def load(
         self,

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from shared.domain.config import COVARIANCE_TYPES, HmmConfig
 from shared.domain.hmm.features import N_FEATURES, FeatureExtractor, as_series
-from shared.domain.hmm.model import COVARIANCE_TYPES, HMM_DEFAULTS, HMM_RANDOM_SEED, TrainedModel, validate_model
+from shared.domain.hmm.model import HMM_RANDOM_SEED, TrainedModel, validate_model
 from shared.domain.sizing import Regime
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def now_ms_utc() -> int:
 def fit_model(
     closes: Sequence[float] | np.ndarray,
     volumes: Sequence[float] | np.ndarray,
-    cfg: Mapping[str, Any],
+    cfg: HmmConfig | Mapping[str, Any],
     previous: TrainedModel | None = None,
     now_ms: int | None = None,
 ) -> TrainedModel:
@@ -116,18 +117,18 @@ def fit_model(
     """
     if not HMM_AVAILABLE:
         raise RuntimeError("hmmlearn is not installed")
-    merged = {**HMM_DEFAULTS, **cfg}
-    k = int(merged["HMM_N_STATES"])
-    covariance_type = str(merged["HMM_COVARIANCE_TYPE"])
-    n_iter = int(merged["HMM_N_ITER"])
+    merged = as_hmm_config(cfg)
+    k = merged.n_states
+    covariance_type = merged.covariance_type
+    n_iter = merged.n_iter
     if k < 1 or covariance_type not in COVARIANCE_TYPES or n_iter < 1:
         raise ValueError(f"bad HMM settings n_states={k} covariance_type={covariance_type!r} n_iter={n_iter}")
     c, v = as_series(closes, volumes)
-    n_train = int(merged["HMM_TRAINING_CANDLES"])
+    n_train = merged.training_candles
     if 0 < n_train < len(c):
         c, v = c[-n_train:], v[-n_train:]
     x = FeatureExtractor().batch(c, v)
-    needed = max(int(merged["HMM_MIN_TRAIN_SAMPLES"]), k, 2)
+    needed = max(merged.min_train_samples, k, 2)
     if len(x) < needed:
         raise ValueError(f"{len(x)} feature rows from {len(c)} candles, need {needed}")
     mean = x.mean(axis=0)
@@ -213,3 +214,8 @@ def as_hmmlearn(model: TrainedModel) -> Any:
     hmm.means_ = np.array(model.means)
     hmm.covars_ = np.array(model.covars)
     return hmm
+
+
+def as_hmm_config(cfg: HmmConfig | Mapping[str, Any] | None) -> HmmConfig:
+    """``cfg`` itself, or HMM_* keys validated into one (the seed's dict spelling, as tests and backtests write it)."""
+    return cfg if isinstance(cfg, HmmConfig) else HmmConfig.from_keys(cfg or {})

@@ -10,31 +10,12 @@ from typing import Any, Final
 
 import numpy as np
 
+from shared.domain.config import COVARIANCE_TYPES
 from shared.domain.hmm.features import N_FEATURES
 from shared.domain.hmm.stored import finite_float, is_int, number_array
 
 log = logging.getLogger(__name__)
 
-# The detector's keys of the seed §7 table, with the seed's defaults, except
-# HMM_INFERENCE_WINDOW: 0 selects the exact O(K²)-per-candle forward filter over
-# all history; N > 0 is the seed's literal "last N observations" semantics.
-HMM_DEFAULTS: Final[dict[str, Any]] = {
-    "HMM_N_STATES": 3,
-    "HMM_N_ITER": 100,
-    "HMM_COVARIANCE_TYPE": "diag",
-    "HMM_INFERENCE_WINDOW": 0,  # observations (bars); 0 = forward filter over all history
-    "HMM_CONFIDENCE_THRESHOLD": 0.15,  # fraction
-    "HMM_RETRAIN_INTERVAL_SEC": 86400.0,  # s
-    "HMM_MIN_TRAIN_SAMPLES": 500,  # usable feature rows (bars after warm-up)
-    "HMM_BIAS_GAIN": 1.0,
-    "HMM_BLEND_WITH_TREND": 0.5,  # 0 = pure HMM, 1 = pure trend (shadow mode)
-    "HMM_TRAINING_CANDLES": 2000,  # bars; training uses the last this many candles
-    # Bars the service fetches to re-warm features when it has neither snapshot nor model;
-    # the detector itself only carries it (it filters one candle at a time).
-    "HMM_RECENT_CANDLES": 100,
-}
-
-COVARIANCE_TYPES: Final[tuple[str, ...]] = ("spherical", "diag", "full", "tied")
 HMM_RANDOM_SEED: Final[int] = 20260215  # fixed so training is reproducible
 
 

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from shared.domain.config import HmmConfig
 from shared.domain.hmm.detector import RegimeDetector
 from shared.domain.hmm.features import FEATURE_SPEC, N_FEATURES, FeatureExtractor
 from shared.domain.hmm.kernel import FilterState, Kernel
@@ -44,7 +45,7 @@ def serialize_for_snapshot(detector: RegimeDetector) -> dict[str, Any]:
     st = detector.state
     body: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
-        "config": {key: _plain(detector.cfg[key]) for key in _SHAPING_KEYS},
+        "config": _shaping(detector.cfg),
         "trained": detector.trained,
         "model": detector.model.to_dict() if detector.trained and detector.model is not None else None,
         "features": {"spec": list(FEATURE_SPEC), "state": detector.features.state_dict()},
@@ -99,9 +100,10 @@ def _parse_snapshot(
     if body["format"] != SNAPSHOT_FORMAT:
         raise ValueError(f"snapshot format {body['format']!r}, expected {SNAPSHOT_FORMAT}")
     cfg = body["config"]
+    mine = _shaping(detector.cfg)
     for key in _SHAPING_KEYS:
-        if cfg[key] != detector.cfg[key]:
-            raise ValueError(f"snapshot {key}={cfg[key]!r} does not fit the configured {detector.cfg[key]!r}")
+        if cfg[key] != mine[key]:
+            raise ValueError(f"snapshot {key}={cfg[key]!r} does not fit the configured {mine[key]!r}")
     feats = body["features"]
     if list(feats["spec"]) != list(FEATURE_SPEC):
         raise ValueError(f"snapshot feature spec {feats['spec']!r} != {list(FEATURE_SPEC)}")
@@ -114,7 +116,7 @@ def _parse_snapshot(
     if not trained:
         return None, None, extractor, flt, replace(RegimeState(), observation_count=state.observation_count)
     model = TrainedModel.from_dict(body["model"])
-    reason = validate_model(model, int(detector.cfg["HMM_N_STATES"]), str(detector.cfg["HMM_COVARIANCE_TYPE"]))
+    reason = validate_model(model, detector.cfg.n_states, detector.cfg.covariance_type)
     if reason is not None:
         raise ValueError(f"model: {reason}")
     kernel = Kernel(model, detector.fast_path)
@@ -163,6 +165,7 @@ def _parse_state(raw: Mapping[str, Any]) -> RegimeState:
     return RegimeState(regime, (p[0], p[1], p[2]), finite_float(raw["confidence"], "confidence"), bias, int(count))
 
 
-def _plain(value: Any) -> Any:
-    """Config value as a msgpack-safe scalar (numpy scalars become Python ones)."""
-    return value.item() if isinstance(value, np.generic) else value
+def _shaping(cfg: HmmConfig) -> dict[str, Any]:
+    """The shaping keys as a snapshot stores them, in the seed's HMM_* spelling (stored snapshots keep it)."""
+    keys = cfg.as_keys()
+    return {key: keys[key] for key in _SHAPING_KEYS}
