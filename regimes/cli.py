@@ -12,7 +12,7 @@ from regimes.supervisor import SERVICES, Supervisor, UpOptions
 from services.ohlcv_ingest.replay import interleave
 from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.errors import ConfigError
-from shared.domain.subjects import TIMEFRAMES_MS
+from shared.domain.vocab import TIMEFRAMES_MS
 from shared.infra.bus import now_ms
 from shared.infra.settings import Settings
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import nats.errors
 import redis.asyncio as aioredis
@@ -29,7 +29,8 @@ from redis.exceptions import RedisError
 from services.dashboard_api import core
 from services.dashboard_api.models import ServiceHealth
 from shared.domain.errors import ContractError
-from shared.domain.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol
+from shared.domain.subjects import Names, SeriesKey, decode_symbol
+from shared.domain.vocab import TIMEFRAMES_MS
 from shared.infra.bus import read_health
 from shared.infra.redis_keys import RedisKeys
 
@@ -214,7 +215,7 @@ class ReadModel:
 
     async def _read(self, old: ReadState | None) -> ReadState:
         read = self.begin()
-        tokens = sorted(await self.redis.smembers(self.keys.symbols))
+        tokens = sorted(cast(set[str], await self.redis.smembers(self.keys.symbols)))  # decode_responses: str
         if tokens:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.mget([self.keys.symbol(t) for t in tokens])
@@ -257,7 +258,7 @@ class ReadModel:
             wanted = [SeriesKey(exchange, display, tf) for tf in timeframes]
             tokens = [k.token for k in wanted]
         except ContractError:  # a symbol no series can have
-            wanted = tokens = []
+            wanted, tokens = [], []
         found = await self.redis.smismember(self.keys.symbols, tokens) if tokens else []
         candidates = [k for k, there in zip(wanted, found, strict=True) if there]
         if not candidates:
@@ -283,7 +284,7 @@ class ReadModel:
     async def summary(self) -> tuple[str | None, core.Body | None]:
         """The stored summary and its body (None: not valid for the model); one GET, rendered once per text."""
         self.feed.start()
-        raw = await self.redis.get(self.keys.summary)
+        raw = cast(str | None, await self.redis.get(self.keys.summary))
         if self._summary is None or self._summary[0] != raw:
             data = core.summary(raw)
             self._summary = (raw, None if data is None else core.Body(data))

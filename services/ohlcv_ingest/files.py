@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from shared.domain.contracts import Candle
-from shared.domain.subjects import TIMEFRAMES_MS, timeframe_ms
+from shared.domain.subjects import timeframe_ms
+from shared.domain.vocab import TIMEFRAMES_MS
 
 FORMATS: tuple[str, ...] = ("csv", "json", "jsongz", "feather", "parquet")
 FREQTRADE_FORMATS: tuple[str, ...] = ("json", "jsongz", "feather", "parquet")

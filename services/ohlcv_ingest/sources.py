@@ -166,7 +166,8 @@ async def run_demo(ing: Ingest, keys: list[SeriesKey]) -> None:
     market = DemoMarket(keys, demo.seed, clock.start_ts)
     # Resume after the last bar every series has: the market is deterministic, so replayed bars are identical.
     lasts = [ing.book(k).last_ts for k in keys]
-    published = 0 if None in lasts else max(0, (min(lasts) - clock.start_ts) // tf + 1)  # type: ignore[type-var]
+    held = [t for t in lasts if t is not None]
+    published = 0 if len(held) < len(lasts) else max(0, (min(held) - clock.start_ts) // tf + 1)
     market.advance_to(clock.bar_ts(published))
     log.info("demo market: %d series, seed %d, resuming at bar %d", len(keys), demo.seed, published)
     while not rt.stop.is_set():

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.domain.config import HYBRID_COMPONENTS, StrategyConfig, TrendConfig
+from shared.domain.config import StrategyConfig, TrendConfig
 from shared.domain.contracts import (
     SCORE_COMPONENTS,
     GridBias,
@@ -26,6 +26,7 @@ from shared.domain.contracts import (
 )
 from shared.domain.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
 from shared.domain.subjects import timeframe_ms
+from shared.domain.vocab import HYBRID_COMPONENTS
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
 

@@ -128,7 +128,7 @@ def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Updat
     # The HMM verdict of this bar counts only once a model is trained: before that, RANGING is just the neutral default.
     # It comes from the decision itself, never from the snapshot, which the HMM service may have moved past already.
     trained = d.hmm_regime is not None and d.hmm_trained and d.hmm_probabilities is not None
-    if trained:
+    if trained and d.hmm_regime is not None:  # (repeated for the type checker's narrowing)
         snap["hmm_tuning"] = RegimeStats.load(snap["hmm_tuning"], HMM_LABELS).add(d.ts, d.hmm_regime, d.close).dump()
     point = {
         "ts": d.ts,
@@ -210,7 +210,8 @@ class RegimeStats:
         if not raw:
             return cls(labels)
         acc = raw["_acc"]
-        return cls(labels, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in acc.items()})
+        fields: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in acc.items()}
+        return cls(labels, **fields)
 
     def add(self, ts: int, label: str, close: float) -> RegimeStats:
         if self.last_ts is not None and ts <= self.last_ts:

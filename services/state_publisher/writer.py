@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
@@ -48,7 +48,7 @@ class SnapshotWriter:
         """Snapshots from Redis, plus an empty one per universe series (shown at once as rows of "—")."""
         if self._loaded:
             return
-        tokens = sorted(await self.redis.smembers(self.keys.symbols))
+        tokens = sorted(cast(set[str], await self.redis.smembers(self.keys.symbols)))  # decode_responses: str
         raws = await self.redis.mget([self.keys.symbol(t) for t in tokens]) if tokens else []
         self.snaps = {SeriesKey.from_token(t): json.loads(r) for t, r in zip(tokens, raws, strict=True) if r}
         for spec in self.config.universe:
@@ -147,7 +147,7 @@ class RedisPosition:
 
     async def load(self) -> int:
         await self.writer.load()
-        self._value = await self.writer.redis.get(self.key)
+        self._value = cast(str | None, await self.writer.redis.get(self.key))
         self._epoch = self.writer.epoch
         seq = int(self._value) if self._value else 0
         if self.writer.pending:  # the universe's empty rows, shown at once; rebuilt after a flush too

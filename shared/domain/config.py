@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.domain.errors import ConfigError, ContractError, check_known
-from shared.domain.subjects import TIMEFRAMES_MS, SeriesKey, check_exchange, encode_symbol
-from shared.domain.vocab import HYBRID_COMPONENTS, TIERS, VOL_LABELS
+from shared.domain.subjects import SeriesKey, check_exchange, encode_symbol
+from shared.domain.vocab import HYBRID_COMPONENTS, TIERS, TIMEFRAMES_MS, VOL_LABELS
 from shared.domain.vol import VolRegimeConfig
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "strategy_config.json"
@@ -450,7 +450,9 @@ def _base_weights(raw: Any) -> dict[str, float]:
     if not isinstance(raw, dict):
         raise ConfigError("hybrid.base_weights", "must be an object of component -> weight")
     check_known(raw, "hybrid.base_weights", HYBRID_COMPONENTS)
-    out = {c: _float_in(0.0, 1.0)(f"hybrid.base_weights.{c}", raw.get(c, defaults[c])) for c in HYBRID_COMPONENTS}
+    out: dict[str, float] = {
+        c: _float_in(0.0, 1.0)(f"hybrid.base_weights.{c}", raw.get(c, defaults[c])) for c in HYBRID_COMPONENTS
+    }
     if sum(out.values()) <= 0:
         raise ConfigError("hybrid.base_weights", "weights must not all be zero")
     return out

@@ -495,9 +495,9 @@ class VolTracker:
 
         samples, since = state.get("samples"), state.get("since_rebuild")
         long_n = cfg.long_window_bars
-        if not _is_int(samples) or samples < 0:
+        if not isinstance(samples, int) or not _is_int(samples) or samples < 0:
             raise ValueError(f"vol tracker state samples must be an int >= 0, got {samples!r}")
-        if not _is_int(since) or not 0 <= since < long_n:
+        if not isinstance(since, int) or not _is_int(since) or not 0 <= since < long_n:
             raise ValueError(f"vol tracker state since_rebuild must be an int in [0, {long_n}), got {since!r}")
         returns = reals(state.get("returns"), "returns", min(samples, long_n))
         s1_s, s2_s, s1_l, s2_l = reals(state.get("sums"), "sums", 4)

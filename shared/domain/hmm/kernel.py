@@ -81,7 +81,8 @@ class Kernel:
             ]  # fmt: skip
         diff = np.asarray(z, dtype=np.float64)[None, :] - self.np_means
         y = np.einsum("kij,kj->ki", self.prec_chol, diff)
-        return (self.np_log_norm - 0.5 * np.einsum("ki,ki->k", y, y)).tolist()
+        out: list[float] = (self.np_log_norm - 0.5 * np.einsum("ki,ki->k", y, y)).tolist()
+        return out
 
     def forward(self, alpha: Sequence[float] | None, log_e: Sequence[float]) -> list[float]:
         """One filter step: normalised ``(alpha @ transmat) * emission``; ``alpha`` None = first observation.
@@ -112,7 +113,8 @@ class Kernel:
             new_np = pred_np * np.exp(np.asarray(log_e) - top)
             total = float(new_np.sum())
             if total > 1e-290 and total < math.inf:
-                return (new_np / total).tolist()
+                out: list[float] = (new_np / total).tolist()
+                return out
         return self._forward_log(alpha, log_e)
 
     def _forward_log(self, alpha: Sequence[float] | None, log_e: Sequence[float]) -> list[float]:
@@ -126,7 +128,8 @@ class Kernel:
         if not math.isfinite(top):
             raise FloatingPointError("observation has zero probability under every state")
         p = np.exp(la - top)
-        return (p / p.sum()).tolist()
+        out: list[float] = (p / p.sum()).tolist()
+        return out
 
     def verdict(self, alpha: Sequence[float], gain: float, threshold: float, count: int) -> RegimeState:
         """Filtered state probabilities → RegimeState (probabilities summed by label)."""
@@ -159,7 +162,8 @@ def _logsumexp_cols(a: np.ndarray) -> np.ndarray:
     top = np.max(a, axis=0)
     safe = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
-        return np.log(np.exp(a - safe).sum(axis=0)) + safe
+        out: np.ndarray = np.log(np.exp(a - safe).sum(axis=0)) + safe
+    return out
 
 
 @dataclass

@@ -63,7 +63,8 @@ class TrainedModel:
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         """Raw feature rows (n, 4) → standardised rows, as the model was trained on."""
-        return (np.asarray(features, dtype=np.float64) - self.scaler_mean) / self.scaler_std
+        z: np.ndarray = (np.asarray(features, dtype=np.float64) - self.scaler_mean) / self.scaler_std
+        return z
 
     def to_dict(self) -> dict[str, Any]:
         """Plain msgpack/JSON-safe form (lists of floats, ints, str)."""
