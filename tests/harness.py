@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -132,11 +133,12 @@ class Stack:
         """Start ``service``; ``instance`` names a second copy of it (a replica), stopped by that name."""
         build = build or importlib.import_module(f"services.{service}.__main__").build
         stop = asyncio.Event()
-        s = Settings(**{**self._settings_kw(), **settings})
+        replica_id = re.sub(r"[^A-Za-z0-9_-]", "-", instance or service)
+        s = Settings(**{**self._settings_kw(), "replica_id": replica_id, **settings})
         task = asyncio.create_task(serve(service, build, s, config or self.config, stop, handle_signals=False))
         self._running[instance or service] = (stop, task)
         # Started = its heartbeat is in (or it died trying, which the test should see).
-        health_key = f"{service}.{s.replica + 1}of{s.replicas}"
+        health_key = f"{service}.{replica_id}"
         await eventually(lambda: self._started(health_key, task), timeout=20)
         if task.done():
             task.result()
@@ -171,6 +173,7 @@ class Stack:
             "namespace": s.namespace,
             "api_port": s.api_port,
             "health_interval_sec": 0.2,
+            "lease_ttl_sec": 1.0,  # a stopped replica's partitions move within about a second
         }
 
     async def publish(self, candles: Iterable[Candle]) -> None:

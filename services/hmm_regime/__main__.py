@@ -71,10 +71,10 @@ async def build(rt: Runtime) -> list[Any]:
         out = batch_of(events)
         return [Out(rt.names.hmm(msg.key), out, f"hmm.{out.span}")]
 
-    durable = rt.durable()
     consumer = Consumer(
-        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candles, CandleBatch: on_candles},
-        await rt.kv_position(durable), stores=[store, trainer], partition=rt.partition,
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(),
+        {Candle: on_candles, CandleBatch: on_candles},
+        await rt.kv_position(), stores=[store, trainer], owner=await rt.leases(),
         future_tolerance_ms=rt.settings.future_tolerance_ms,
     )
     return [consumer.run(rt.stop)]

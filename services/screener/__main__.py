@@ -69,11 +69,10 @@ async def build(rt: Runtime) -> list[Any]:
     subjects = [names.vol_all, names.scores_all]
     if cfg.hmm.enabled:
         subjects.append(names.hmm_all)
-    durable = rt.durable()
     consumer = Consumer(
-        rt.bus, names.stream_regimes, subjects, durable,
+        rt.bus, names.stream_regimes, subjects, rt.durable(),
         {VolRegimeEvent: vol, VolRegimeBatch: vol, HmmRegimeEvent: hmm, HmmRegimeBatch: hmm, ScoreEvent: score},
-        await rt.kv_position(durable), stores=[store], partition=rt.partition, low_water=low_water,
+        await rt.kv_position(), stores=[store], owner=await rt.leases(), low_water=low_water,
     )
     return [consumer.run(rt.stop)]
 

@@ -50,17 +50,20 @@ async def build(rt: Runtime) -> list[Any]:
         PipelineStatus: writer.handler(lambda s, e: apply_pipeline(s, e, now_ms())),
     }
     names, lock = rt.names, asyncio.Lock()  # the two consumers share the writer: one batch at a time
+    # One writer of everything (the summary covers every series): replicas beyond the first are standbys that
+    # take over the single partition when its holder is gone.
+    owner = await rt.leases(1, sticky=True)
 
-    def consumer(stream: str, subjects: list[str], durable: str) -> Consumer:
+    def consumer(stream: str, subjects: list[str], suffix: str = "") -> Consumer:
         # commit_delay_s=0: each batch is committed before the next, so when one consumer's batch fails and the
         # shared writer forgets what is uncommitted, it never takes the other consumer's work with it.
         return Consumer(
-            rt.bus, stream, subjects, durable, handlers, writer.position(durable),
-            stores=[writer], retry_on=(RedisError,), lock=lock, commit_delay_s=0.0,
+            rt.bus, stream, subjects, rt.durable(suffix), handlers, writer.position(rt.position_key(suffix)),
+            stores=[writer], retry_on=(RedisError,), lock=lock, commit_delay_s=0.0, owner=owner,
         )
 
-    regimes = consumer(names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all], rt.durable())
-    telemetry = consumer(names.stream_telemetry, [names.pipeline_all], rt.durable("telemetry"))
+    regimes = consumer(names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all])
+    telemetry = consumer(names.stream_telemetry, [names.pipeline_all], "telemetry")
     return [regimes.run(rt.stop), telemetry.run(rt.stop)]
 
 

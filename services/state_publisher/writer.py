@@ -145,7 +145,10 @@ class RedisPosition:
     _value: str | None = None
     _epoch: int = -1
 
-    async def load(self) -> int:
+    async def load(self, partitions: frozenset[int]) -> dict[int, int]:
+        """The position (state_publisher has one partition: one writer of everything)."""
+        if partitions != frozenset({0}):
+            raise ValueError(f"state_publisher holds its one partition or none, not {sorted(partitions)}")
         await self.writer.load()
         self._value = cast(str | None, await self.writer.redis.get(self.key))
         self._epoch = self.writer.epoch
@@ -153,7 +156,7 @@ class RedisPosition:
         if self.writer.pending:  # the universe's empty rows, shown at once; rebuilt after a flush too
             await self.writer.write(self.key, self._value, seq)
             self._value = str(seq)
-        return seq
+        return {0: seq}
 
     async def commit(self, seq: int) -> None:
         await self._check_epoch()

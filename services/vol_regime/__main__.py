@@ -39,10 +39,9 @@ async def build(rt: Runtime) -> list[Any]:
         out = batch_of(events)
         return [Out(rt.names.vol(batch.key), out, f"vol.{out.span}")]
 
-    durable = rt.durable()
     consumer = Consumer(
-        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], durable, {Candle: on_candle, CandleBatch: on_batch},
-        await rt.kv_position(durable), stores=[store], partition=rt.partition,
+        rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(), {Candle: on_candle, CandleBatch: on_batch},
+        await rt.kv_position(), stores=[store], owner=await rt.leases(),
         future_tolerance_ms=rt.settings.future_tolerance_ms,
     )
     return [consumer.run(rt.stop)]

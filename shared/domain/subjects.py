@@ -107,18 +107,10 @@ class SeriesKey:
         timeframe_ms(tf)
         return cls(exchange, decode_symbol(sym), tf)
 
-    def owned_by(self, replica: int, replicas: int) -> bool:
-        """Whether replica ``replica`` of ``replicas`` (0-based) processes this series.
-
-        A stable hash (not Python's salted ``hash``) so every replica agrees.
-        """
-        if replicas <= 1:
-            return True
-        return _fnv1a(self.token) % replicas == replica
-
 
 @lru_cache(maxsize=1 << 16)
-def _fnv1a(token: str) -> int:
+def fnv1a(token: str) -> int:
+    """32-bit FNV-1a of a string: a stable hash (Python's ``hash`` is salted per process)."""
     h = 2166136261
     for b in token.encode():
         h = ((h ^ b) * 16777619) & 0xFFFFFFFF
@@ -224,9 +216,10 @@ class Names:
         """KV bucket ``name`` (e.g. ``vol_state``) of this stack."""
         return self._n(name)
 
-    def durable(self, service: str, replica: int = 0, replicas: int = 1) -> str:
+    def durable(self, service: str, replica: str = "") -> str:
+        """The consumer name of one replica (``replica``: its id) of ``service``."""
         base = self._n(service)
-        return base if replicas <= 1 else f"{base}-{replica}of{replicas}"
+        return f"{base}-{replica}" if replica else base
 
     # --- redis ----------------------------------------------------------
     def redis_key(self, *parts: str) -> str:

@@ -230,13 +230,14 @@ async def publish_messages(js: JetStreamContext, names: Names, messages: Sequenc
 class Health:
     """A heartbeat in KV bucket ``health`` (entries expire after a minute), in the spirit of arq's health key."""
 
-    def __init__(self, kv: KeyValue, service: str, replica: int, replicas: int, metrics: Metrics) -> None:
+    def __init__(self, kv: KeyValue, service: str, replica: str, metrics: Metrics) -> None:
         self._kv = kv
-        self._key = f"{service}.{replica + 1}of{replicas}"
+        self._key = f"{service}.{replica}"
         self._service = service
         self._metrics = metrics
         self._started = now_ms()
-        self._replica = f"{replica + 1}/{replicas}"
+        self._replica = replica
+        # Fields added to every beat; a callable is read at each beat (e.g. the partitions held now).
         self.extra: dict[str, Any] = {}
 
     def _count(self, outcome: str) -> float:
@@ -253,7 +254,7 @@ class Health:
             "handled": int(self._count("handled")),
             "skipped": int(self._count("skipped")),
             "dead_lettered": int(self._count("dead_lettered")),
-            **self.extra,
+            **{k: (v() if callable(v) else v) for k, v in self.extra.items()},
         }
         await self._kv.put(self._key, msgpack.packb(record, use_bin_type=True))
 

@@ -49,12 +49,17 @@ from nats.js.kv import KeyValue
 
 from shared.domain.contracts import decode, time_problem
 from shared.domain.errors import ContractError
+from shared.domain.partitions import partition_of
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import BUS_ERRORS, Bus, Out, now_ms
+from shared.infra.ownership import Everything, Owner
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+
+_ORPHAN_CONSUMER_S = 120.0  # s without a fetch before the server drops a consumer (its replica is gone)
+_IDLE_BEAT_S = 0.5  # s a replica holding nothing waits between looks for a partition to take
 
 
 class Hold:
@@ -84,11 +89,13 @@ class Resettable(Protocol):
 
 
 class Position(Protocol):
-    """Where a consumer's committed stream sequence is kept (0: nothing applied yet)."""
+    """Where a consumer's committed stream sequence is kept, per partition held (0: nothing applied yet)."""
 
-    async def load(self) -> int: ...
+    async def load(self, partitions: frozenset[int]) -> dict[int, int]:
+        """The committed sequence of each partition; the ones committed from now on are these."""
 
-    async def commit(self, seq: int) -> None: ...
+    async def commit(self, seq: int) -> None:
+        """Everything up to ``seq`` of the partitions loaded is applied; raise if another replica moved one."""
 
     async def verify(self) -> None:
         """Raise (an error the consumer retries on) when the position's home was wiped since it was loaded."""
@@ -100,23 +107,51 @@ class Repositioned(Exception):
 
 @dataclass
 class KvPosition:
-    """A position in KV bucket ``positions``, one key per durable; written after the state it covers."""
+    """Positions in KV bucket ``positions``: key ``<service>.p<k>`` per partition, written after the state they cover.
+
+    Each write is a compare-and-set on the revision read, so a replica that lost
+    a partition (paused past its lease) cannot move its successor's position.
+    The key ``<service>`` of a single-replica stack from before partitions is
+    the starting point of every partition that has none yet.
+    """
 
     kv: KeyValue
     key: str
+    _held: dict[int, tuple[int, int | None]] = field(default_factory=dict)  # partition -> (seq, revision)
 
-    async def load(self) -> int:
-        try:
-            entry = await self.kv.get(self.key)
-        except nats.js.errors.KeyNotFoundError:
-            return 0
-        return int(entry.value or b"0")
+    async def load(self, partitions: frozenset[int]) -> dict[int, int]:
+        legacy = await self._get(self.key)
+        found = await asyncio.gather(*(self._get(f"{self.key}.p{p}") for p in sorted(partitions)))
+        self._held = {}
+        for p, entry in zip(sorted(partitions), found, strict=True):
+            start = entry if entry is not None else ((legacy[0], None) if legacy is not None else (0, None))
+            self._held[p] = (start[0], entry[1] if entry is not None else None)
+        return {p: seq for p, (seq, _rev) in self._held.items()}
 
     async def commit(self, seq: int) -> None:
-        await self.kv.put(self.key, str(seq).encode())
+        behind = [p for p, (at, _rev) in self._held.items() if at < seq]
+        revs = await asyncio.gather(*(self._put(p, seq) for p in behind))
+        for p, rev in zip(behind, revs, strict=True):
+            self._held[p] = (seq, rev)
 
     async def verify(self) -> None:
         return None
+
+    async def _get(self, key: str) -> tuple[int, int] | None:
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return int(entry.value or b"0"), entry.revision or 0
+
+    async def _put(self, p: int, seq: int) -> int:
+        key, rev = f"{self.key}.p{p}", self._held[p][1]
+        try:
+            if rev is None:
+                return await self.kv.create(key, str(seq).encode())
+            return await self.kv.update(key, str(seq).encode(), last=rev)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Repositioned(f"position of partition {p} was moved by another replica") from exc
 
 
 class StateStore(Generic[S]):
@@ -124,6 +159,9 @@ class StateStore(Generic[S]):
 
     ``load`` raising ValueError (a stored state that no longer fits the config)
     starts the series afresh, with a log line: better a cold start than a wrong one.
+    Writes are compare-and-set on the revision read: a replica that lost a
+    series' partition cannot overwrite what its successor wrote (the batch is
+    then replayed, and the partition is found gone).
     """
 
     def __init__(
@@ -140,6 +178,7 @@ class StateStore(Generic[S]):
         self._load = load
         self._cache: dict[SeriesKey, S] = {}
         self._dirty: set[SeriesKey] = set()
+        self._revision: dict[SeriesKey, int] = {}  # of the stored state this cache holds (absent: none stored)
 
     def cached(self) -> Mapping[SeriesKey, S]:
         return self._cache
@@ -153,13 +192,17 @@ class StateStore(Generic[S]):
         state = self._cache.get(key)
         if state is not None:
             return state
+        revision: int | None = None
         try:
             entry = await self._kv.get(key.token)
+            revision = entry.revision
             raw = msgpack.unpackb(entry.value or b"", raw=False) if entry.value else None
         except nats.js.errors.KeyNotFoundError:
             raw = None
         if key in self._cache:  # a concurrent get (prefetch) got there first
             return self._cache[key]
+        if revision is not None:
+            self._revision[key] = revision
         state = None
         if isinstance(raw, dict):
             try:
@@ -177,15 +220,25 @@ class StateStore(Generic[S]):
     async def flush(self) -> None:
         """Write every dirty series, pipelined; raises if any put fails (the batch is then replayed)."""
         dirty = sorted(self._dirty)
-        await asyncio.gather(
-            *(self._kv.put(k.token, msgpack.packb(self._dump(self._cache[k]), use_bin_type=True)) for k in dirty)
-        )
+        revisions = await asyncio.gather(*(self._put(k) for k in dirty))
+        self._revision.update(zip(dirty, revisions, strict=True))
         self._dirty.clear()
+
+    async def _put(self, key: SeriesKey) -> int:
+        value = msgpack.packb(self._dump(self._cache[key]), use_bin_type=True)
+        rev = self._revision.get(key)
+        try:
+            if rev is None:
+                return await self._kv.create(key.token, value)
+            return await self._kv.update(key.token, value, last=rev)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Repositioned(f"state of {key.id} was written by another replica") from exc
 
     def discard(self) -> None:
         """Forget everything in memory: after a failed batch, KV is the truth."""
         self._cache.clear()
         self._dirty.clear()
+        self._revision.clear()
 
 
 @dataclass
@@ -205,7 +258,8 @@ class Consumer:
     handlers: Mapping[type, Handler]
     position: Position
     stores: Sequence[Resettable] = ()
-    partition: tuple[int, int] = (0, 1)  # (replica, replicas)
+    # The partitions of the series this replica may process now (leases); Everything: a replica alone by design.
+    owner: Owner = field(default_factory=Everything)
     batch: int = 256
     fetch_timeout: float = 1.0
     # Lowest stream sequence a core still keeps in memory only (None: none); the position stays below it.
@@ -221,6 +275,8 @@ class Consumer:
     pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
     committed: int = field(default=0, init=False)  # the position as last loaded or committed
     _held: dict[SeriesKey, _Held] = field(default_factory=dict, init=False)
+    _floors: dict[int, int] = field(default_factory=dict, init=False)  # partition -> its committed position
+    _owned_version: int = field(default=-1, init=False)
     _next_delivery: int = field(default=0, init=False)
     _last_seq: int = field(default=0, init=False)
     _verified_at: float = field(default=0.0, init=False)
@@ -232,15 +288,18 @@ class Consumer:
         return (*BUS_ERRORS, *self.retry_on, Repositioned)
 
     async def _open(self) -> JetStreamContext.PullSubscription:
-        """(Re)create the durable at the committed position + 1 and bind to it."""
+        """(Re)create the durable at the lowest committed position of the partitions held + 1 and bind to it."""
         async with self.lock:
-            self.committed = self._last_seq = await self.position.load()
+            self._owned_version = self.owner.version
+            self._floors = await self.position.load(self.owner.held())
+            self.committed = self._last_seq = min(self._floors.values())
         self._next_delivery = 1
         cfg = js_api.ConsumerConfig(
             durable_name=self.durable,
             ack_policy=js_api.AckPolicy.NONE,
             deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.committed + 1,
+            inactive_threshold=_ORPHAN_CONSUMER_S,  # a SIGKILLed replica's consumer goes away by itself
         )
         if len(self.subjects) == 1:
             cfg.filter_subject = self.subjects[0]
@@ -255,6 +314,8 @@ class Consumer:
         while not stop.is_set():
             sub = None
             try:
+                if not await self._hold_something(stop):
+                    continue
                 sub = await self._open()
                 log.info(
                     "consuming",
@@ -274,6 +335,19 @@ class Consumer:
                     with contextlib.suppress(nats.errors.Error):
                         await sub.unsubscribe()
 
+    async def _hold_something(self, stop: asyncio.Event) -> bool:
+        """Rebalance; False (after a beat's wait) while this replica holds no partition, e.g. a standby."""
+        await self.owner.rebalance(self._commit_locked)
+        if self.owner.held():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=_IDLE_BEAT_S)
+        return False
+
+    async def _commit_locked(self) -> None:
+        async with self.lock:
+            await self._commit()
+
     def _reset(self) -> None:
         for store in self.stores:
             store.discard()
@@ -281,6 +355,10 @@ class Consumer:
 
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            await self.owner.rebalance(self._commit_locked)
+            if self.owner.version != self._owned_version:
+                # Between batches, with everything applied committed: start over with the partitions held now.
+                raise Repositioned(f"partitions held changed to {sorted(self.owner.held())}")
             timeout = self.fetch_timeout
             if self._held:
                 # A series waits: go on the moment its model is ready, looking for new messages meanwhile.
@@ -328,6 +406,8 @@ class Consumer:
 
     async def _commit(self) -> None:
         """Make what was applied durable (the stores' dirty state), then move the position past it."""
+        if not self.owner.valid():
+            raise Repositioned("leases not renewed in time: what this replica applied is left to replay")
         for store in self.stores:
             await store.flush()
         position = self._position()
@@ -343,7 +423,7 @@ class Consumer:
         for msg in msgs:
             with contextlib.suppress(ValueError):  # a subject naming no series is dead-lettered later
                 key = self.bus.names.series_of(msg.subject)
-                if key.owned_by(*self.partition):
+                if self._mine(key, msg.metadata.sequence.stream):
                     keys.add(key)
         for store in self.stores:
             prefetch = getattr(store, "prefetch", None)
@@ -368,7 +448,7 @@ class Consumer:
             return
         metrics, service = self.bus.metrics, self.bus.service
         if isinstance(key, SeriesKey):
-            if not key.owned_by(*self.partition):
+            if not self._mine(key, seq):
                 metrics.messages.labels(service, "not_owned").inc()
                 return
             held = self._held.get(key)
@@ -376,6 +456,11 @@ class Consumer:
                 held.items.append((obj, seq, msg))
                 return
         await self._handle(obj, key, seq, msg, outs)
+
+    def _mine(self, key: SeriesKey, seq: int) -> bool:
+        """Whether this replica applies ``seq``: its series' partition is held, and not yet past ``seq``."""
+        p = partition_of(key, self.owner.partitions)
+        return self.owner.owns(p) and seq > self._floors.get(p, 0)
 
     def _admit(self, obj: Any, key: Any, subject: str) -> None:
         """What the contract cannot check alone: the subject names the payload's series, and a sane ts."""

@@ -18,8 +18,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from prometheus_client import start_http_server
 
 from shared.domain.config import StrategyConfig, load_strategy_config
@@ -27,7 +29,8 @@ from shared.domain.errors import ConfigError
 from shared.domain.subjects import Names
 from shared.infra.bus import Bus, Health, connect, ensure_streams, kv_bucket
 from shared.infra.consume import KvPosition
-from shared.infra.settings import Settings
+from shared.infra.ownership import Leases, Owner
+from shared.infra.settings import Settings, new_replica_id
 from shared.infra.telemetry import Metrics, configure_logging
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class Runtime:
     health: Health
     stop: asyncio.Event
     stack: AsyncExitStack
+    replica: str  # this process's id among the replicas of its service
 
     @property
     def names(self) -> Names:
@@ -55,17 +59,60 @@ class Runtime:
     def js(self) -> JetStreamContext:
         return self.bus.js
 
-    @property
-    def partition(self) -> tuple[int, int]:
-        return self.settings.replica, self.settings.replicas
-
     def durable(self, suffix: str = "") -> str:
-        name = f"{self.service}_{suffix}" if suffix else self.service
-        return self.names.durable(name, self.settings.replica, self.settings.replicas)
+        """This replica's consumer name (its positions are the service's: see :meth:`kv_position`)."""
+        return self.names.durable(self._name(suffix), self.replica)
 
-    async def kv_position(self, durable: str) -> KvPosition:
-        """The committed stream position of ``durable``, kept in KV bucket ``positions``."""
-        return KvPosition(await kv_bucket(self.js, self.names.bucket("positions")), durable)
+    def position_key(self, suffix: str = "") -> str:
+        """The name the service's replicas share for consumer ``suffix``: where its positions are kept."""
+        return self.names.durable(self._name(suffix))
+
+    def _name(self, suffix: str) -> str:
+        return f"{self.service}_{suffix}" if suffix else self.service
+
+    async def kv_position(self, suffix: str = "") -> KvPosition:
+        """The committed stream positions of the service's consumer ``suffix``, per partition, in bucket ``positions``.
+
+        The number of partitions is recorded there the first time: state laid out
+        by one number cannot be read by another, so a changed ``PARTITIONS`` stops
+        the service with the reason instead of silently reprocessing or skipping.
+        """
+        kv = await kv_bucket(self.js, self.names.bucket("positions"))
+        key = self.position_key(suffix)
+        await _check_partitions(kv, f"{key}.partitions", self.settings.partitions)
+        return KvPosition(kv, key)
+
+    async def leases(self, partitions: int | None = None, *, sticky: bool = False) -> Owner:
+        """This replica's share of the service's partitions (``partitions``: the service's own fixed number)."""
+        ttl = self.settings.lease_ttl_sec
+        owner = Leases(
+            await kv_bucket(self.js, self.names.bucket("members"), ttl=ttl),
+            await kv_bucket(self.js, self.names.bucket("leases"), ttl=ttl),
+            self.service,
+            self.replica,
+            partitions or self.settings.partitions,
+            ttl,
+            sticky=sticky,
+        )
+        self.stack.push_async_callback(owner.release_all)
+        self.health.extra["partitions"] = lambda: sorted(owner.held())
+        return owner
+
+
+async def _check_partitions(kv: KeyValue, key: str, partitions: int) -> None:
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):  # a replica starting beside us
+            await kv.create(key, str(partitions).encode())
+        return
+    stored = int(entry.value or b"0")
+    if stored != partitions:
+        raise ConfigError(
+            "PARTITIONS",
+            f"{partitions} does not match the {stored} this stack's positions were laid out with "
+            f"(set PARTITIONS={stored}, or reset the stack's state to change it)",
+        )
 
 
 Build = Callable[[Runtime], Awaitable[list[Coroutine[Any, Any, None]]]]
@@ -116,11 +163,12 @@ async def serve(
         bus = Bus(nc, settings.names, service, metrics)
         await ensure_streams(bus.js, settings.names, config.hmm.ohlcv_retention_days)
         health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0)
-        health = Health(health_kv, service, settings.replica, settings.replicas, metrics)
+        replica = settings.replica_id or new_replica_id()
+        health = Health(health_kv, service, replica, metrics)
         if settings.metrics_port:
             server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
             stack.callback(server.shutdown)
-        rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack)
+        rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack, replica)
         coros = [*await build(rt), health.run(stop, settings.health_interval_sec), _watch_closed(closed, stop)]
         tasks = [asyncio.create_task(c) for c in coros]
         stopper = asyncio.create_task(stop.wait())

@@ -7,6 +7,9 @@ time. A bad value raises :class:`ConfigError` naming the key and the reason.
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,7 @@ from urllib.parse import urlparse
 
 from shared.domain.config import DEFAULT_CONFIG_PATH, env_bool, env_int, positive_float
 from shared.domain.errors import ConfigError
+from shared.domain.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from shared.domain.subjects import Names
 
 
@@ -31,8 +35,8 @@ def _url(key: str, raw: str, schemes: tuple[str, ...]) -> str:
 class Settings:
     """Where a service finds its peers and how it runs; all from environment variables.
 
-    ``REPLICA`` (``i/n``, 1-based) splits the series between n replicas of one
-    stateful service: each replica owns the series whose stable hash lands on it.
+    Replicas need no settings of their own: any number of copies of a service
+    share its ``PARTITIONS`` by leases (see :mod:`shared.infra.ownership`).
     """
 
     nats_url: str = "nats://127.0.0.1:4222"
@@ -46,8 +50,9 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = None  # bearer token for operator endpoints (POST /api/backfill)
-    replica: int = 0  # 0-based
-    replicas: int = 1
+    partitions: int = DEFAULT_PARTITIONS  # of the series, per service; fixed for the life of its state
+    lease_ttl_sec: float = 5.0  # a dead replica's partitions move after this; replicas beat every ttl / 5
+    replica_id: str = ""  # this process's id among its service's replicas; "" = host-pid-random
     health_interval_sec: float = 5.0
     # A candle dated later than now + one bar + this is dead-lettered (clock skew allowance), ms.
     future_tolerance_ms: int = 60_000
@@ -65,7 +70,9 @@ class Settings:
         "API_HOST",
         "API_PORT",
         "API_TOKEN",
-        "REPLICA",
+        "PARTITIONS",
+        "LEASE_TTL_SEC",
+        "REPLICA_ID",
         "HEALTH_INTERVAL_SEC",
         "CANDLE_FUTURE_TOLERANCE_SEC",
     )
@@ -109,8 +116,12 @@ class Settings:
             if len(env["API_TOKEN"]) < 16:
                 raise ConfigError("API_TOKEN", "must be at least 16 characters")
             kw["api_token"] = env["API_TOKEN"]
-        if "REPLICA" in env:
-            kw["replica"], kw["replicas"] = _replica(env["REPLICA"])
+        if "PARTITIONS" in env:
+            kw["partitions"] = env_int("PARTITIONS", env["PARTITIONS"], 1, MAX_PARTITIONS)
+        if "LEASE_TTL_SEC" in env:
+            kw["lease_ttl_sec"] = _float_between("LEASE_TTL_SEC", env["LEASE_TTL_SEC"], 1.0, 300.0)
+        if "REPLICA_ID" in env:
+            kw["replica_id"] = _replica_id(env["REPLICA_ID"])
         if "HEALTH_INTERVAL_SEC" in env:
             kw["health_interval_sec"] = positive_float("HEALTH_INTERVAL_SEC", env["HEALTH_INTERVAL_SEC"])
         if "CANDLE_FUTURE_TOLERANCE_SEC" in env:
@@ -119,12 +130,23 @@ class Settings:
         return cls(**kw)
 
 
-def _replica(raw: str) -> tuple[int, int]:
-    try:
-        i_s, n_s = raw.split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise ConfigError("REPLICA", f"expected i/n such as 1/3, got {raw!r}") from None
-    if not 1 <= i <= n <= 64:
-        raise ConfigError("REPLICA", f"need 1 <= i <= n <= 64, got {raw!r}")
-    return i - 1, n
+def _float_between(key: str, raw: str, lo: float, hi: float) -> float:
+    value = positive_float(key, raw)
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _replica_id(raw: str) -> str:
+    if not _REPLICA_ID.fullmatch(raw):
+        raise ConfigError("REPLICA_ID", f"expected 1-40 of A-Z a-z 0-9 _ -, got {raw!r}")
+    return raw
+
+
+def new_replica_id() -> str:
+    """``host-pid-xxxx``: unique per process, readable in the health list, valid in KV keys and consumer names."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:24] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+_REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")

@@ -134,7 +134,9 @@ class Procs:
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str) -> None:
-        self.running[name] = popen([sys.executable, "-m", f"services.{name}"], env=self.env, log=self.logs / name)
+        """Start ``name``: a service, or ``service#n`` for one more replica of it."""
+        module = f"services.{name.split('#')[0]}"
+        self.running[name] = popen([sys.executable, "-m", module], env=self.env, log=self.logs / name)
 
     def kill(self, name: str) -> None:
         """SIGKILL, and check nothing it started outlives it (hmm_regime's training worker)."""
@@ -203,6 +205,13 @@ class Faults:
     pace_s: float = 0.0  # pause after each published message; 0: as fast as possible
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """Replicas join (1 -> 3) a third of the way in and are SIGKILLed (3 -> 2) two thirds in, candles flowing."""
+
+    seed: int
+
+
 @dataclass
 class Outcome:
     stream: dict[str, list[bytes]]  # subject (namespace stripped) -> message bytes in stream order
@@ -210,8 +219,12 @@ class Outcome:
     dead_letters: list[dict[str, Any]]
 
 
-async def run(servers: Servers, tmp: Path, seed: int, faults: Faults | None, import_files: bool = False) -> Outcome:
-    namespace = f"c{seed}{'f' if faults else 'u'}{'i' if import_files else ''}{os.getpid() % 1000}"
+async def run(
+    servers: Servers, tmp: Path, seed: int, faults: Faults | Scaling | None, import_files: bool = False
+) -> Outcome:
+    # Each run its own namespace: the fault schedules of one seed differ by their own seeds.
+    kind = "u" if faults is None else f"{'s' if isinstance(faults, Scaling) else 'f'}{faults.seed}"
+    namespace = f"c{seed}{kind}{'i' if import_files else ''}{os.getpid() % 1000}"
     names = Names(namespace)
     cfg_path = tmp / f"{namespace}.json"
     cfg_path.write_text(json.dumps(CONFIG))
@@ -224,6 +237,8 @@ async def run(servers: Servers, tmp: Path, seed: int, faults: Faults | None, imp
         "REGIMES_NAMESPACE": namespace,
         "STRATEGY_CONFIG": str(cfg_path),
         "HEALTH_INTERVAL_SEC": "0.5",
+        # A SIGKILLed replica's partitions are taken over within about this long (the default is 5 s).
+        "LEASE_TTL_SEC": "2",
         "PYTHONPATH": str(ROOT),
     }
     msgs, stream = feed(names, seed, with_hostile=not import_files)
@@ -237,9 +252,11 @@ async def run(servers: Servers, tmp: Path, seed: int, faults: Faults | None, imp
     try:
         if import_files:
             await import_interrupted(env, tmp / f"files-{namespace}", stream, rng)
+        elif isinstance(faults, Scaling):
+            await publish_scaling(nc, procs, msgs, rng)
         else:
             await publish(nc, servers, procs, msgs, faults, rng)
-        if faults is not None:
+        if isinstance(faults, Faults):
             for _ in range(2):  # and while they catch up
                 await asyncio.sleep(rng.uniform(0.2, 1.5))
                 victim = rng.choice(SERVICES)
@@ -286,6 +303,26 @@ async def publish(
         if faults is not None and faults.pace_s:
             await asyncio.sleep(faults.pace_s)
         i += 1
+
+
+SCALED = ("vol_regime", "hmm_regime", "screener")
+
+
+async def publish_scaling(nc: Any, procs: Procs, msgs: list[Message], rng: Any) -> None:
+    procs.start("state_publisher#2")  # a standby from the start
+    third = len(msgs) // 3
+    for i, m in enumerate(msgs):
+        await nc.jetstream().publish(m.subject, m.data, headers={"Nats-Msg-Id": m.msg_id} if m.msg_id else None)
+        if i == third:
+            for name in SCALED:
+                procs.start(f"{name}#2")
+                procs.start(f"{name}#3")
+        elif i == 2 * third:
+            for name in SCALED:
+                procs.kill(rng.choice([name, f"{name}#2", f"{name}#3"]))
+            procs.kill("state_publisher")  # the standby takes over from here
+        if i % 50 == 0:
+            await asyncio.sleep(0.05)  # let the joins and handovers happen while candles still flow
 
 
 def write_freqtrade_files(folder: Path, stream: list[Candle]) -> None:
@@ -453,3 +490,11 @@ def test_an_interrupted_and_rerun_import_gives_the_same_as_one_import(
 ) -> None:
     disturbed = asyncio.run(run(servers, tmp_path, seed, Faults(seed + 200, kills=2), import_files=True))
     assert_same(disturbed, undisturbed[(seed, True)])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_replicas_joining_and_sigkilled_while_candles_flow_change_no_event_and_no_snapshot(
+    seed: int, servers: Servers, tmp_path: Path, undisturbed: dict[Any, Outcome]
+) -> None:
+    scaled = asyncio.run(run(servers, tmp_path, seed, Scaling(seed)))
+    assert_same(scaled, undisturbed[(seed, False)])

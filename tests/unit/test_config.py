@@ -76,7 +76,8 @@ def test_empty_environment_gives_the_defaults() -> None:
     s = Settings.from_env({})
     assert s == Settings()
     assert (s.nats_url, s.redis_url, s.namespace) == ("nats://127.0.0.1:4222", "redis://127.0.0.1:6379/0", "")
-    assert (s.replica, s.replicas, s.api_token, s.strategy_config) == (0, 1, None, DEFAULT_CONFIG_PATH)
+    assert (s.partitions, s.lease_ttl_sec, s.replica_id) == (16, 5.0, "")
+    assert (s.api_token, s.strategy_config) == (None, DEFAULT_CONFIG_PATH)
 
 
 def test_good_values_are_read(tmp_path: Path) -> None:
@@ -95,7 +96,9 @@ def test_good_values_are_read(tmp_path: Path) -> None:
             "API_HOST": "0.0.0.0",
             "API_PORT": "8080",
             "API_TOKEN": "s3cret-token-0123456789",
-            "REPLICA": "2/3",
+            "PARTITIONS": "32",
+            "LEASE_TTL_SEC": "8",
+            "REPLICA_ID": "node-7_a",
             "HEALTH_INTERVAL_SEC": "2.5",
         }
     )
@@ -107,7 +110,7 @@ def test_good_values_are_read(tmp_path: Path) -> None:
     assert (s.log_level, s.log_json) == ("DEBUG", False)
     assert (s.metrics_port, s.metrics_host, s.api_host, s.api_port) == (9100, "127.0.0.1", "0.0.0.0", 8080)
     assert s.api_token == "s3cret-token-0123456789"
-    assert (s.replica, s.replicas) == (1, 3)  # REPLICA is 1-based, replica 0-based
+    assert (s.partitions, s.lease_ttl_sec, s.replica_id) == (32, 8.0, "node-7_a")
     assert s.health_interval_sec == 2.5
 
 
@@ -139,11 +142,14 @@ def test_empty_api_token_means_no_token() -> None:
         ("API_PORT", "0"),
         ("API_PORT", "80.5"),
         ("API_TOKEN", "short"),
-        ("REPLICA", "3"),
-        ("REPLICA", "0/3"),
-        ("REPLICA", "4/3"),
-        ("REPLICA", "a/b"),
-        ("REPLICA", "1/65"),
+        ("PARTITIONS", "0"),
+        ("PARTITIONS", "257"),
+        ("PARTITIONS", "four"),
+        ("LEASE_TTL_SEC", "0.5"),
+        ("LEASE_TTL_SEC", "nan"),
+        ("REPLICA_ID", "has space"),
+        ("REPLICA_ID", "a.b"),
+        ("REPLICA_ID", ""),
         ("HEALTH_INTERVAL_SEC", "0"),
         ("HEALTH_INTERVAL_SEC", "-2"),
         ("HEALTH_INTERVAL_SEC", "soon"),
@@ -154,7 +160,7 @@ def test_bad_setting_is_refused_naming_its_key(key: str, value: str) -> None:
 
 
 def test_bad_setting_is_named_even_among_good_ones() -> None:
-    env = {"NATS_URL": "nats://n:4222", "LOG_LEVEL": "INFO", "API_PORT": "99999", "REPLICA": "1/2"}
+    env = {"NATS_URL": "nats://n:4222", "LOG_LEVEL": "INFO", "API_PORT": "99999", "PARTITIONS": "8"}
     raises_naming("API_PORT", lambda: Settings.from_env(env))
 
 

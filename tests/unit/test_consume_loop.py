@@ -13,9 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from shared.domain.contracts import Candle, encode
+from shared.domain.partitions import partition_of
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.bus import Out
 from shared.infra.consume import Consumer, Hold, Repositioned
+from shared.infra.ownership import Everything, Owner
 from shared.infra.telemetry import Metrics
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
@@ -84,9 +86,9 @@ class FakePosition:
     value: int = 0
     loads: int = 0
 
-    async def load(self) -> int:
+    async def load(self, partitions: frozenset[int]) -> dict[int, int]:
         self.loads += 1
-        return self.value
+        return dict.fromkeys(partitions, self.value)
 
     async def commit(self, seq: int) -> None:
         self.value = seq
@@ -97,10 +99,34 @@ class FakePosition:
 
 
 @dataclass
+class Holding:
+    """An owner holding a fixed set of partitions (the leases themselves are tested against a real server)."""
+
+    partitions: int
+    parts: frozenset[int]
+    version: int = 0
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.parts
+
+    def held(self) -> frozenset[int]:
+        return self.parts
+
+    def valid(self) -> bool:
+        return True
+
+    async def rebalance(self, commit: Any) -> None:
+        return None
+
+    async def release_all(self) -> None:
+        return None
+
+
+@dataclass
 class Rig:
     journal: list[str] = field(default_factory=list)
 
-    def consumer(self, handler: Any, partition: tuple[int, int] = (0, 1), **kw: Any) -> Consumer:
+    def consumer(self, handler: Any, owner: Owner | None = None, **kw: Any) -> Consumer:
         self.bus = FakeBus(self.journal)
         self.position = FakePosition(self.journal)
         return Consumer(
@@ -111,7 +137,7 @@ class Rig:
             {Candle: handler},
             self.position,
             stores=[FakeStore(self.journal)],
-            partition=partition,
+            owner=owner or Everything(),
             **kw,
         )
 
@@ -197,8 +223,8 @@ async def test_stale_messages_count_as_skipped_and_series_of_other_replicas_are_
     c._next_delivery = 1
     await c.process(msgs_of(candle(0)))
     assert rig.bus.metrics.count("svc", "skipped") == 1
-    other = 1 - next(r for r in (0, 1) if KEY.owned_by(r, 2))
-    c2 = rig.consumer(echo, partition=(other, 2))
+    others = frozenset({1 - partition_of(KEY, 2)})
+    c2 = rig.consumer(echo, owner=Holding(2, others))
     c2._next_delivery = 1
     await c2.process(msgs_of(candle(0)))
     assert rig.bus.metrics.count("svc", "not_owned") == 1
@@ -280,7 +306,8 @@ async def test_a_failed_batch_is_applied_again_from_the_committed_position_befor
             return None
 
     async def open_() -> Any:
-        c.committed = c._last_seq = await rig.position.load()
+        c._owned_version = c.owner.version
+        c.committed = c._last_seq = min((await rig.position.load(frozenset({0}))).values())
         c._next_delivery = 1
         return Sub(c.committed + 1)
 

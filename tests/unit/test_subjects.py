@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -229,57 +228,4 @@ def test_bad_namespace_is_refused_naming_the_setting(namespace: str) -> None:
 def test_durable_names_split_by_replica() -> None:
     names = Names("paper")
     assert names.durable("vol_regime") == "paper_vol_regime"
-    assert names.durable("vol_regime", 0, 1) == "paper_vol_regime"
-    assert names.durable("vol_regime", 1, 3) == "paper_vol_regime-1of3"
-    assert len({names.durable("vol_regime", i, 3) for i in range(3)}) == 3
-
-
-# --- replicas -----------------------------------------------------------------------------------------------------
-
-
-def universe(n: int) -> list[SeriesKey]:
-    bases = [f"C{i}" for i in range(n)]
-    return [SeriesKey(("kraken", "binance")[i % 2], f"{b}/USD", ("1m", "5m", "1h")[i % 3]) for i, b in enumerate(bases)]
-
-
-@pytest.mark.parametrize("replicas", [1, 2, 3, 4, 7, 16])
-def test_owned_by_partitions_the_universe(replicas: int) -> None:
-    keys = universe(300)
-    owners = {key: [r for r in range(replicas) if key.owned_by(r, replicas)] for key in keys}
-    assert all(len(who) == 1 for who in owners.values())
-    load = Counter(who[0] for who in owners.values())
-    assert set(load) == set(range(replicas))  # nobody idles on a universe this size
-    assert max(load.values()) <= 2 * len(keys) / replicas  # and nobody carries a wildly unfair share
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    keys=st.lists(
-        st.builds(SeriesKey, st.from_regex(r"[a-z]{1,8}", fullmatch=True), symbols, st.sampled_from(["1m", "1h"])),
-        min_size=1,
-        max_size=30,
-        unique=True,
-    ),
-    replicas=st.integers(1, 64),
-)
-def test_every_series_is_owned_by_exactly_one_replica(keys: list[SeriesKey], replicas: int) -> None:
-    for key in keys:
-        assert sum(key.owned_by(r, replicas) for r in range(replicas)) == 1
-
-
-def fnv1a_32(data: bytes) -> int:
-    h = 0x811C9DC5
-    for b in data:
-        h = ((h ^ b) * 0x01000193) % 2**32
-    return h
-
-
-def test_ownership_is_a_stable_hash_every_process_agrees_on() -> None:
-    # Not Python's salted hash(): FNV-1a over the series token, so replicas in other processes agree.
-    for key in universe(50):
-        expected = fnv1a_32(key.token.encode()) % 5
-        assert [key.owned_by(r, 5) for r in range(5)] == [r == expected for r in range(5)]
-
-
-def test_single_replica_owns_everything() -> None:
-    assert all(key.owned_by(0, 1) for key in universe(20))
+    assert names.durable("vol_regime", "host-12-ab") == "paper_vol_regime-host-12-ab"
