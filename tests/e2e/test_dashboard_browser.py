@@ -531,7 +531,7 @@ async def test_organism_follows_regime_confidence_and_bias_and_morphs_smoothly(
     # A sudden flip to bearish: the bullish share of the ring shrinks through intermediate values.
     await dash.page.evaluate(
         f"""() => {{
-          const arc = document.querySelector('tr[data-series="{bull.id}"] .og-bull');
+          const arc = document.querySelector('tr[data-series="{bull.id}"] .og-arc[data-regime=BULLISH]');
           window.__bullShare = [];
           const sample = () => {{
             window.__bullShare.push(parseFloat(arc.getAttribute('stroke-dasharray')));
