@@ -15,7 +15,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from nats.aio.client import Client as NATS
@@ -32,7 +32,8 @@ from shared.telemetry import Metrics
 __all__ = ["STATIC", "_ReadinessCache", "create_app", "read_model"]
 
 STATIC = Path(__file__).resolve().parent / "static"
-# Swagger UI and ReDoc as fastapi-offline ships them: the API docs must work where no CDN can be reached.
+# Swagger UI as fastapi-offline ships it: the API docs must work where no CDN can be reached. No ReDoc:
+# its page loads a logo from its vendor's CDN whatever it is configured with.
 DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
 DOCS_ASSETS_URL = "/docs-assets"
 HEALTH_CACHE_MAX_SEC = 1.0
@@ -81,7 +82,7 @@ def create_app(
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """/docs and /redoc with every asset served from here, none from a CDN."""
+    """/docs with every asset served from here, none from a CDN."""
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
     favicon = "/static/favicon.svg"
@@ -101,16 +102,6 @@ def _offline_docs(app: FastAPI) -> None:
     @app.get(redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=openapi_url,
-            title=f"{app.title} - API reference",
-            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=favicon,
-            with_google_fonts=False,
-        )
 
 
 def read_model(app: FastAPI) -> ReadModel:
