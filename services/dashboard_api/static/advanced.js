@@ -18,7 +18,7 @@ export function renderAdvanced() {
   const sum = S.summary || {};
   const card = (testid, title, note, body, wide = false) => `<section class="card${wide ? " wide" : ""}" data-testid="${testid}">
       <div class="card-h"><h2>${title}</h2>${note}</div><div class="table-wrap">${body}</div></section>`;
-  const weightsNote = `<span class="muted" data-tip="Mean weights in force over the series in each regime.\n×: the configured modifier; without the config, the implied one: (w / w_trend) ÷ the same in the normal regime.">weights in force · × modifier vs normal</span>`;
+  const weightsNote = `<span class="muted" data-tip="Mean weights in force over the series in each regime.\n×: the modifier the config applies to the component in that regime.">weights in force · × configured modifier</span>`;
   root.innerHTML = `<div class="adv-grid">
     ${card("vol-regimes-block", "Vol Regimes", `<span class="muted">${isNum(sum.symbols) ? sum.symbols : NA} symbols</span>`, volRegimesTable(byLabel, sum))}
     ${card("weights-block", "Hybrid weight modifiers per vol regime", weightsNote, weightsTable(byLabel))}
@@ -51,7 +51,7 @@ function volRegimesTable(byLabel, sum) {
     <tbody>${rowsHtml}</tbody></table>`;
 }
 
-/** Weights in force per vol regime (mean over the series in it), each with its modifier against the normal regime. */
+/** Weights in force per vol regime (mean over the series in it), each with the modifier the config gives it. */
 function weightsTable(byLabel) {
   const wMean = Object.fromEntries(VOL_LABELS.map((l) => {
     const ws = byLabel[l].map((s) => s.screener?.weights).filter(Boolean);
@@ -60,7 +60,7 @@ function weightsTable(byLabel) {
   const rowsHtml = VOL_LABELS.map((l) => {
     const w = wMean[l];
     const n = byLabel[l].filter((s) => s.screener?.weights).length;
-    const cells = COMPONENTS.map((c) => weightCell(l, c, w, wMean.normal)).join("");
+    const cells = COMPONENTS.map((c) => weightCell(l, c, w)).join("");
     const stack = w ? `<div class="wstack slim">${COMPONENTS.map((c) => `<i class="w-${c}" style="width:${isNum(w[c]) ? w[c] * 100 : 0}%"></i>`).join("")}</div>` : na();
     return `<tr data-testid="weights-row" data-regime="${l}"><td data-label="Regime">${volBadge(l, null)} ${l}</td><td class="num" data-label="n">${n}</td>${cells}<td class="wcell" data-label="Mix">${stack}</td></tr>`;
   }).join("");
@@ -68,23 +68,13 @@ function weightsTable(byLabel) {
   return `<table class="grid compact phone-cards" data-testid="weights-table"><thead><tr><th>Regime</th><th class="num">n</th>${head}<th></th></tr></thead><tbody>${rowsHtml}</tbody></table>`;
 }
 
-function weightCell(label, c, w, ref) {
+/** A component's mean weight in the regime and the modifier the config gives it there (none: ×1). */
+function weightCell(label, c, w) {
   if (!w || !isNum(w[c])) return `<td class="num" data-label="${c}">${na()}</td>`;
-  const m = c === "trend" ? null : modifier(label, c, w, ref);
-  const mTxt = m === null ? "" : ` <span class="rel ${m > 1.0005 ? "up" : m < 0.9995 ? "down" : ""}" data-testid="implied-modifier">${fmtMult(m)}</span>`;
-  return `<td class="num" data-label="${c}">${fmtPct(w[c], 1)}${mTxt}</td>`;
-}
-
-/** The configured modifier when the API gives the config; otherwise what the weights in force imply:
- * a component's weight relative to trend's, against the same in the normal regime. The two agree
- * when trend and the normal regime carry no modifier, as the shipped config has it. */
-function modifier(label, c, w, ref) {
-  if (S.config) {
-    const configured = S.config.hybrid_weight_modifiers?.default?.[label]?.[c];
-    return isNum(configured) ? configured : 1;
-  }
-  if (label === "normal") return null;
-  return ref && w.trend > 0 && ref.trend > 0 && ref[c] > 0 && isNum(w[c]) ? w[c] / w.trend / (ref[c] / ref.trend) : null;
+  const configured = S.config.hybrid_weight_modifiers?.default?.[label]?.[c];
+  const m = isNum(configured) ? configured : 1;
+  const cls = m > 1.0005 ? "up" : m < 0.9995 ? "down" : "";
+  return `<td class="num" data-label="${c}">${fmtPct(w[c], 1)} <span class="rel ${cls}" data-testid="modifier">${fmtMult(m)}</span></td>`;
 }
 
 const hmmTag = (l, head) => (head ? hmmShort(l) : `<span class="chip h-${esc(l)}">${esc(hmmShort(l))}</span>`);

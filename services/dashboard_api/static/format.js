@@ -117,12 +117,12 @@ export function titleCase(label) {
 // A series' candles have a clock of their own: the demo market plays days-old candles faster than
 // real time until it catches up. Ingest measures freshness against that clock, so every age on the
 // page does too: a candle-time stamp (a regime's start, a training) is aged against the series'
-// market "now", and a wall-clock stamp (a backfill, a heartbeat, a write) against the wall clock,
-// which is the same span on the market clock since the two differ by a constant lag.
+// market "now", and a wall-clock stamp (a backfill, a heartbeat, a write) against the wall clock:
+// both ends of that span shift by the same lag on the market clock, so it is the same span there.
 
 /** Milliseconds the series' market clock runs behind the wall clock, as its last pipeline report implies:
  * the report's wall time less the market time its freshness was measured at (newest close + freshness). */
-export function clockLagMs(snap) {
+function clockLagMs(snap) {
   const pipe = snap.hmm_data_pipeline;
   const bar = tfMs(snap.timeframe) ?? (pipe && isNum(pipe.interval_min) ? pipe.interval_min * 60e3 : null);
   if (!pipe || !bar || !isNum(pipe.freshness_sec) || !isNum(pipe.last_ts) || !isNum(pipe.reported_at)) return 0;
@@ -130,7 +130,7 @@ export function clockLagMs(snap) {
 }
 
 /** The series' market "now" (ms): the wall clock less the lag, and never before the newest close it shows. */
-export function marketNow(snap, now) {
+function marketNow(snap, now) {
   const bar = tfMs(snap.timeframe);
   const newest = snap.price && isNum(snap.price.ts) && bar ? snap.price.ts + bar : -Infinity;
   return Math.max(now - clockLagMs(snap), newest);
