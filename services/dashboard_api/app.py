@@ -9,12 +9,14 @@ and ``routes_ops`` (health, readiness, the live stream, backfill, metrics).
 from __future__ import annotations
 
 import asyncio
+from importlib.resources import files
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from nats.aio.client import Client as NATS
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +33,10 @@ from shared.infra.telemetry import Metrics
 __all__ = ["STATIC", "_ReadinessCache", "create_app", "read_model"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+# Swagger UI as fastapi-offline ships it: the API docs must work where no CDN can be reached. No ReDoc:
+# its page loads a logo from its vendor's CDN whatever it is configured with.
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
+DOCS_ASSETS_URL = "/docs-assets"
 HEALTH_CACHE_MAX_SEC = 1.0
 
 
@@ -54,6 +60,8 @@ def create_app(
         version="0.1.0",
         summary="Volatility and HMM market regimes, sizing multipliers and score weights, per series.",
         responses={404: {"model": Problem}, 400: {"model": Problem}},
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.reads = reads
     # Bodies the routes compressed already (Content-Encoding set) and the event stream pass through as they are.
@@ -70,7 +78,31 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _offline_docs(app)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs with every asset served from here, none from a CDN."""
+    openapi_url = app.openapi_url or "/openapi.json"
+    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    favicon = "/static/favicon.svg"
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            oauth2_redirect_url=redirect_url,
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def read_model(app: FastAPI) -> ReadModel:

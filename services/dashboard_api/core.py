@@ -30,7 +30,7 @@ from services.dashboard_api.models import (
     SymbolSnapshot,
 )
 from shared.domain.config import StrategyConfig
-from shared.domain.contracts import HMM_LABELS, VOL_LABELS
+from shared.domain.vocab import HMM_LABELS, HYBRID_COMPONENTS, TIERS, VOL_LABELS
 
 GZIP_MIN_BYTES = 1024  # smaller bodies go out as they are (the GZip middleware's minimum too)
 GZIP_LEVEL = 6
@@ -238,6 +238,17 @@ def config_view(config: StrategyConfig) -> dict[str, Any]:
             "ceiling": config.idle.ceiling,
         },
         "hmm": config.hmm.as_keys(),
+        "vocabulary": vocabulary(),
+    }
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """The labels the page and bots read instead of keeping copies of their own."""
+    return {
+        "vol_labels": list(VOL_LABELS),
+        "hmm_labels": list(HMM_LABELS),
+        "tiers": list(TIERS),
+        "score_components": list(HYBRID_COMPONENTS),
     }
 
 

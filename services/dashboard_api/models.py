@@ -35,7 +35,7 @@ class Probabilities(BaseModel):
 
 
 class HmmBlock(BaseModel):
-    """Seed 003 §2.6 ``hmm_regime``."""
+    """The series' latest HMM verdict: the regime, how sure the model is, and the bias it gives the screener."""
 
     regime: HmmLabel
     confidence: float
@@ -76,7 +76,8 @@ class ScreenerBlock(BaseModel):
 
 
 class PipelineBlock(BaseModel):
-    """Seed 003 §2.6 ``hmm_data_pipeline``; backfill fields stay null until ingest backfills."""
+    """The candles behind the HMM: where they come from, how fresh and complete; backfill fields stay null until
+    ingest backfills."""
 
     timeframe: str
     source: str
@@ -97,7 +98,7 @@ class PipelineBlock(BaseModel):
 
 
 class Tuning(BaseModel):
-    """Seed 003 §4 key metrics for one labelling of the series."""
+    """How one labelling of the series behaves: flips, dwell time and next-bar return per regime."""
 
     flips: int
     flips_per_day: float | None
@@ -207,7 +208,7 @@ class Problem(BaseModel):
 
 
 class BackfillRequest(BaseModel):
-    """The seed's ``/backfill_ohlcv [target_candles] [max_pages]``, for one series or all."""
+    """Fetch deeper candle history (up to ``target_candles``, at most ``max_pages`` requests), for one series or all."""
 
     series: str | None = Field(None, description="exchange:symbol:timeframe; null for every series")
     target_candles: int | None = Field(None, ge=1, le=1_000_000, description="default HMM_TRAINING_CANDLES")
@@ -227,6 +228,15 @@ class BackfillResponse(BaseModel):
     error: str | None = None
 
 
+class Vocabulary(BaseModel):
+    """The labels the stack uses, in their order, so a client need not hard-code them."""
+
+    vol_labels: list[str] = Field(description="volatility regimes, calmest first")
+    hmm_labels: list[str] = Field(description="HMM regimes, in the order of every probability triple")
+    tiers: list[str] = Field(description="sizing tiers, core first")
+    score_components: list[str] = Field(description="components of the hybrid score, in the weights' order")
+
+
 class ConfigView(BaseModel):
     """The strategy config in force, as the screener applies it."""
 
@@ -239,3 +249,4 @@ class ConfigView(BaseModel):
     vol_thresholds: dict[str, float]
     idle_target: dict[str, float]
     hmm: dict[str, Any]
+    vocabulary: Vocabulary

@@ -121,7 +121,7 @@ class RegimeRoutes:
         return respond(request, self._config)
 
     async def tuning(self, request: Request) -> Any:
-        """Seed 003 §4: per series, flips per day, dwell per regime, mean forward return per regime."""
+        """Per series: flips per day, dwell per regime, mean forward return per regime."""
         state = await self.reads.state()
         body = state.body(("tuning",), lambda s: _joined([e.tuning for e in s.entries.values()]))
         if body is None:

@@ -278,11 +278,17 @@ def reference_app(settings: Settings, config: StrategyConfig, redis: aioredis.Re
                 "ceiling": config.idle.ceiling,
             },
             "hmm": config.hmm.as_keys(),
+            "vocabulary": {
+                "vol_labels": ["low", "normal", "high", "crisis"],
+                "hmm_labels": ["BEARISH", "RANGING", "BULLISH"],
+                "tiers": ["CORE", "SATELLITE", "TACTICAL", "ALT-EXT"],
+                "score_components": ["trend", "carry", "expectancy", "router"],
+            },
         }
 
     @app.get("/api/tuning", tags=["regimes"])
     async def tuning() -> list[dict[str, Any]]:
-        """Seed 003 §4: per series, flips per day, dwell per regime, mean forward return per regime."""
+        """Per series: flips per day, dwell per regime, mean forward return per regime."""
         return [
             {"series": s["series"], "hmm": s.get("hmm_tuning"), "vol": s.get("vol_tuning")} for s in await snapshots()
         ]

@@ -1,10 +1,18 @@
 // Inline-SVG charts of the symbol view. All time charts share one x geometry (same margins, one
 // slot per history point), so a cursor on any of them lines up with the others.
 
-import { esc, fmtClock, fmtNum, fmtPrice, isNum } from "./format.js";
+import { esc, fmtClock, fmtDateTime, fmtNum, fmtPrice, isNum } from "./format.js";
+import { HMM_LABELS } from "./vocab.js";
 
 export const GEO = { left: 8, right: 62 };
 let gradientId = 0;
+
+const MIN = 60e3;
+const HOUR = 60 * MIN;
+const DAY = 24 * HOUR;
+// Round steps for the time axis, finest first; ticks fall on their multiples (UTC).
+const TIME_STEPS = [MIN, 2 * MIN, 5 * MIN, 10 * MIN, 15 * MIN, 30 * MIN, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY];
+const TICK_GAP_PX = 70; // room a time label needs
 
 export function xAxis(n, width) {
   const x0 = GEO.left;
@@ -43,18 +51,24 @@ function niceTicks(lo, hi, count) {
   return out;
 }
 
+/** Time labels on round times: the finest step that leaves TICK_GAP_PX between labels. The axis has
+ * one slot per point, so a tick goes where its time falls between the two points around it. */
 function timeTicks(points, X, y) {
   const n = points.length;
-  if (!n) return "";
-  const k = Math.max(2, Math.min(7, Math.floor((X.x1 - X.x0) / 120)));
-  const span = points[n - 1].ts - points[0].ts;
+  if (n < 2) return "";
+  const first = points[0].ts;
+  const last = points[n - 1].ts;
+  const msPerPx = (last - first) / Math.max(1, X.x1 - X.x0);
+  const step = TIME_STEPS.find((s) => s >= msPerPx * TICK_GAP_PX) ?? TIME_STEPS[TIME_STEPS.length - 1];
   let out = "";
-  for (let j = 0; j < k; j++) {
-    const i = Math.round((j * (n - 1)) / (k - 1));
-    const ts = points[i].ts;
-    const label = span > 86400e3 ? new Date(ts).toISOString().slice(5, 16).replace("T", " ") : fmtClock(ts);
-    const anchor = j === 0 ? "start" : j === k - 1 ? "end" : "middle";
-    out += `<text class="tick" x="${X.at(i).toFixed(1)}" y="${y}" text-anchor="${anchor}">${label}</text>`;
+  let i = 0;
+  for (let t = Math.ceil(first / step) * step; t <= last; t += step) {
+    while (i < n - 1 && points[i + 1].ts <= t) i++;
+    const next = points[i + 1];
+    const x = next && t > points[i].ts ? X.at(i) + (X.step * (t - points[i].ts)) / (next.ts - points[i].ts) : X.at(i);
+    if (x < X.x0 + 16 || x > X.x1 - 16) continue; // a label there would hang over the plot's edge
+    const label = step >= DAY || t % DAY === 0 ? new Date(t).toISOString().slice(5, 10) : fmtClock(t);
+    out += `<text class="tick" data-ts="${t}" x="${x.toFixed(1)}" y="${y}" text-anchor="middle">${label}</text>`;
   }
   return out;
 }
@@ -173,36 +187,50 @@ export function ratioChart(points, thresholds, { width }) {
   return frame(width, H, s);
 }
 
-/** HMM probabilities over time as a stacked area: bearish at the bottom, bullish on top. */
+/** HMM probabilities over time as a stacked area, the first label at the bottom. Bars before the
+ * model's first training have none: that stretch says so instead of staying blank. */
 export function probChart(points, { width }) {
   const H = 112;
   const top = 8;
   const bottom = H - 22;
   const X = xAxis(points.length, width);
   const y = (v) => bottom - v * (bottom - top);
-  let s = "";
-  const segments = runs(points, (p) => Array.isArray(p.p));
-  for (const seg of segments) {
-    if (!seg.label) continue;
-    const idx = [];
-    for (let i = seg.from; i <= seg.to; i++) idx.push(i);
-    const cum = (i, k) => points[i].p.slice(0, k).reduce((a, v) => a + v, 0);
-    ["BEARISH", "RANGING", "BULLISH"].forEach((label, k) => {
-      const upper = idx.map((i) => `${X.at(i).toFixed(1)},${y(cum(i, k + 1)).toFixed(1)}`);
-      const lower = idx.slice().reverse().map((i) => `${X.at(i).toFixed(1)},${y(cum(i, k)).toFixed(1)}`);
-      if (idx.length === 1) {
-        const [x, w] = spanRect(X, seg.from, seg.to);
-        s += `<rect class="parea h-${label}" data-testid="prob-area" data-regime="${label}" x="${x}" width="${w}" y="${y(cum(seg.from, k + 1))}" height="${y(cum(seg.from, k)) - y(cum(seg.from, k + 1))}"></rect>`;
-      } else {
-        s += `<polygon class="parea h-${label}" data-testid="prob-area" data-regime="${label}" points="${upper.join(" ")} ${lower.join(" ")}"></polygon>`;
-      }
-    });
+  let s = untrainedSpan(points, X, top, bottom);
+  for (const seg of runs(points, (p) => Array.isArray(p.p))) {
+    if (seg.label) s += probAreas(points, seg, X, y);
   }
   s += `<line class="grid mid" x1="${X.x0}" x2="${X.x1}" y1="${y(0.5)}" y2="${y(0.5)}"></line>`;
-  for (const v of [0, 0.5, 1]) s += `<text class="tick" x="${X.x1 + 6}" y="${(y(v) + 3.5).toFixed(1)}">${v}</text>`;
+  for (const v of [0, 0.5, 1]) s += `<text class="tick" x="${X.x1 + 6}" y="${(y(v) + 3.5).toFixed(1)}">${v * 100}%</text>`;
   s += timeTicks(points, X, H - 6);
   s += cursorAndHit(X, top, bottom, H);
   return frame(width, H, s);
+}
+
+function probAreas(points, seg, X, y) {
+  const idx = [];
+  for (let i = seg.from; i <= seg.to; i++) idx.push(i);
+  const cum = (i, k) => points[i].p.slice(0, k).reduce((a, v) => a + v, 0);
+  return HMM_LABELS.map((label, k) => {
+    const attrs = `class="parea h-${label}" data-testid="prob-area" data-regime="${label}"`;
+    if (idx.length === 1) {
+      const [x, w] = spanRect(X, seg.from, seg.to);
+      return `<rect ${attrs} x="${x}" width="${w}" y="${y(cum(seg.from, k + 1))}" height="${y(cum(seg.from, k)) - y(cum(seg.from, k + 1))}"></rect>`;
+    }
+    const upper = idx.map((i) => `${X.at(i).toFixed(1)},${y(cum(i, k + 1)).toFixed(1)}`);
+    const lower = idx.slice().reverse().map((i) => `${X.at(i).toFixed(1)},${y(cum(i, k)).toFixed(1)}`);
+    return `<polygon ${attrs} points="${upper.join(" ")} ${lower.join(" ")}"></polygon>`;
+  }).join("");
+}
+
+function untrainedSpan(points, X, top, bottom) {
+  const first = points.findIndex((p) => Array.isArray(p.p));
+  if (first <= 0) return "";
+  const [x, w] = spanRect(X, 0, first - 1);
+  const since = points[first].ts;
+  const until = points[points.length - 1].ts - points[0].ts > DAY ? fmtDateTime(since) : fmtClock(since);
+  const text = w >= 190 ? `HMM not trained until ${until}` : w >= 70 ? "not trained" : "";
+  return `<rect class="untrained-span" data-testid="untrained-span" data-until="${since}" x="${x.toFixed(1)}" y="${top}" width="${w.toFixed(1)}" height="${bottom - top}"></rect>` +
+    (text ? `<text class="untrained-text" x="${(x + w / 2).toFixed(1)}" y="${((top + bottom) / 2 + 4).toFixed(1)}" text-anchor="middle">${text}</text>` : "");
 }
 
 /** Hybrid score (in [-1, 1]) and the blended idle target (a fraction of NAV) on one axis. */

@@ -2,12 +2,6 @@
 // value that is absent (null, undefined, NaN), so a missing field never prints "null" or "NaN".
 
 export const NA = "—";
-export const VOL_LABELS = ["low", "normal", "high", "crisis"];
-export const VOL_LETTER = { low: "L", normal: "N", high: "H", crisis: "C" };
-export const HMM_LABELS = ["BEARISH", "RANGING", "BULLISH"];
-export const HMM_SHORT = { BEARISH: "Bear", RANGING: "Range", BULLISH: "Bull" };
-export const TIERS = ["CORE", "SATELLITE", "TACTICAL", "ALT-EXT"];
-export const COMPONENTS = ["trend", "carry", "expectancy", "router"];
 
 const TF_MS = {
   "1m": 60e3, "3m": 180e3, "5m": 300e3, "15m": 900e3, "30m": 1800e3, "1h": 3600e3,
@@ -49,6 +43,11 @@ export function fmtVol(v) {
   const x = Math.abs(v * 100);
   const digits = x === 0 ? 2 : x >= 10 ? 1 : x >= 1 ? 2 : x >= 0.1 ? 3 : 4;
   return (v * 100).toFixed(digits) + "%";
+}
+
+/** A count with thousands separators: 2000 -> "2,000". */
+export function fmtCount(v) {
+  return isNum(v) ? Math.round(v).toLocaleString("en-US") : NA;
 }
 
 export function fmtMult(v) {
@@ -112,6 +111,39 @@ export function decodeSymbol(token) {
 
 export function titleCase(label) {
   return label ? label.charAt(0).toUpperCase() + label.slice(1).toLowerCase() : NA;
+}
+
+// ---------------------------------------------------------------- one clock for every age
+// A series' candles have a clock of their own: the demo market plays days-old candles faster than
+// real time until it catches up. Ingest measures freshness against that clock, so every age on the
+// page does too: a candle-time stamp (a regime's start, a training) is aged against the series'
+// market "now", and a wall-clock stamp (a backfill, a heartbeat, a write) against the wall clock:
+// both ends of that span shift by the same lag on the market clock, so it is the same span there.
+
+/** Milliseconds the series' market clock runs behind the wall clock, as its last pipeline report implies:
+ * the report's wall time less the market time its freshness was measured at (newest close + freshness). */
+function clockLagMs(snap) {
+  const pipe = snap.hmm_data_pipeline;
+  const bar = tfMs(snap.timeframe) ?? (pipe && isNum(pipe.interval_min) ? pipe.interval_min * 60e3 : null);
+  if (!pipe || !bar || !isNum(pipe.freshness_sec) || !isNum(pipe.last_ts) || !isNum(pipe.reported_at)) return 0;
+  return Math.max(0, pipe.reported_at - (pipe.last_ts + bar) - pipe.freshness_sec * 1000);
+}
+
+/** The series' market "now" (ms): the wall clock less the lag, and never before the newest close it shows. */
+function marketNow(snap, now) {
+  const bar = tfMs(snap.timeframe);
+  const newest = snap.price && isNum(snap.price.ts) && bar ? snap.price.ts + bar : -Infinity;
+  return Math.max(now - clockLagMs(snap), newest);
+}
+
+/** Seconds from a candle-time stamp to the series' market now; null without a stamp. */
+export function candleAge(snap, ts, now) {
+  return isNum(ts) ? (marketNow(snap, now) - ts) / 1000 : null;
+}
+
+/** Seconds since a wall-clock stamp; null without one. */
+export function wallAge(ts, now) {
+  return isNum(ts) ? (now - ts) / 1000 : null;
 }
 
 /** Seconds since the newest candle closed: the pipeline's own figure aged to now, else the last price. */

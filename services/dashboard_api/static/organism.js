@@ -1,12 +1,15 @@
-// The regime organism (seed 003 §8, "Bauhaus overlay"): an SVG body whose shape, colour, edge
-// and posture follow the HMM verdict.
+// The regime organism ("Bauhaus overlay"): an SVG body whose shape, colour, edge and posture
+// follow the HMM verdict.
 //   probabilities -> shape and palette, blended (bearish: cool, contracted, drooping;
 //                    ranging: neutral, round, breathing; bullish: warm, rising flame)
-//   confidence    -> edge sharpness (blur and outline opacity; wobble grows as it falls)
+//   confidence    -> edge sharpness (body blur and outline opacity; wobble grows as it falls)
 //   bias_signal   -> lean and drift in the bias' direction, proportional to its size
 // Targets are approached continuously (exponential easing), so a change of probabilities morphs
 // the body instead of cutting to a new picture. One requestAnimationFrame loop drives every
 // organism on the page; it stops by itself when none is on screen or the tab is hidden.
+// Probability triples run in the vocabulary's HMM label order; shapes and colours are per label.
+
+import { HMM_LABELS, probKey } from "./vocab.js";
 
 const NS = "http://www.w3.org/2000/svg";
 const EASE_SEC = 0.8; // time constant of the morph towards a new verdict
@@ -15,9 +18,9 @@ const POINTS = 44;
 const PARTICLES = 7;
 const R = 24; // base radius in viewBox units (the box is 100 x 100)
 
-// (bearish, ranging, bullish) palettes: core and rim colours, RGB.
-const CORE = [[176, 190, 255], [222, 218, 204], [255, 219, 138]];
-const RIM = [[84, 72, 220], [104, 124, 118], [240, 108, 44]];
+// Palettes per label: core and rim colours, RGB. A label without one is drawn grey.
+const CORE = { BEARISH: [176, 190, 255], RANGING: [222, 218, 204], BULLISH: [255, 219, 138] };
+const RIM = { BEARISH: [84, 72, 220], RANGING: [104, 124, 118], BULLISH: [240, 108, 44] };
 const GREY_CORE = [120, 130, 140];
 const GREY_RIM = [70, 80, 92];
 
@@ -39,6 +42,8 @@ const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
 const mix = (cols, w) => cols[0].map((_, i) => cols.reduce((acc, c, j) => acc + c[i] * w[j], 0));
 const lerp = (a, b, t) => a.map((v, i) => v + (b[i] - v) * t);
 const rgb = (c) => `rgb(${c.map((v) => Math.round(clamp(v, 0, 255))).join(",")})`;
+const even = () => HMM_LABELS.map(() => 1 / HMM_LABELS.length);
+const palette = (table, grey) => HMM_LABELS.map((l) => table[l] ?? grey);
 
 function closedCurve(pts) {
   const n = pts.length;
@@ -60,8 +65,8 @@ export function paramsOf(snap) {
   const h = snap && snap.hmm_regime;
   if (!h) return { status: "none" };
   const p = h.probabilities || {};
-  const probs = [p.bearish, p.ranging, p.bullish].map((v) => (Number.isFinite(v) ? v : 1 / 3));
-  if (!h.trained) return { status: "untrained", probs: [1 / 3, 1 / 3, 1 / 3], confidence: 0, bias: 0 };
+  const probs = HMM_LABELS.map((l) => p[probKey(l)]).map((v) => (Number.isFinite(v) ? v : 1 / HMM_LABELS.length));
+  if (!h.trained) return { status: "untrained", probs: even(), confidence: 0, bias: 0 };
   return {
     status: "ok",
     regime: h.regime,
@@ -75,12 +80,11 @@ export function paramsOf(snap) {
 export function marketParams(snaps) {
   const ok = snaps.map(paramsOf).filter((p) => p.status === "ok");
   if (!ok.length) return { status: "none", n: 0 };
-  const probs = [0, 1, 2].map((i) => ok.reduce((a, p) => a + p.probs[i], 0) / ok.length);
+  const probs = HMM_LABELS.map((_, i) => ok.reduce((a, p) => a + p.probs[i], 0) / ok.length);
   const sorted = [...probs].sort((a, b) => b - a);
-  const labels = ["BEARISH", "RANGING", "BULLISH"];
   return {
     status: "ok",
-    regime: labels[probs.indexOf(sorted[0])],
+    regime: HMM_LABELS[probs.indexOf(sorted[0])],
     probs,
     confidence: sorted[0] - sorted[1],
     bias: ok.reduce((a, p) => a + p.bias, 0) / ok.length,
@@ -95,8 +99,8 @@ export class Organism {
     this.status = "none";
     this.placed = false; // the first verdict is shown as it is; later ones are morphed to
     // "vis" is how much of the regime shows (0 for no verdict); all five are eased together.
-    this.cur = { p: [1 / 3, 1 / 3, 1 / 3], c: 0, b: 0, vis: 0 };
-    this.tgt = { p: [1 / 3, 1 / 3, 1 / 3], c: 0, b: 0, vis: 0 };
+    this.cur = { p: even(), c: 0, b: 0, vis: 0 };
+    this.tgt = { p: even(), c: 0, b: 0, vis: 0 };
     this.build(label);
     alive.add(this);
     this.draw(0);
@@ -117,8 +121,8 @@ export class Organism {
     this.halo = el("circle", { cx: 50, cy: 50, r: 48, fill: `url(#og-h${id})`, class: "og-halo" }, svg);
     this.ring = el("g", { class: "og-ring", transform: "rotate(-90 50 50)" }, svg);
     el("circle", { cx: 50, cy: 50, r: 45, class: "og-ring-track", pathLength: 100 }, this.ring);
-    this.arcs = ["bear", "range", "bull"].map((k) =>
-      el("circle", { cx: 50, cy: 50, r: 45, pathLength: 100, class: `og-arc og-${k}` }, this.ring),
+    this.arcs = HMM_LABELS.map((label) =>
+      el("circle", { cx: 50, cy: 50, r: 45, pathLength: 100, class: `og-arc h-${label}`, "data-regime": label }, this.ring),
     );
     this.lean = el("g", { class: "og-lean" }, svg);
     this.axis = el("line", { x1: 50, y1: 14, x2: 50, y2: 90, class: "og-axis" }, this.lean);
@@ -136,7 +140,7 @@ export class Organism {
     this.status = status;
     const ok = status === "ok";
     this.tgt = {
-      p: ok ? params.probs.slice() : [1 / 3, 1 / 3, 1 / 3],
+      p: ok ? params.probs.slice() : even(),
       c: ok ? clamp(params.confidence, 0, 1) : 0,
       b: ok ? clamp(params.bias, -1, 1) : 0,
       vis: ok ? 1 : 0,
@@ -166,14 +170,26 @@ export class Organism {
 
   draw(t) {
     const { p, c, b, vis } = this.cur;
-    const [pb, pr, pu] = p;
-    const tt = reducedMotion ? 0 : t + this.phase;
-    const calm = 1 - vis; // no verdict: a grey, slowly breathing, uncertain shape
-    const conf = c * vis;
+    const share = (label) => p[HMM_LABELS.indexOf(label)] ?? 0;
+    const f = {
+      p, b, vis,
+      pb: share("BEARISH"), pr: share("RANGING"), pu: share("BULLISH"),
+      tt: reducedMotion ? 0 : t + this.phase,
+      calm: 1 - vis, // no verdict: a grey, slowly breathing, uncertain shape
+      conf: c * vis,
+    };
+    f.rise = (f.pb - f.pu) * 5 * vis; // bullish floats up, bearish sinks
+    this.drawShape(f);
+    const core = this.drawColours(f);
+    this.drawPosture(f, core);
+    this.drawSpores(f, core);
+    this.drawRing(f);
+  }
+
+  drawShape({ pb, pr, pu, tt, calm, conf, vis, rise }) {
     const wobble = 0.018 + 0.085 * (1 - conf);
     const breathe = 1 + 0.04 * Math.sin(tt * 1.15) * (0.35 + pr + calm);
     const contract = 1 - 0.06 * pb * (0.5 + 0.5 * Math.sin(tt * 0.8));
-    const rise = (pb - pu) * 5 * vis; // bullish floats up, bearish sinks
     const pts = [];
     for (let j = 0; j < POINTS; j++) {
       const th = (2 * Math.PI * j) / POINTS;
@@ -188,9 +204,12 @@ export class Organism {
     const d = closedCurve(pts);
     this.body.setAttribute("d", d);
     this.edge.setAttribute("d", d);
+  }
 
-    const core = lerp(mix(CORE, p), GREY_CORE, calm + 0.35 * (1 - conf) * vis);
-    const rim = lerp(mix(RIM, p), GREY_RIM, calm + 0.25 * (1 - conf) * vis);
+  /** Palette, glow, blur and outline; returns the core colour the nucleus and spores are tinted from. */
+  drawColours({ p, calm, conf, vis }) {
+    const core = lerp(mix(palette(CORE, GREY_CORE), p), GREY_CORE, calm + 0.12 * (1 - conf) * vis);
+    const rim = lerp(mix(palette(RIM, GREY_RIM), p), GREY_RIM, calm + 0.1 * (1 - conf) * vis);
     const mid = lerp(core, rim, 0.5);
     this.stops[0].setAttribute("stop-color", rgb(core));
     this.stops[1].setAttribute("stop-color", rgb(mid));
@@ -198,11 +217,16 @@ export class Organism {
     this.glowStops[0].setAttribute("stop-color", rgb(rim));
     this.glowStops[1].setAttribute("stop-color", rgb(rim));
     this.halo.setAttribute("opacity", (0.25 + 0.55 * vis * (0.4 + 0.6 * conf)).toFixed(3));
-    this.blur.setAttribute("stdDeviation", (0.2 + 5.2 * (1 - conf)).toFixed(2));
+    // An unsure body is blurred, but never past the point where its shape stops reading.
+    this.blur.setAttribute("stdDeviation", (0.2 + 4 * (1 - conf)).toFixed(2));
     this.edge.setAttribute("stroke", rgb(lerp(core, [255, 255, 255], 0.35)));
-    this.edge.setAttribute("stroke-opacity", Math.max(0.9 * Math.pow(conf, 1.4), 0.45 * calm).toFixed(3));
+    this.edge.setAttribute("stroke-opacity", Math.max(0.9 * Math.pow(conf, 1.4), 0.5 * vis, 0.45 * calm).toFixed(3));
     this.edge.setAttribute("stroke-dasharray", vis < 0.5 ? "2 2.5" : "none");
     this.body.setAttribute("opacity", (0.45 + 0.55 * vis).toFixed(3));
+    return core;
+  }
+
+  drawPosture({ pb, pu, tt, conf, vis, b, rise }, core) {
     this.nucleus.setAttribute("r", (2.2 + 5 * conf).toFixed(2));
     this.nucleus.setAttribute("cy", (50 + rise - (pu - pb) * 9 * vis).toFixed(2));
     this.nucleus.setAttribute("fill", rgb(lerp(core, [255, 255, 255], 0.55)));
@@ -211,6 +235,9 @@ export class Organism {
     const sway = reducedMotion ? 0 : 1.5 * Math.sin(tt * 0.9) * (1 - conf);
     this.lean.setAttribute("transform", `translate(${(b * 3).toFixed(2)} 0) rotate(${(b * 18 + sway).toFixed(2)} 50 82)`);
     this.axis.setAttribute("stroke-opacity", (0.08 + 0.25 * Math.abs(b)).toFixed(3));
+  }
+
+  drawSpores({ pb, pr, pu, tt, conf, vis, rise }, core) {
     const flow = (pu - pb) * vis; // > 0 rises, < 0 sinks
     const a = Math.min(1, Math.abs(flow) * 1.4);
     const sporeFill = rgb(lerp(core, [255, 255, 255], 0.3));
@@ -228,6 +255,10 @@ export class Organism {
       dot.setAttribute("fill", sporeFill);
       dot.setAttribute("opacity", (Math.sin(Math.PI * u) * vis * (0.15 + 0.7 * Math.max(a, pr * 0.6)) * (0.4 + 0.6 * conf)).toFixed(3));
     });
+  }
+
+  /** The ring around the body: one arc per label, its share of the circle its probability. */
+  drawRing({ p, vis }) {
     let start = 0;
     this.arcs.forEach((arc, i) => {
       const len = Math.max(0, p[i] * 100 * vis - 0.8);
@@ -236,6 +267,7 @@ export class Organism {
       start += p[i] * 100 * vis;
     });
   }
+
 }
 
 function tick(ms) {
@@ -258,8 +290,4 @@ export function wake() {
     lastDraw = 0;
     frame = requestAnimationFrame(tick);
   }
-}
-
-export function forget(organism) {
-  alive.delete(organism);
 }
