@@ -74,7 +74,7 @@ async def build(rt: Runtime) -> list[Any]:
     consumer = Consumer(
         rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(),
         {Candle: on_candles, CandleBatch: on_candles},
-        await rt.kv_position(), stores=[store, trainer], owner=await rt.leases(),
+        await rt.kv_position(), stores=[store, trainer], owner=await rt.leases(), admission=await rt.admission(),
         future_tolerance_ms=rt.settings.future_tolerance_ms,
     )
     return [consumer.run(rt.stop)]

@@ -79,10 +79,17 @@ class Ingest:
         return new
 
     def observe(self, msg: Msg) -> None:
-        """Candles others publish (``regimes replay``/``import``) count in the books too."""
+        """Candles others publish (``regimes replay``/``import``) for a series ingest serves count in its book.
+
+        Other series are not ingest's: it keeps no book of them and reports no
+        telemetry for them (thousands of imported series would otherwise cost
+        a report each, every few seconds, forever).
+        """
         with contextlib.suppress(ContractError):
             for candle in candles_in(decode(msg.data, (Candle, CandleBatch))):
-                self.book(candle.key).add(candle.ts)
+                book = self.books.get(candle.key)
+                if book is not None:
+                    book.add(candle.ts)
 
     async def backfill(self, key: SeriesKey, target: int, max_pages: int) -> dict[str, Any]:
         """One backfill run toward ``target`` candles: walk back, then fill detected gaps."""

@@ -41,7 +41,7 @@ async def build(rt: Runtime) -> list[Any]:
 
     consumer = Consumer(
         rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(), {Candle: on_candle, CandleBatch: on_batch},
-        await rt.kv_position(), stores=[store], owner=await rt.leases(),
+        await rt.kv_position(), stores=[store], owner=await rt.leases(), admission=await rt.admission(),
         future_tolerance_ms=rt.settings.future_tolerance_ms,
     )
     return [consumer.run(rt.stop)]

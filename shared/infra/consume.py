@@ -51,6 +51,7 @@ from shared.domain.contracts import decode, time_problem
 from shared.domain.errors import ContractError
 from shared.domain.partitions import partition_of
 from shared.domain.subjects import SeriesKey
+from shared.infra.admission import Admission, refusal
 from shared.infra.bus import BUS_ERRORS, Bus, Out, now_ms
 from shared.infra.ownership import Everything, Owner
 
@@ -260,6 +261,8 @@ class Consumer:
     stores: Sequence[Resettable] = ()
     # The partitions of the series this replica may process now (leases); Everything: a replica alone by design.
     owner: Owner = field(default_factory=Everything)
+    # Candle consumers: the series cap (every series is registered here, those of other partitions too).
+    admission: Admission | None = None
     batch: int = 256
     fetch_timeout: float = 1.0
     # Lowest stream sequence a core still keeps in memory only (None: none); the position stays below it.
@@ -289,6 +292,8 @@ class Consumer:
 
     async def _open(self) -> JetStreamContext.PullSubscription:
         """(Re)create the durable at the lowest committed position of the partitions held + 1 and bind to it."""
+        if self.admission is not None:
+            await self.admission.load()
         async with self.lock:
             self._owned_version = self.owner.version
             self._floors = await self.position.load(self.owner.held())
@@ -448,6 +453,10 @@ class Consumer:
             return
         metrics, service = self.bus.metrics, self.bus.service
         if isinstance(key, SeriesKey):
+            if self.admission is not None and not await self.admission.admit(key, seq):
+                if self._mine(key, seq):  # one dead letter per refused candle, from the replica that owns it
+                    await self.bus.dead_letter(refusal(self.admission.max_series), msg.subject, msg.data, _origin(msg))
+                return
             if not self._mine(key, seq):
                 metrics.messages.labels(service, "not_owned").inc()
                 return

@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.errors import ConfigError
 from shared.domain.subjects import Names
+from shared.infra.admission import Admission
 from shared.infra.bus import Bus, Health, connect, ensure_streams, kv_bucket
 from shared.infra.consume import KvPosition
 from shared.infra.ownership import Leases, Owner
@@ -81,6 +82,10 @@ class Runtime:
         key = self.position_key(suffix)
         await _check_partitions(kv, f"{key}.partitions", self.settings.partitions)
         return KvPosition(kv, key)
+
+    async def admission(self) -> Admission:
+        """The series cap shared by every candle consumer of the stack (``MAX_SERIES``)."""
+        return Admission(await kv_bucket(self.js, self.names.bucket("series")), self.settings.max_series)
 
     async def leases(self, partitions: int | None = None, *, sticky: bool = False) -> Owner:
         """This replica's share of the service's partitions (``partitions``: the service's own fixed number)."""

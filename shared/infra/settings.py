@@ -20,6 +20,7 @@ from shared.domain.config import DEFAULT_CONFIG_PATH, env_bool, env_int, positiv
 from shared.domain.errors import ConfigError
 from shared.domain.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from shared.domain.subjects import Names
+from shared.infra.admission import DEFAULT_MAX_SERIES
 
 
 def _url(key: str, raw: str, schemes: tuple[str, ...]) -> str:
@@ -53,6 +54,7 @@ class Settings:
     partitions: int = DEFAULT_PARTITIONS  # of the series, per service; fixed for the life of its state
     lease_ttl_sec: float = 5.0  # a dead replica's partitions move after this; replicas beat every ttl / 5
     replica_id: str = ""  # this process's id among its service's replicas; "" = host-pid-random
+    max_series: int = DEFAULT_MAX_SERIES  # series the stack admits (the first to appear); later ones dead-lettered
     health_interval_sec: float = 5.0
     # A candle dated later than now + one bar + this is dead-lettered (clock skew allowance), ms.
     future_tolerance_ms: int = 60_000
@@ -73,6 +75,7 @@ class Settings:
         "PARTITIONS",
         "LEASE_TTL_SEC",
         "REPLICA_ID",
+        "MAX_SERIES",
         "HEALTH_INTERVAL_SEC",
         "CANDLE_FUTURE_TOLERANCE_SEC",
     )
@@ -120,6 +123,8 @@ class Settings:
             kw["partitions"] = env_int("PARTITIONS", env["PARTITIONS"], 1, MAX_PARTITIONS)
         if "LEASE_TTL_SEC" in env:
             kw["lease_ttl_sec"] = _float_between("LEASE_TTL_SEC", env["LEASE_TTL_SEC"], 1.0, 300.0)
+        if "MAX_SERIES" in env:
+            kw["max_series"] = env_int("MAX_SERIES", env["MAX_SERIES"], 1, 1_000_000)
         if "REPLICA_ID" in env:
             kw["replica_id"] = _replica_id(env["REPLICA_ID"])
         if "HEALTH_INTERVAL_SEC" in env:

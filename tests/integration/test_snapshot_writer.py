@@ -19,6 +19,7 @@ from tests.harness import small_config
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
 T0 = 1_700_000_040_000
+ONE = frozenset({0})  # state_publisher has one partition
 
 
 @pytest.fixture
@@ -35,8 +36,8 @@ async def snapshot(w: SnapshotWriter) -> dict:
 
 async def test_events_after_another_consumer_discarded_build_on_what_redis_holds(writer: SnapshotWriter) -> None:
     a, b = writer.position("a"), writer.position("b")
-    assert await a.load() == 0
-    assert await b.load() == 0
+    assert await a.load(ONE) == {0: 0}
+    assert await b.load(ONE) == {0: 0}
     handle = writer.handler(lambda s, e: apply_vol(s, e, 0))
     await handle(vol_event(KEY, T0, "low", 100.0, None), 1)
     await a.commit(1)
@@ -50,13 +51,13 @@ async def test_events_after_another_consumer_discarded_build_on_what_redis_holds
 
 async def test_a_flushed_redis_resets_every_consumer_of_the_writer(writer: SnapshotWriter) -> None:
     a, b = writer.position("a"), writer.position("b")
-    await a.load()
-    await b.load()
+    await a.load(ONE)
+    await b.load(ONE)
     await a.commit(5)
     await writer.redis.delete(writer.keys.position("a"), writer.keys.position("b"))
     with pytest.raises(RedisReset):
         await a.commit(6)
     with pytest.raises(RedisReset):
         await b.verify()
-    assert await a.load() == 0  # both start over from the streams' beginning
-    assert await b.load() == 0
+    assert await a.load(ONE) == {0: 0}  # both start over from the streams' beginning
+    assert await b.load(ONE) == {0: 0}
