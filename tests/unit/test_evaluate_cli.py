@@ -179,3 +179,44 @@ def test_without_matplotlib_the_command_says_how_to_install_it_and_writes_nothin
     assert "matplotlib" in err
     assert "pip install 'regime-stack[report]'" in err
     assert not out.exists()
+
+
+def test_with_the_hmm_off_and_two_files_each_series_gets_a_page_without_hmm_blocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = []
+    for symbol in ("ETH/USD", "SOL/USD"):
+        market = DemoMarket([SeriesKey("file", symbol, "1m")], seed=12, start_ts=T0)
+        path = tmp_path / f"{symbol.replace('/', '_')}-1m.json"
+        write_freqtrade(path, [step[0] for step in market.bars(300)], "json")
+        files.append(str(path))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**CONFIG, "hmm": {"HMM_ENABLED": False}}))
+    out = tmp_path / "r"
+    assert run_cli("evaluate", *files, "--config", str(config), "--out", str(out)) == 0
+    assert "600/600 candles" in capsys.readouterr().err  # one bar over both files
+    index = (out / "index.html").read_text()
+    for stem in ("file_ETH-USD_1m", "file_SOL-USD_1m"):
+        page = (out / f"{stem}.html").read_text()
+        assert ">Volatility regimes<" in page
+        assert ">HMM regimes<" not in page
+        assert ">Sizing in force vs flat<" in page
+        png_chunks((out / f"{stem}.png").read_bytes())
+        assert f'href="{stem}.html"' in index
+
+
+@pytest.mark.parametrize("bars", [1, 2, 3])
+def test_a_series_of_a_few_bars_still_gets_its_page_and_chart(bars: int, tmp_path: Path) -> None:
+    market = DemoMarket([SeriesKey("file", "BTC/USD", "1m")], seed=13, start_ts=T0)
+    candles = [step[0] for step in market.bars(bars)]
+    events = report.replay(candles, cli._check(Path(_write_config(tmp_path))), now_ms=T0 + 10**12)
+    [(ev, stem)] = report.write_series(events, tmp_path / "r")
+    assert ev.bars == bars
+    png_chunks((tmp_path / "r" / f"{stem}.png").read_bytes())
+    assert "—" in (tmp_path / "r" / f"{stem}.html").read_text()  # nothing to measure shows as a dash
+
+
+def _write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(CONFIG))
+    return path
