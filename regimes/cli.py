@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
     bt.add_argument("--out", type=Path, help="write the JSON lines here (default: stdout)")
 
+    ev = sub.add_parser("evaluate", help="the pure cores over candle files, no bus: an HTML + PNG report per series")
+    ev.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
+    ev.add_argument("--exchange", default="file", help="exchange id of the series (default: file)")
+    ev.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
+    ev.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
+    ev.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
+    ev.add_argument("--out", type=Path, required=True, help="directory for index.html and the per-series files")
+
     bf = sub.add_parser("backfill", help="ask ingest for deeper history (the seed's /backfill_ohlcv)")
     bf.add_argument("--series", help="exchange:symbol:timeframe (default: every series)")
     bf.add_argument("--target-candles", type=int, help="default HMM_TRAINING_CANDLES")
@@ -98,6 +106,12 @@ def main(argv: list[str] | None = None) -> None:
             cfg = _check(args.config or Settings.from_env().strategy_config)
             candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
             raise SystemExit(backtest.run(candles, cfg, now_ms(), args.out))
+        if args.command == "evaluate":
+            from regimes import report
+
+            cfg = _check(args.config or Settings.from_env().strategy_config)
+            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
+            raise SystemExit(report.main(candles, cfg, now_ms(), args.out))
         if args.command in ("replay", "import"):
             speed = None if args.command == "import" or not args.speed else args.speed
             code = asyncio.run(feed.publish_files(args.paths, args.exchange, args.symbol, args.timeframe, speed))

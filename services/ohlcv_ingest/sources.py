@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from services.ohlcv_ingest.core import SeriesBook
 from services.ohlcv_ingest.demo import DemoClock, DemoMarket
 from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
+from shared.domain.aggregate import Aggregator
 from shared.domain.contracts import Candle, CandleBatch, ContractError, candles_in, decode, encode
 from shared.domain.subjects import SeriesKey, timeframe_ms
 from shared.infra.bus import kv_bucket, now_ms, publish_candles, read_subject
@@ -41,6 +42,10 @@ class Ingest:
         self.hmm = rt.config.hmm
         self.books: dict[SeriesKey, SeriesBook] = {}
         self.sources: dict[SeriesKey, ExchangeSource] = {}
+        # The higher timeframes a universe entry names ("aggregate"), built from the candles ingest publishes.
+        self.aggregators: dict[SeriesKey, list[Aggregator]] = {
+            spec.key: [Aggregator(tf) for tf in spec.aggregate] for spec in rt.config.universe if spec.aggregate
+        }
 
     def book(self, key: SeriesKey, source: str = "replay", sync: float = 0.0) -> SeriesBook:
         if key not in self.books:
@@ -51,18 +56,25 @@ class Ingest:
         """What the stream already holds per series (after a restart, or candles imported earlier)."""
         retention_bars = self.hmm.ohlcv_retention_days * 1440
         sync = self.hmm.ohlcv_sync_interval_sec
+        owed: list[Candle] = []
         for spec in self.rt.config.universe:
             key = spec.key
-            book = self.book(key, "demo" if key.exchange == "demo" else "exchange", sync)
-            held = await read_subject(
-                self.rt.js,
-                self.rt.names.stream_ohlcv,
-                self.rt.names.ohlcv(key),
-                keep_last=retention_bars,
-                decode_as=(Candle, CandleBatch),
-            )
-            for candle in (c for m in held for c in candles_in(m)):
-                book.add(candle.ts)
+            source = "demo" if key.exchange == "demo" else "exchange"
+            for k in (key, *spec.aggregated):
+                book = self.book(k, source, sync)
+                for candle in await self._held(k, retention_bars):
+                    book.add(candle.ts)
+                    # Re-prime the bucket in progress from what the stream holds; a bar built but never
+                    # published (a crash in between) is owed and goes out now.
+                    owed += [bar for agg in self.aggregators.get(k, ()) for bar in agg.push(candle)]
+        await self.publish(owed)
+
+    async def _held(self, key: SeriesKey, keep_last: int) -> list[Candle]:
+        held = await read_subject(
+            self.rt.js, self.rt.names.stream_ohlcv, self.rt.names.ohlcv(key), keep_last=keep_last,
+            decode_as=(Candle, CandleBatch),
+        )
+        return sorted((c for m in held for c in candles_in(m)), key=lambda c: c.ts)
 
     async def publish(self, candles: Sequence[Candle]) -> int:
         """Publish with ``Nats-Msg-Id``; returns how many were new to the stream.
@@ -76,6 +88,16 @@ class Ingest:
             self.book(candle.key).add(candle.ts)
         if candles:
             self.rt.metrics.published.labels(SERVICE, "candle").inc(len(candles))
+        # Bars of the higher timeframes these closed, published after their base candles. Only newer
+        # candles feed a bucket: history a deeper backfill adds before them is not re-aggregated.
+        built = [
+            bar
+            for c in sorted(fresh, key=lambda c: c.ts)
+            for agg in self.aggregators.get(c.key, ())
+            for bar in agg.push(c)
+        ]
+        if built:
+            await self.publish(built)  # not counted in ``new``: that is the caller's candles only
         return new
 
     def observe(self, msg: Msg) -> None:

@@ -185,6 +185,12 @@ class SeriesSpec:
 
     key: SeriesKey
     tier: str
+    aggregate: tuple[str, ...] = ()  # higher timeframes ingest builds from this series' candles ("15m", "1h")
+
+    @property
+    def aggregated(self) -> tuple[SeriesKey, ...]:
+        """The series built from this one, one per timeframe of ``aggregate``."""
+        return tuple(SeriesKey(self.key.exchange, self.key.symbol, tf) for tf in self.aggregate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +221,19 @@ class DemoConfig:
     bars_per_sec: float = 4.0
 
 
+@dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    """The ``consensus`` block: a symbol's timeframes reduced to one verdict (shared.domain.consensus); off by default.
+
+    ``weights`` per timeframe (a timeframe not named weighs 1); ``screener``:
+    whether the screener blends the consensus bias instead of the series' own.
+    """
+
+    enabled: bool = False
+    weights: Mapping[str, float] = field(default_factory=dict)
+    screener: bool = False
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
     """The whole strategy config, validated. ``vol_regimes_present`` is False when the block was absent."""
@@ -232,6 +251,7 @@ class StrategyConfig:
     hmm: HmmConfig
     demo: DemoConfig
     exchange_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
 
     def tier_of(self, key: SeriesKey) -> str:
         """The universe entry's tier; CORE for a series outside the universe."""
@@ -243,6 +263,9 @@ class StrategyConfig:
         tiers: dict[SeriesKey, str] = {}
         for spec in self.universe:
             tiers.setdefault(spec.key, spec.tier)
+        for spec in self.universe:  # a series built from an entry's candles sizes like the entry
+            for key in spec.aggregated:
+                tiers.setdefault(key, spec.tier)
         return tiers
 
     @property
@@ -266,7 +289,9 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     env = {} if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError("(root)", "the strategy config must be a JSON object")
-    known = {"universe", "sizing", "hybrid", "trend", "idle_target", "vol_regimes", "hmm", "demo", "exchanges"}
+    known = {
+        "universe", "sizing", "hybrid", "trend", "idle_target", "vol_regimes", "hmm", "demo", "exchanges", "consensus",
+    }
     check_known(raw, "", sorted(known))
     vol_present = "vol_regimes" in raw
     vol_block = _obj(raw, "vol_regimes")
@@ -325,6 +350,20 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
         hmm=hmm,
         demo=demo,
         exchange_options=exchanges,
+        consensus=_consensus(_obj(raw, "consensus")),
+    )
+
+
+def _consensus(block: Mapping[str, Any]) -> ConsensusConfig:
+    check_known(block, "consensus", ("enabled", "weights", "screener"))
+    weights = block.get("weights", {})
+    if not isinstance(weights, dict):
+        raise ConfigError("consensus.weights", 'must be an object of timeframe -> weight, e.g. {"1h": 2}')
+    check_known(weights, "consensus.weights", tuple(TIMEFRAMES_MS))
+    return ConsensusConfig(
+        enabled=_bool("consensus.enabled", block.get("enabled", False)),
+        weights={tf: _float_in(0.0, 100.0)(f"consensus.weights.{tf}", w) for tf, w in _entries(weights)},
+        screener=_bool("consensus.screener", block.get("screener", False)),
     )
 
 
@@ -375,7 +414,7 @@ def _universe(raw: Any, default_tf: str | None) -> tuple[SeriesSpec, ...]:
         where = f"universe[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(where, "must be an object")
-        check_known(item, where, ("exchange", "symbol", "timeframe", "tier"))
+        check_known(item, where, ("exchange", "symbol", "timeframe", "tier", "aggregate"))
         try:
             exchange = check_exchange(str(item.get("exchange", "")))
         except ContractError as exc:
@@ -396,11 +435,27 @@ def _universe(raw: Any, default_tf: str | None) -> tuple[SeriesSpec, ...]:
         if not isinstance(tier, str) or not tier:
             raise ConfigError(f"{where}.tier", "must be a tier name such as CORE")
         key = SeriesKey(exchange, symbol, tf)
-        if key in seen:
-            raise ConfigError(where, f"duplicate series {key.id}")
-        seen.add(key)
-        out.append(SeriesSpec(key, tier))
+        spec = SeriesSpec(key, tier, _aggregate(item.get("aggregate", []), tf, f"{where}.aggregate"))
+        for k in (key, *spec.aggregated):
+            if k in seen:
+                raise ConfigError(where, f"duplicate series {k.id}")
+            seen.add(k)
+        out.append(spec)
     return tuple(out)
+
+
+def _aggregate(raw: Any, base: str, where: str) -> tuple[str, ...]:
+    """The timeframes to build from a ``base`` series: each longer than it and a whole number of its bars."""
+    if not isinstance(raw, list) or not all(isinstance(tf, str) for tf in raw):
+        raise ConfigError(where, 'must be a list of timeframes such as ["15m", "1h"]')
+    for tf in raw:
+        if tf not in TIMEFRAMES_MS:
+            raise ConfigError(where, f"expected timeframes of {list(TIMEFRAMES_MS)}, got {tf!r}")
+        if TIMEFRAMES_MS[tf] <= TIMEFRAMES_MS[base] or TIMEFRAMES_MS[tf] % TIMEFRAMES_MS[base]:
+            raise ConfigError(where, f"{tf} is not a whole multiple (> 1) of the series' {base}")
+    if len(set(raw)) != len(raw):
+        raise ConfigError(where, f"lists a timeframe twice: {raw}")
+    return tuple(sorted(raw, key=TIMEFRAMES_MS.__getitem__))
 
 
 def _label_map(raw: Any, where: str, lo: float, hi: float) -> dict[str, float]:
