@@ -169,7 +169,7 @@ class Transition:
     after: str
 
 
-def transitions(labels: Labels, ts: Sequence[int]) -> list[Transition]:
+def transitions(labels: Labels, ts: Sequence[int] | np.ndarray) -> list[Transition]:
     """Every change between two consecutive labelled bars (bars labelled ``None`` in between are skipped)."""
     out: list[Transition] = []
     last: str | None = None
@@ -313,7 +313,7 @@ class SeriesFrame:
     ts: np.ndarray  # int64, candle open time, ms
     close: np.ndarray  # float64, price
     vol_label: list[str]
-    vol_raw: list[str] | None  # the label before confirmation, when the events carry one
+    vol_raw: list[str | None] | None  # the label before confirmation, when the events carry one
     vol_ratio: np.ndarray  # short / long vol
     hmm_on: bool  # whether any HMM event came for this series
     hmm_label: list[str | None]  # None where untrained or no event
@@ -366,7 +366,7 @@ def frames(events: Iterable[Any]) -> dict[SeriesKey, SeriesFrame]:
         dm = decisions.get(key, {})
         hs = [hm.get(v.ts) for v in vs]
         ds = [dm.get(v.ts) for v in vs]
-        hmm_label = [h.regime if h is not None and h.trained else None for h in hs]
+        hmm_label: list[str | None] = [h.regime if h is not None and h.trained else None for h in hs]
         out[key] = SeriesFrame(
             key=key,
             ts=np.array([v.ts for v in vs], dtype=np.int64),

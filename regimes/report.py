@@ -137,14 +137,16 @@ def chart_png(frame: SeriesFrame, dpi: int = 110) -> bytes:
     fig, axes = plt.subplots(rows, 1, figsize=(13, 6.2 if frame.hmm_on else 4.6), sharex=True, dpi=dpi,
                              gridspec_kw={"height_ratios": ratios, "hspace": 0.08}, squeeze=False)
     ax = axes[0][0]
-    _bands(ax, x, runs(frame.vol_label), dict(VOL_COLORS), alpha=0.28)
+    vol_colors: dict[str | None, str] = dict(VOL_COLORS.items())
+    _bands(ax, x, runs(frame.vol_label), vol_colors, alpha=0.28)
     ax.plot(x, frame.close, color="#1f2933", linewidth=0.8)
     ax.set_ylabel("price")
     ax.set_title(frame.key.id, loc="left", fontsize=11)
     ax.margins(x=0)
     if frame.hmm_on:
         strip, bias_ax = axes[1][0], axes[2][0]
-        colors: dict[str | None, str] = {**HMM_COLORS, None: UNTRAINED_COLOR}
+        colors: dict[str | None, str] = {None: UNTRAINED_COLOR}
+        colors.update(HMM_COLORS)
         _bands(strip, x, runs(frame.hmm_label), colors, alpha=0.95)
         strip.set_yticks([])
         strip.set_ylabel("HMM", rotation=0, ha="right", va="center", fontsize=9)
