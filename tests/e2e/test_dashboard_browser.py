@@ -674,7 +674,7 @@ async def test_symbol_charts_say_when_the_hmm_trains_tick_round_times_and_name_e
     last_ts = max(e.ts for e in events)
     events += [pipeline_status(late, last_ts, samples=4_000), pipeline_status(never, last_ts, samples=420)]
     await publish_events(st, events)
-    needed = int(st.config.hmm["HMM_TRAINING_CANDLES"])
+    needed = st.config.hmm.training_candles
 
     dash = await open_dashboard(st, "/#/symbol/test/NEW-USD/1m")
     progress = dash.page.get_by_test_id("hmm-untrained-progress")
