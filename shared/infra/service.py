@@ -20,8 +20,10 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from prometheus_client import start_http_server
 
+from shared.domain.access import SERVICES, roles
 from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.errors import ConfigError
 from shared.domain.subjects import Names
@@ -63,9 +65,13 @@ class Runtime:
         name = f"{self.service}_{suffix}" if suffix else self.service
         return self.names.durable(name, self.settings.replica, self.settings.replicas)
 
+    async def kv(self, name: str, ttl: float | None = None) -> KeyValue:
+        """KV bucket ``name`` of this stack, created with the configured replica count when missing."""
+        return await kv_bucket(self.js, self.names.bucket(name), ttl=ttl, replicas=self.settings.nats_replicas)
+
     async def kv_position(self, durable: str) -> KvPosition:
         """The committed stream position of ``durable``, kept in KV bucket ``positions``."""
-        return KvPosition(await kv_bucket(self.js, self.names.bucket("positions")), durable)
+        return KvPosition(await self.kv("positions"), durable)
 
 
 Build = Callable[[Runtime], Awaitable[list[Coroutine[Any, Any, None]]]]
@@ -111,11 +117,15 @@ async def serve(
     metrics = Metrics.create(service)
     closed = asyncio.Event()
     async with AsyncExitStack() as stack:
-        nc = await connect(settings.nats_url, service, stop, closed=closed)
+        nc = await connect(settings.nats_url, service, stop, closed=closed, credentials=settings.nats_credentials)
         stack.push_async_callback(_close, nc)
         bus = Bus(nc, settings.names, service, metrics)
-        await ensure_streams(bus.js, settings.names, config.hmm.ohlcv_retention_days)
-        health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0)
+        # Only the streams this service uses: its NATS user may create no others.
+        used = roles(settings.names)[service].streams if service in SERVICES else None
+        await ensure_streams(
+            bus.js, settings.names, config.hmm.ohlcv_retention_days, settings.nats_replicas, only=used
+        )
+        health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0, replicas=settings.nats_replicas)
         health = Health(health_kv, service, settings.replica, settings.replicas, metrics)
         if settings.metrics_port:
             server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
