@@ -139,9 +139,10 @@ def with_user(redis_url: str, user: str) -> str:
 
 def user_env(user: str, out: Secrets, nats_url: str, redis_url: str | None) -> dict[str, str]:
     """``regimes env --user NAME``: the URLs and credential files a client connecting as ``user`` needs."""
+    env = {"NATS_URL": nats_url, **service_env(out, user, redis_url)}
     if not out.nats_password(user).is_file():
         raise ConfigError("--user", f"no credentials for {user!r} in {out.root}")
-    return {"NATS_URL": nats_url, **service_env(out, user, redis_url)}
+    return env
 
 
 def exports(env: Mapping[str, str]) -> str:
@@ -176,3 +177,38 @@ def parse_replicas(items: list[str]) -> dict[str, int]:
 def secrets_mode_ok(root: Path) -> bool:
     """The directory is reachable by its owner only (what write_secrets leaves)."""
     return (os.stat(root).st_mode & 0o077) == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """`regimes up`'s credentials: for the servers it starts itself (a server given by URL is left as it is)."""
+
+    secrets: Secrets
+    nats: bool  # its nats-server runs with the generated authorization
+    redis: bool  # its Redis runs with the generated ACL file
+
+    @classmethod
+    def prepare(cls, data_dir: Path, namespace: str, nats: bool, redis: bool) -> Embedded:
+        return cls(write_secrets(data_dir / "secrets", Names(namespace)), nats, redis)
+
+    def env(self, service: str, redis_url: str) -> dict[str, str]:
+        """The credential settings of one service: its own user and files only."""
+        env = service_env(self.secrets, service, redis_url if self.redis else None)
+        if not self.nats:
+            env.pop("NATS_USER")
+            env.pop("NATS_PASSWORD_FILE")
+        return env
+
+
+def env_command(user: str, data_dir: Path) -> str:
+    """``regimes env --user NAME``: export lines for a client of the stack whose data directory is ``data_dir``."""
+    out = Secrets(data_dir / "secrets")
+    nats_url, redis_url = read_endpoints(out)
+    return exports(user_env(user, out, nats_url, redis_url))
+
+
+def secrets_command(out_dir: Path, namespace: str, replicas: list[str]) -> str:
+    """``regimes secrets``: credentials and both servers' configurations for compose (deploy/secrets)."""
+    written = write_secrets(out_dir, Names(namespace), parse_replicas(replicas))
+    users = ", ".join(roles(Names(namespace)))
+    return f"wrote {written.nats_auth.name}, {written.redis_acl.name} and passwords for {users} in {out_dir}"
