@@ -153,6 +153,7 @@ class Supervisor:
         for child in self.children:
             child.start()
         say(f"data in {data_dir}; NATS {nats_url}; Redis {redis_url}")
+        say(f'clients: eval "$(regimes env --user operator --data-dir {data_dir})"  (or --user bot)')
         say("metrics: " + ", ".join(f"{n} :{p}" for n, p in metrics.items()))
         announced = False
         try:
