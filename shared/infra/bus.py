@@ -26,7 +26,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
-from shared.domain.errors import ContractError
+from shared.domain.errors import ConfigError, ContractError
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.telemetry import Metrics
 
@@ -148,10 +148,24 @@ async def ensure_streams(
             continue
         cfg.num_replicas = replicas
         try:
-            await js.add_stream(cfg)
-        except nats.js.errors.BadRequestError:
-            # Exists with other settings (e.g. retention changed): bring it in line.
-            await js.update_stream(cfg)
+            try:
+                await js.add_stream(cfg)
+            except nats.js.errors.BadRequestError:
+                # Exists with other settings (e.g. retention changed): bring it in line.
+                await js.update_stream(cfg)
+        except nats.js.errors.APIError as exc:
+            _check_replicas(exc, replicas)
+            raise
+
+
+# JetStream's answer to replicas > 1 on a server that is not part of a cluster: a setting that can never work.
+_NOT_CLUSTERED = 10074
+
+
+def _check_replicas(exc: nats.js.errors.APIError, replicas: int) -> None:
+    """Turn "replicas > 1 on a lone server" into the setting to change (start-up stops naming it)."""
+    if exc.err_code == _NOT_CLUSTERED:
+        raise ConfigError("NATS_REPLICAS", f"{replicas} copies need a NATS cluster; this server runs alone: use 1")
 
 
 async def kv_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None, replicas: int = 1) -> KeyValue:
@@ -160,7 +174,11 @@ async def kv_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None,
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         cfg = js_api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=replicas)
-        return await js.create_key_value(cfg)
+        try:
+            return await js.create_key_value(cfg)
+        except nats.js.errors.APIError as exc:
+            _check_replicas(exc, replicas)
+            raise
 
 
 @dataclass(frozen=True, slots=True)

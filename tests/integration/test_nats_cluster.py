@@ -31,6 +31,7 @@ from nats.aio.client import Client as NATS
 
 from regimes.servers import ClusterNode, ManagedServer, cluster_nodes, start_cluster_node, start_nats, start_redis
 from shared.domain.config import parse_strategy_config
+from shared.domain.errors import ConfigError
 from shared.domain.subjects import Names
 from shared.infra.bus import ensure_streams
 from tests.harness import eventually
@@ -268,3 +269,18 @@ async def test_a_node_killed_mid_stream_loses_and_doubles_nothing_and_rejoins_cu
         assert len(ours) >= 4 + 5, ours  # OHLCV, REGIMES, TELEMETRY, DLQ and the services' KV buckets
     finally:
         await nc.close()
+
+
+async def test_replicas_on_a_lone_server_stop_start_up_naming_the_setting(
+    nats_server: ManagedServer, namespace: str
+) -> None:
+    """NATS_REPLICAS=3 against one server can never work: the service refuses to start (exit 2), naming the key."""
+    from services.vol_regime.__main__ import build
+    from shared.infra.service import serve
+    from shared.infra.settings import Settings
+    from tests.harness import small_config
+
+    settings = Settings(nats_url=nats_server.url, namespace=namespace, nats_replicas=3)
+    config = small_config([("AAA/USD", "CORE")])
+    with pytest.raises(ConfigError, match="NATS_REPLICAS"):
+        await serve("vol_regime", build, settings, config, asyncio.Event(), handle_signals=False)
