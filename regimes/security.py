@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import shlex
 from collections.abc import Mapping
@@ -172,11 +171,6 @@ def parse_replicas(items: list[str]) -> dict[str, int]:
             raise ConfigError("--replicas", f"expected service=n, got {item!r}")
         out[name] = int(count)
     return out
-
-
-def secrets_mode_ok(root: Path) -> bool:
-    """The directory is reachable by its owner only (what write_secrets leaves)."""
-    return (os.stat(root).st_mode & 0o077) == 0
 
 
 @dataclass(frozen=True, slots=True)
