@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     bf.add_argument("--max-pages", type=int, help="default HMM_OHLCV_BACKFILL_MAX_PAGES")
     bf.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per series (default 300)")
 
+    # Users and their permissions: regimes/security.py (from shared/domain/access.py).
+    ev = sub.add_parser("env", help="print the exports a client needs to connect as one of the stack's users")
+    ev.add_argument("--user", required=True, help="bot, operator, or a service's name")
+    ev.add_argument("--data-dir", type=Path, required=True, help="the data directory `regimes up` printed")
+    sec = sub.add_parser("secrets", help="generate every user's credentials and the servers' auth config")
+    sec.add_argument("out", type=Path, nargs="?", default=Path("deploy/secrets"), help="default deploy/secrets")
+    sec.add_argument("--namespace", default="", help="the stack's REGIMES_NAMESPACE")
+
     cc = sub.add_parser("check-config", help="validate a strategy config and print what it sets")
     cc.add_argument("path", type=Path, nargs="?", help="default: $STRATEGY_CONFIG or config/strategy_config.json")
     return p
@@ -88,6 +96,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(Supervisor(opts).run())
     if args.command == "run":
         importlib.import_module(f"services.{args.service}.__main__").main()
+        return
+    if args.command in ("env", "secrets"):
+        from regimes import security
+
+        try:
+            if args.command == "env":
+                print(security.env_command(args.user, args.data_dir), end="")
+            else:
+                print(security.secrets_command(args.out, args.namespace))
+        except ConfigError as exc:
+            print(f"regimes: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         return
     if args.command == "check-config":
         path = args.path or Settings.from_env().strategy_config

@@ -80,11 +80,11 @@ async def publish_files(
     candles = interleave(*load_files(paths, exchange, symbol, timeframe))
     settings = Settings.from_env()
     config = load_strategy_config(settings.strategy_config)
-    nc = await connect(settings.nats_url, "regimes-feed", attempts=3)
+    nc = await connect(settings.nats_url, "regimes-feed", attempts=3, credentials=settings.nats_credentials)
     try:
         js = nc.jetstream()
         names = settings.names
-        await ensure_streams(js, names, config.hmm.ohlcv_retention_days)
+        await ensure_streams(js, names, config.hmm.ohlcv_retention_days, settings.nats_replicas)
         started = time.monotonic()
         if speed is None:
             new = await _import(js, names, candles, started)
@@ -129,7 +129,7 @@ async def backfill(series: str | None, target: int | None, max_pages: int | None
     wanted = [s.key.id for s in config.universe if series in (None, s.key.id)]
     if not wanted:
         raise FeedError(f"{series} is not in the universe of {settings.strategy_config}")
-    nc = await connect(settings.nats_url, "regimes-backfill", attempts=3)
+    nc = await connect(settings.nats_url, "regimes-backfill", attempts=3, credentials=settings.nats_credentials)
     failures = 0
     started = time.monotonic()
     try:

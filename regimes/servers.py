@@ -151,22 +151,72 @@ def _start(
     return server
 
 
-def start_nats(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
-    """nats-server with JetStream storing in ``data_dir``; port 0 picks a free one."""
+def start_nats(
+    data_dir: Path,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    timeout: float = 20.0,
+    conf: Path | None = None,
+    extra: list[str] | None = None,
+) -> ManagedServer:
+    """nats-server with JetStream storing in ``data_dir``; port 0 picks a free one.
+
+    ``conf`` is a configuration file (the generated authorization, say) that
+    the command-line flags complete; ``extra`` are further flags (a cluster node's).
+    """
     binary = find_nats_server()
+    head = ["-c", str(conf)] if conf is not None else []
     return _start(
         "nats-server", "--nats-port", "nats", data_dir, port, host, timeout, "Server is ready",
-        lambda p, log: [binary, "-a", host, "-p", str(p), "-js", "-sd", str(data_dir / "jetstream"), "-l", str(log)],
+        lambda p, log: [
+            binary, *head, "-a", host, "-p", str(p), "-js", "-sd", str(data_dir / "jetstream"), "-l", str(log),
+            *(extra or []),
+        ],
     )
 
 
-def start_redis(data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0) -> ManagedServer:
-    """A Redis-compatible server persisting nothing; port 0 picks a free one."""
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """One node's addresses in a loopback NATS cluster: its client and route ports, and its store."""
+
+    name: str
+    port: int
+    cluster_port: int
+    data_dir: Path
+
+
+def cluster_nodes(root: Path, count: int = 3, host: str = "127.0.0.1") -> list[ClusterNode]:
+    """``count`` nodes on free ports, each with a store of its own under ``root``."""
+    return [ClusterNode(f"n{i + 1}", free_port(host), free_port(host), root / f"n{i + 1}") for i in range(count)]
+
+
+def start_cluster_node(
+    node: ClusterNode, nodes: list[ClusterNode], cluster: str = "regimes", host: str = "127.0.0.1",
+    conf: Path | None = None, timeout: float = 30.0,
+) -> ManagedServer:
+    """``node`` of a NATS cluster whose members are ``nodes`` (routes to all of them; a node skips itself).
+
+    Restarted with the same ``data_dir``, the node rejoins with its JetStream
+    store and catches up from the others.
+    """
+    routes = ",".join(f"nats://{host}:{n.cluster_port}" for n in nodes)
+    extra = ["-n", node.name, "--cluster_name", cluster, "--cluster", f"nats://{host}:{node.cluster_port}",
+             "--routes", routes]
+    server = start_nats(node.data_dir, node.port, host, timeout, conf=conf, extra=extra)
+    server.name = f"nats-server {node.name}"
+    return server
+
+
+def start_redis(
+    data_dir: Path, port: int = 0, host: str = "127.0.0.1", timeout: float = 20.0, aclfile: Path | None = None
+) -> ManagedServer:
+    """A Redis-compatible server persisting nothing; port 0 picks a free one; ``aclfile`` holds its users."""
     binary = find_redis_server()
+    acl = ["--aclfile", str(aclfile)] if aclfile is not None else []
     return _start(
         "redis-server", "--redis-port", "redis", data_dir, port, host, timeout, "Ready to accept connections",
         lambda p, log: [
             binary, "--bind", host, "--port", str(p), "--save", "", "--appendonly", "no",
-            "--dir", str(data_dir), "--logfile", str(log), "--daemonize", "no",
+            "--dir", str(data_dir), "--logfile", str(log), "--daemonize", "no", *acl,
         ],
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from regimes.security import Embedded, write_endpoints
 from regimes.servers import (
     ManagedServer,
     ServerError,
@@ -32,6 +33,7 @@ from regimes.servers import (
     start_redis,
     stop_process,
 )
+from shared.domain.errors import ConfigError
 from shared.infra.lifetime import die_with_parent
 
 SERVICES = ("ohlcv_ingest", "vol_regime", "hmm_regime", "screener", "state_publisher", "dashboard_api")
@@ -117,7 +119,13 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         data_dir = opts.data_dir or Path(tempfile.mkdtemp(prefix="regimes-"))
         try:
+            # Every user's credentials, and the servers started with them (regimes/security.py).
+            self.auth = Embedded.prepare(data_dir, opts.namespace, not opts.nats_url, not opts.redis_url)
             nats_url, redis_url = self._servers(data_dir)
+            write_endpoints(self.auth.secrets, nats_url, redis_url)
+        except ConfigError as exc:
+            say(str(exc))
+            return CONFIG_EXIT
         except ServerError as exc:
             say(str(exc))
             self._stop_servers()
@@ -136,7 +144,7 @@ class Supervisor:
             env["STRATEGY_CONFIG"] = str(opts.config)
         metrics: dict[str, int] = {}
         for name in opts.services:
-            child_env = dict(env)
+            child_env = dict(env) | self.auth.env(name, redis_url)
             if name != "dashboard_api":  # it serves /metrics on its own port
                 metrics[name] = free_port(opts.host)
                 child_env["METRICS_PORT"] = str(metrics[name])
@@ -145,6 +153,7 @@ class Supervisor:
         for child in self.children:
             child.start()
         say(f"data in {data_dir}; NATS {nats_url}; Redis {redis_url}")
+        say(f'clients: eval "$(regimes env --user operator --data-dir {data_dir})"  (or --user bot)')
         say("metrics: " + ", ".join(f"{n} :{p}" for n, p in metrics.items()))
         announced = False
         try:
@@ -161,14 +170,14 @@ class Supervisor:
     def _servers(self, data_dir: Path) -> tuple[str, str]:
         opts = self.opts
         urls = []
-        for given, start, port, sub in (
-            (opts.nats_url, start_nats, opts.nats_port, "nats"),
-            (opts.redis_url, start_redis, opts.redis_port, "redis"),
+        for given, start, port, sub, kw in (
+            (opts.nats_url, start_nats, opts.nats_port, "nats", {"conf": self.auth.secrets.nats_auth}),
+            (opts.redis_url, start_redis, opts.redis_port, "redis", {"aclfile": self.auth.secrets.redis_acl}),
         ):
             if given:
                 urls.append(given)
                 continue
-            server = start(data_dir / sub, port)
+            server = start(data_dir / sub, port, **kw)  # type: ignore[operator]
             self.servers.append(server)
             urls.append(server.url)
         return urls[0], urls[1]

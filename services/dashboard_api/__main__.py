@@ -38,7 +38,7 @@ def _check_port(host: str, port: int) -> None:
 
 async def build(rt: Runtime) -> list[Any]:
     _check_port(rt.settings.api_host, rt.settings.api_port)
-    redis = aioredis.from_url(rt.settings.redis_url, decode_responses=True)
+    redis = aioredis.from_url(rt.settings.redis_url, password=rt.settings.redis_password, decode_responses=True)
     rt.stack.push_async_callback(redis.aclose)
     app = create_app(rt.settings, rt.config, redis, rt.nc, rt.metrics, shutdown=rt.stop)
     rt.stack.push_async_callback(read_model(app).aclose)  # its subscription goes before the client it uses

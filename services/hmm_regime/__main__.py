@@ -15,7 +15,7 @@ from services.hmm_regime.core import SeriesHmm, adopt, apply_candle, is_newer, t
 from services.hmm_regime.trainer import Trainer
 from shared.domain.contracts import Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
 from shared.domain.hmm import HMM_AVAILABLE
-from shared.infra.bus import Out, kv_bucket
+from shared.infra.bus import Out
 from shared.infra.consume import Consumer, Hold, StateStore
 from shared.infra.service import Runtime, run
 
@@ -31,7 +31,7 @@ async def build(rt: Runtime) -> list[Any]:
     if not HMM_AVAILABLE:
         log.error("hmmlearn is not installed: every series stays RANGING with zero bias")
     store: StateStore[SeriesHmm] = StateStore(
-        await kv_bucket(rt.js, rt.names.bucket("hmm_state")),
+        await rt.kv("hmm_state"),
         new=lambda _key: SeriesHmm.new(cfg),
         dump=SeriesHmm.dump,
         load=lambda _key, raw: SeriesHmm.load(cfg, raw),

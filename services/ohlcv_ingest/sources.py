@@ -23,7 +23,7 @@ from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
 from shared.domain.aggregate import Aggregator
 from shared.domain.contracts import Candle, CandleBatch, ContractError, candles_in, decode, encode
 from shared.domain.subjects import SeriesKey, timeframe_ms
-from shared.infra.bus import kv_bucket, now_ms, publish_candles, read_subject
+from shared.infra.bus import now_ms, publish_candles, read_subject
 from shared.infra.service import Runtime
 
 SERVICE = "ohlcv_ingest"
@@ -180,7 +180,7 @@ async def run_demo(ing: Ingest, keys: list[SeriesKey]) -> None:
     rt = ing.rt
     demo = rt.config.demo
     tf = timeframe_ms(keys[0].timeframe)
-    plans = await kv_bucket(rt.js, rt.names.bucket("ingest_state"))
+    plans = await rt.kv("ingest_state")
     plan_key = f"demo.{keys[0].timeframe}"
     ident = {"seed": demo.seed, "series": [k.id for k in keys]}
     clock = None

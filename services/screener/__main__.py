@@ -17,7 +17,7 @@ from shared.domain.contracts import (
     events_in,
 )
 from shared.domain.subjects import SeriesKey
-from shared.infra.bus import Out, kv_bucket
+from shared.infra.bus import Out
 from shared.infra.consume import Consumer, StateStore
 from shared.infra.service import Runtime, run
 
@@ -28,7 +28,7 @@ async def build(rt: Runtime) -> list[Any]:
     cfg = rt.config
     names = rt.names
     store: StateStore[SeriesScreen] = StateStore(
-        await kv_bucket(rt.js, names.bucket("screener_state")),
+        await rt.kv("screener_state"),
         new=lambda _key: SeriesScreen(),
         dump=SeriesScreen.dump,
         load=lambda _key, raw: SeriesScreen.load(raw),

@@ -33,7 +33,7 @@ SERVICE = "state_publisher"
 
 
 async def build(rt: Runtime) -> list[Any]:
-    redis = aioredis.from_url(rt.settings.redis_url, decode_responses=True)
+    redis = aioredis.from_url(rt.settings.redis_url, password=rt.settings.redis_password, decode_responses=True)
     rt.stack.push_async_callback(redis.aclose)
     writer = SnapshotWriter(redis, RedisKeys(rt.names), rt.config)
     blend = rt.config.hmm.blend_with_trend

@@ -6,7 +6,7 @@ from typing import Any
 
 from services.vol_regime.core import SeriesVol, apply_candle
 from shared.domain.contracts import Candle, CandleBatch, batch_of
-from shared.infra.bus import Out, kv_bucket
+from shared.infra.bus import Out
 from shared.infra.consume import Consumer, StateStore
 from shared.infra.service import Runtime, run
 
@@ -16,7 +16,7 @@ SERVICE = "vol_regime"
 async def build(rt: Runtime) -> list[Any]:
     cfg = rt.config.vol
     store: StateStore[SeriesVol] = StateStore(
-        await kv_bucket(rt.js, rt.names.bucket("vol_state")),
+        await rt.kv("vol_state"),
         new=lambda _key: SeriesVol.new(cfg),
         dump=SeriesVol.dump,
         load=lambda _key, raw: SeriesVol.load(cfg, raw),

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
-from shared.domain.errors import ContractError
+from shared.domain.errors import ConfigError, ContractError
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.telemetry import Metrics
 
@@ -42,9 +42,18 @@ def now_ms() -> int:
 
 
 async def connect(
-    url: str, name: str, stop: asyncio.Event | None = None, attempts: int = 0, closed: asyncio.Event | None = None
+    url: str,
+    name: str,
+    stop: asyncio.Event | None = None,
+    attempts: int = 0,
+    closed: asyncio.Event | None = None,
+    credentials: Mapping[str, str] | None = None,
 ) -> NATS:
     """Connect, retrying every second until connected, ``stop`` is set, or ``attempts`` (0 = forever) run out.
+
+    ``url`` may list a cluster's nodes, comma-separated: all go to nats-py, which
+    connects to one and fails over to the others (and to the nodes the cluster
+    announces). ``credentials`` is ``Settings.nats_credentials`` (user, password).
 
     Once connected, nats-py reconnects by itself forever; the service only logs
     it. Should the client give up and close anyway (the server closed it for a
@@ -71,7 +80,7 @@ async def connect(
         tried += 1
         try:
             return await nats.connect(
-                servers=[url],
+                servers=url.split(","),
                 name=name,
                 connect_timeout=2,
                 drain_timeout=5,
@@ -82,6 +91,7 @@ async def connect(
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
                 closed_cb=on_closed,
+                **(credentials or {}),
             )
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if (attempts and tried >= attempts) or (stop is not None and stop.is_set()):
@@ -90,8 +100,18 @@ async def connect(
             await asyncio.sleep(1.0)
 
 
-async def ensure_streams(js: JetStreamContext, names: Names, retention_days: int) -> None:
-    """Create or update the streams. Idempotent; every service calls it at start."""
+async def ensure_streams(
+    js: JetStreamContext,
+    names: Names,
+    retention_days: int,
+    replicas: int = 1,
+    only: Collection[str] | None = None,
+) -> None:
+    """Create or update the streams (``only`` these names, default all), each with ``replicas`` copies.
+
+    Idempotent; every service calls it at start for the streams it uses (its
+    NATS user may touch no others: see shared.domain.access).
+    """
     specs = [
         js_api.StreamConfig(
             name=names.stream_ohlcv,
@@ -124,19 +144,41 @@ async def ensure_streams(js: JetStreamContext, names: Names, retention_days: int
         ),
     ]
     for cfg in specs:
+        if only is not None and cfg.name not in only:
+            continue
+        cfg.num_replicas = replicas
         try:
-            await js.add_stream(cfg)
-        except nats.js.errors.BadRequestError:
-            # Exists with other settings (e.g. retention changed): bring it in line.
-            await js.update_stream(cfg)
+            try:
+                await js.add_stream(cfg)
+            except nats.js.errors.BadRequestError:
+                # Exists with other settings (e.g. retention changed): bring it in line.
+                await js.update_stream(cfg)
+        except nats.js.errors.APIError as exc:
+            _check_replicas(exc, replicas)
+            raise
 
 
-async def kv_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None) -> KeyValue:
-    """Bind a KV bucket, creating it (history 1) when missing."""
+# JetStream's answer to replicas > 1 on a server that is not part of a cluster: a setting that can never work.
+_NOT_CLUSTERED = 10074
+
+
+def _check_replicas(exc: nats.js.errors.APIError, replicas: int) -> None:
+    """Turn "replicas > 1 on a lone server" into the setting to change (start-up stops naming it)."""
+    if exc.err_code == _NOT_CLUSTERED:
+        raise ConfigError("NATS_REPLICAS", f"{replicas} copies need a NATS cluster; this server runs alone: use 1")
+
+
+async def kv_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None, replicas: int = 1) -> KeyValue:
+    """Bind a KV bucket, creating it (history 1, ``replicas`` copies) when missing."""
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(js_api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl))
+        cfg = js_api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=replicas)
+        try:
+            return await js.create_key_value(cfg)
+        except nats.js.errors.APIError as exc:
+            _check_replicas(exc, replicas)
+            raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import start_http_server
 
+from shared.domain.access import SERVICES, roles
 from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.errors import ConfigError
 from shared.domain.subjects import Names
@@ -71,6 +72,10 @@ class Runtime:
     def _name(self, suffix: str) -> str:
         return f"{self.service}_{suffix}" if suffix else self.service
 
+    async def kv(self, name: str, ttl: float | None = None) -> KeyValue:
+        """KV bucket ``name`` of this stack, created with the configured replica count when missing."""
+        return await kv_bucket(self.js, self.names.bucket(name), ttl=ttl, replicas=self.settings.nats_replicas)
+
     async def kv_position(self, suffix: str = "") -> KvPosition:
         """The committed stream positions of the service's consumer ``suffix``, per partition, in bucket ``positions``.
 
@@ -78,21 +83,21 @@ class Runtime:
         by one number cannot be read by another, so a changed ``PARTITIONS`` stops
         the service with the reason instead of silently reprocessing or skipping.
         """
-        kv = await kv_bucket(self.js, self.names.bucket("positions"))
+        kv = await self.kv("positions")
         key = self.position_key(suffix)
         await _check_partitions(kv, f"{key}.partitions", self.settings.partitions)
         return KvPosition(kv, key)
 
     async def admission(self) -> Admission:
         """The series cap shared by every candle consumer of the stack (``MAX_SERIES``)."""
-        return Admission(await kv_bucket(self.js, self.names.bucket("series")), self.settings.max_series)
+        return Admission(await self.kv("series"), self.settings.max_series)
 
     async def leases(self, partitions: int | None = None, *, sticky: bool = False) -> Owner:
         """This replica's share of the service's partitions (``partitions``: the service's own fixed number)."""
         ttl = self.settings.lease_ttl_sec
         owner = Leases(
-            await kv_bucket(self.js, self.names.bucket("members"), ttl=ttl),
-            await kv_bucket(self.js, self.names.bucket("leases"), ttl=ttl),
+            await self.kv("members", ttl=ttl),
+            await self.kv("leases", ttl=ttl),
             self.service,
             self.replica,
             partitions or self.settings.partitions,
@@ -163,11 +168,15 @@ async def serve(
     metrics = Metrics.create(service)
     closed = asyncio.Event()
     async with AsyncExitStack() as stack:
-        nc = await connect(settings.nats_url, service, stop, closed=closed)
+        nc = await connect(settings.nats_url, service, stop, closed=closed, credentials=settings.nats_credentials)
         stack.push_async_callback(_close, nc)
         bus = Bus(nc, settings.names, service, metrics)
-        await ensure_streams(bus.js, settings.names, config.hmm.ohlcv_retention_days)
-        health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0)
+        # Only the streams this service uses: its NATS user may create no others.
+        used = roles(settings.names)[service].streams if service in SERVICES else None
+        await ensure_streams(
+            bus.js, settings.names, config.hmm.ohlcv_retention_days, settings.nats_replicas, only=used
+        )
+        health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0, replicas=settings.nats_replicas)
         replica = settings.replica_id or new_replica_id()
         health = Health(health_kv, service, replica, metrics)
         if settings.metrics_port:

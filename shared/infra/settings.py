@@ -11,7 +11,7 @@ import re
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -31,6 +31,25 @@ def _url(key: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
+def _nats_urls(raw: str) -> str:
+    """NATS_URL: one URL or a comma-separated list (a cluster's nodes); each checked, returned comma-joined."""
+    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError("NATS_URL", "expected one nats:// URL or a comma-separated list, got nothing")
+    return ",".join(_url("NATS_URL", u, ("nats", "tls")) for u in urls)
+
+
+def _secret_file(key: str, raw: str) -> str:
+    """The first line of the file ``raw`` names: credentials live in files, never in the environment itself."""
+    path = Path(raw)
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(key, f"{path} is empty")
+    return secret
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -40,8 +59,14 @@ class Settings:
     share its ``PARTITIONS`` by leases (see :mod:`shared.infra.ownership`).
     """
 
-    nats_url: str = "nats://127.0.0.1:4222"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"  # one URL, or a cluster's as a comma-separated list
+    redis_url: str = "redis://127.0.0.1:6379/0"  # may name the ACL user: redis://state_publisher@host:6379/0
+    # Replicas of every stream and KV bucket the stack creates: 1 on one server, 3 on a 3-node cluster.
+    nats_replicas: int = 1
+    nats_user: str | None = None
+    # Read from NATS_PASSWORD_FILE / REDIS_PASSWORD_FILE; kept out of repr so a logged Settings shows no secret.
+    nats_password: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
     namespace: str = ""
     strategy_config: Path = DEFAULT_CONFIG_PATH
     log_level: str = "INFO"
@@ -62,7 +87,11 @@ class Settings:
     # Every environment variable from_env reads (the HMM_* keys are the strategy config's).
     ENV_KEYS: ClassVar[tuple[str, ...]] = (
         "NATS_URL",
+        "NATS_REPLICAS",
+        "NATS_USER",
+        "NATS_PASSWORD_FILE",
         "REDIS_URL",
+        "REDIS_PASSWORD_FILE",
         "REGIMES_NAMESPACE",
         "STRATEGY_CONFIG",
         "LOG_LEVEL",
@@ -84,14 +113,38 @@ class Settings:
     def names(self) -> Names:
         return Names(self.namespace)
 
+    @property
+    def nats_servers(self) -> list[str]:
+        """Every NATS URL given: nats-py tries them in turn and fails over between them."""
+        return self.nats_url.split(",")
+
+    @property
+    def nats_credentials(self) -> dict[str, str]:
+        """``user``/``password`` for nats-py's connect, or nothing for a server without authorization."""
+        if self.nats_user is None:
+            return {}
+        return {"user": self.nats_user, "password": self.nats_password or ""}
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         kw: dict[str, Any] = {}
         if "NATS_URL" in env:
-            kw["nats_url"] = _url("NATS_URL", env["NATS_URL"], ("nats", "tls"))
+            kw["nats_url"] = _nats_urls(env["NATS_URL"])
+        if "NATS_REPLICAS" in env:
+            # JetStream allows at most 5 replicas; more than the cluster has nodes fails at stream creation.
+            kw["nats_replicas"] = env_int("NATS_REPLICAS", env["NATS_REPLICAS"], 1, 5)
+        if env.get("NATS_USER"):
+            kw["nats_user"] = env["NATS_USER"]
+            if not env.get("NATS_PASSWORD_FILE"):
+                raise ConfigError("NATS_PASSWORD_FILE", f"NATS_USER={env['NATS_USER']} needs its password file")
+            kw["nats_password"] = _secret_file("NATS_PASSWORD_FILE", env["NATS_PASSWORD_FILE"])
+        elif env.get("NATS_PASSWORD_FILE"):
+            raise ConfigError("NATS_USER", "NATS_PASSWORD_FILE is set but no user is named")
         if "REDIS_URL" in env:
             kw["redis_url"] = _url("REDIS_URL", env["REDIS_URL"], ("redis", "rediss", "unix"))
+        if env.get("REDIS_PASSWORD_FILE"):
+            kw["redis_password"] = _secret_file("REDIS_PASSWORD_FILE", env["REDIS_PASSWORD_FILE"])
         if "REGIMES_NAMESPACE" in env:
             kw["namespace"] = env["REGIMES_NAMESPACE"]
             Names(kw["namespace"])  # validates

@@ -153,10 +153,51 @@ def test_empty_api_token_means_no_token() -> None:
         ("HEALTH_INTERVAL_SEC", "0"),
         ("HEALTH_INTERVAL_SEC", "-2"),
         ("HEALTH_INTERVAL_SEC", "soon"),
+        ("NATS_URL", "nats://a:4222,http://b:4222"),  # every URL of a list is checked
+        ("NATS_URL", " , "),
+        ("NATS_REPLICAS", "0"),
+        ("NATS_REPLICAS", "6"),  # JetStream's most
+        ("NATS_REPLICAS", "three"),
+        ("NATS_PASSWORD_FILE", "/definitely/not/here"),  # without a NATS_USER: NATS_USER is what is missing
+        ("REDIS_PASSWORD_FILE", "/definitely/not/here"),
     ],
 )
 def test_bad_setting_is_refused_naming_its_key(key: str, value: str) -> None:
-    raises_naming(key, lambda: Settings.from_env({key: value}))
+    expected = "NATS_USER" if key == "NATS_PASSWORD_FILE" else key
+    raises_naming(expected, lambda: Settings.from_env({key: value}))
+
+
+def test_a_cluster_is_a_comma_separated_nats_url_and_a_replica_count() -> None:
+    s = Settings.from_env({"NATS_URL": "nats://n1:4222, nats://n2:4222,nats://n3:4222", "NATS_REPLICAS": "3"})
+    assert s.nats_servers == ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
+    assert s.nats_replicas == 3
+    assert Settings.from_env({}).nats_replicas == 1
+
+
+def test_credentials_come_from_files_and_stay_out_of_repr(tmp_path: Path) -> None:
+    nats_pw, redis_pw = tmp_path / "nats.password", tmp_path / "redis.password"
+    nats_pw.write_text("n-secret-123\n")
+    redis_pw.write_text("r-secret-456\n")
+    s = Settings.from_env(
+        {
+            "NATS_USER": "vol_regime",
+            "NATS_PASSWORD_FILE": str(nats_pw),
+            "REDIS_URL": "redis://state_publisher@redis:6379/0",
+            "REDIS_PASSWORD_FILE": str(redis_pw),
+        }
+    )
+    assert s.nats_credentials == {"user": "vol_regime", "password": "n-secret-123"}
+    assert s.redis_password == "r-secret-456"
+    assert "secret" not in repr(s)
+    assert Settings.from_env({}).nats_credentials == {}
+
+
+def test_a_user_without_its_password_file_is_refused(tmp_path: Path) -> None:
+    raises_naming("NATS_PASSWORD_FILE", lambda: Settings.from_env({"NATS_USER": "bot"}))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    env = {"NATS_USER": "bot", "NATS_PASSWORD_FILE": str(empty)}
+    raises_naming("NATS_PASSWORD_FILE", lambda: Settings.from_env(env))
 
 
 def test_bad_setting_is_named_even_among_good_ones() -> None:
