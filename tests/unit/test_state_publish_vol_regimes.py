@@ -7,11 +7,11 @@ transitions only on change, and every ``apply_*`` is idempotent by ts.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 
 from services.state_publisher.core import (
@@ -514,7 +514,7 @@ def test_decisions_feed_the_tuning_stats() -> None:
     snap = fresh()
     for i, (label, close) in enumerate(SEQUENCE):
         regime = "BULLISH" if i < 3 else "BEARISH"
-        apply_hmm(snap, dataclasses.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
+        apply_hmm(snap, msgspec.structs.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
         apply_decision(snap, decision(T0 + i * H4, label, regime, close=close), NOW)
     assert {k: v for k, v in snap["vol_tuning"].items() if k != "_acc"} == {
         k: v for k, v in stats_of(SEQUENCE).dump().items() if k != "_acc"
