@@ -13,8 +13,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot, summarize
+from services.state_publisher.core import (
+    Update,
+    apply_decision,
+    apply_hmm,
+    apply_pipeline,
+    apply_vol,
+    new_snapshot,
+    summarize,
+)
+from shared.domain import snapshot
 from shared.domain.contracts import HmmRegimeEvent, VolRegimeEvent, decode
+from shared.domain.snapshot import HistoryPoint, SeriesSnapshot, Summary, Transition
 from shared.domain.subjects import SeriesKey
 
 RECORDED = json.loads((Path(__file__).parent / "snapshot_v1.json").read_text())
@@ -25,10 +35,10 @@ NOW = RECORDED["now"]
 def _replay() -> dict[str, Any]:
     events = [decode(bytes.fromhex(h)) for h in RECORDED["events"]]
     snap = new_snapshot(KEY, "CORE")
-    out: dict[str, Any] = {"empty": json.dumps(snap), "after_event": {}, "history": [], "transitions": []}
+    out: dict[str, Any] = {"empty": snapshot.dumps(snap), "after_event": {}, "history": [], "transitions": []}
     for i, ev in enumerate(events):
-        if i == len(events) // 2:
-            snap = json.loads(json.dumps(snap))  # the writer reads its snapshots back from Redis after a restart
+        if i == len(events) // 2:  # the writer reads its snapshots back from Redis after a restart
+            snap = snapshot.loads(snapshot.dumps(snap), SeriesSnapshot)
         now = NOW + i
         if isinstance(ev, VolRegimeEvent):
             up = apply_vol(snap, ev, now)
@@ -37,20 +47,35 @@ def _replay() -> dict[str, Any]:
         else:
             up = apply_decision(snap, ev, now)
         if up:
-            out["history"] += [json.dumps(p) for p in up.history]
-            out["transitions"] += [json.dumps(t) for t in up.transitions]
+            snap = up.snapshot
+            out["history"] += [snapshot.dumps(p) for p in up.history]
+            out["transitions"] += [snapshot.dumps(t) for t in up.transitions]
         if str(i) in RECORDED["after_event"]:
-            out["after_event"][str(i)] = json.dumps(snap)
+            out["after_event"][str(i)] = snapshot.dumps(snap)
     first, second = (decode(bytes.fromhex(h)) for h in RECORDED["pipeline"])
-    apply_pipeline(snap, first, NOW + 100)
-    after_first = json.dumps(snap)
-    apply_pipeline(snap, second, NOW + 101)
-    out["after_pipeline"] = [after_first, json.dumps(snap)]
-    out["summary"] = json.dumps(summarize([snap, json.loads(out["empty"])], NOW))
+    after_first = _applied(apply_pipeline(snap, first, NOW + 100))
+    after_second = _applied(apply_pipeline(after_first, second, NOW + 101))
+    out["after_pipeline"] = [snapshot.dumps(after_first), snapshot.dumps(after_second)]
+    out["summary"] = snapshot.dumps(summarize([after_second, new_snapshot(KEY, "CORE")], NOW))
     return out
 
 
+def _applied(update: Update | None) -> SeriesSnapshot:
+    assert update is not None
+    return update.snapshot
+
+
 REPLAYED = _replay()
+
+
+def test_stored_records_read_back_as_they_were_written() -> None:
+    for text in [*RECORDED["after_event"].values(), *RECORDED["after_pipeline"]]:
+        assert snapshot.dumps(snapshot.loads(text, SeriesSnapshot)) == text
+    for text in RECORDED["transitions"]:
+        assert snapshot.dumps(snapshot.loads(text, Transition)) == text  # type: ignore[arg-type]
+    for text in RECORDED["history"]:
+        assert snapshot.dumps(snapshot.loads(text, HistoryPoint)) == text
+    assert snapshot.dumps(snapshot.loads(RECORDED["summary"], Summary)) == RECORDED["summary"]
 
 
 def test_a_new_series_is_stored_as_recorded() -> None:
