@@ -21,7 +21,7 @@ import hashlib
 import math
 import typing
 from collections.abc import Sequence
-from functools import cache, lru_cache
+from functools import lru_cache
 from operator import attrgetter
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
@@ -52,6 +52,8 @@ class NonFinite(ContractError):
 
 class _Contract(msgspec.Struct, frozen=True):
     """A frozen struct that is checked whenever one is made: decoded (msgspec runs ``__post_init__``) or built."""
+
+    _finite: ClassVar[_FinitePlan | None] = None  # where its floats are: made on a class's first check
 
     def __post_init__(self) -> None:
         _check_finite(self)
@@ -99,33 +101,37 @@ def _check_series(exchange: str, symbol: str, timeframe: str) -> None:
 
 
 class _FinitePlan(typing.NamedTuple):
-    """Where a struct keeps floats: plain fields (summed in one go), optional ones, sequences and maps of them."""
+    """Where a struct keeps floats: plain fields (summed in one go), and optional ones, sequences and maps of them."""
 
     plain: tuple[str, ...]
     get_plain: Any  # attrgetter over ``plain``, always returning a tuple
-    optional: tuple[str, ...]
-    sequences: tuple[str, ...]
-    maps: tuple[str, ...]
+    others: tuple[tuple[str, str], ...]  # (how, field): how is "optional", "sequence" or "map"
 
 
-@cache
 def _finite_plan(cls: type[Any]) -> _FinitePlan:
-    plain, optional, sequences, maps = [], [], [], []
+    """``cls``'s plan, made on its first check and kept on the class (a dict lookup less per check)."""
+    plain: list[str] = []
+    others: list[tuple[str, str]] = []
     for f in msgspec.inspect.type_info(cls).fields:
         tp, nullable = f.type, False
         if isinstance(tp, msgspec.inspect.UnionType):
             inner = [t for t in tp.types if not isinstance(t, msgspec.inspect.NoneType)]
             tp, nullable = (inner[0] if len(inner) == 1 else None), True
         if isinstance(tp, msgspec.inspect.FloatType):
-            (optional if nullable else plain).append(f.name)
+            if nullable:
+                others.append(("optional", f.name))
+            else:
+                plain.append(f.name)
         elif isinstance(tp, (msgspec.inspect.TupleType, msgspec.inspect.VarTupleType)):
             items = tp.item_types if isinstance(tp, msgspec.inspect.TupleType) else (tp.item_type,)
             if all(isinstance(t, msgspec.inspect.FloatType) for t in items):
-                sequences.append(f.name)
+                others.append(("sequence", f.name))
         elif isinstance(tp, msgspec.inspect.DictType) and isinstance(tp.value_type, msgspec.inspect.FloatType):
-            maps.append(f.name)
-    getter = attrgetter(*plain) if len(plain) > 1 else (lambda m, n=plain: tuple(getattr(m, x) for x in n))
-    return _FinitePlan(tuple(plain), getter, tuple(optional), tuple(sequences), tuple(maps))
+            others.append(("map", f.name))
+    getter = attrgetter(*plain) if len(plain) > 1 else (lambda m, n=tuple(plain): tuple(getattr(m, x) for x in n))
+    plan = _FinitePlan(tuple(plain), getter, tuple(others))
+    cls._finite = plan
+    return plan
 
 
 def _check_finite(msg: Any) -> None:
@@ -134,37 +140,40 @@ def _check_finite(msg: Any) -> None:
     One sum covers the plain floats: it is finite when they all are (a sum that
     overflows is then looked at value by value, and passes).
     """
-    plan = _finite_plan(type(msg))
+    plan = msg._finite or _finite_plan(type(msg))  # contracts are final classes: no plan is inherited
     values = plan.get_plain(msg)
     if not math.isfinite(sum(values)):
         for name, value in zip(plan.plain, values, strict=True):
             if not math.isfinite(value):
                 raise NonFinite(type(msg).__name__, f".{name}", value)
-    for name in plan.optional:
+    for how, name in plan.others:
         value = getattr(msg, name)
-        if value is not None and not math.isfinite(value):
-            raise NonFinite(type(msg).__name__, f".{name}", value)
-    for name in plan.sequences:
-        seq = getattr(msg, name)
-        if seq is not None and not math.isfinite(sum(seq)):
-            for i, value in enumerate(seq):
-                if not math.isfinite(value):
-                    raise NonFinite(type(msg).__name__, f".{name}[{i}]", value)
-    for name in plan.maps:
-        table = getattr(msg, name)
-        if not math.isfinite(sum(table.values())):
-            for k, value in table.items():
-                if not math.isfinite(value):
-                    raise NonFinite(type(msg).__name__, f".{name}.{k}", value)
+        if value is None:
+            continue
+        if how == "optional":
+            if not math.isfinite(value):
+                raise NonFinite(type(msg).__name__, f".{name}", value)
+        elif how == "sequence":
+            if not math.isfinite(sum(value)):
+                for i, item in enumerate(value):
+                    if not math.isfinite(item):
+                        raise NonFinite(type(msg).__name__, f".{name}[{i}]", item)
+        elif not math.isfinite(sum(value.values())):
+            for k, item in value.items():
+                if not math.isfinite(item):
+                    raise NonFinite(type(msg).__name__, f".{name}.{k}", item)
 
 
 def _bar_problem(
     ts: int, open_: float, high: float, low: float, close: float, volume: float, timeframe: str
 ) -> str | None:
     """Why a bar breaks the candle rules, or None: the one statement of them, for Candle and CandleBatch."""
+    usual = 0 < low <= open_ <= high and low <= close <= high and volume >= 0 and ts >= 0  # one test, mostly
+    if usual and not ts % timeframe_ms(timeframe):
+        return None
     if ts < 0 or ts % timeframe_ms(timeframe):
         return f"ts {ts} is not aligned to {timeframe}"
-    if min(open_, high, low, close) <= 0:
+    if open_ <= 0 or high <= 0 or low <= 0 or close <= 0:
         return "price <= 0"
     if high < low:
         return f"high {high} < low {low}"
