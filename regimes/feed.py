@@ -6,7 +6,6 @@ Settings come from the environment like a service's (NATS_URL, REGIMES_NAMESPACE
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,15 @@ from nats.js import JetStreamContext
 from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
 from shared.domain.config import load_strategy_config
-from shared.domain.contracts import Candle, ContractError, candles_in
+from shared.domain.contracts import (
+    BackfillReply,
+    BackfillRequest,
+    Candle,
+    ContractError,
+    candles_in,
+    decode_json,
+    encode_json,
+)
 from shared.domain.subjects import Names
 from shared.infra.bus import PUBLISH_WINDOW, candle_messages, connect, ensure_streams, publish_candles, publish_messages
 from shared.infra.settings import Settings
@@ -135,20 +142,23 @@ async def backfill(series: str | None, target: int | None, max_pages: int | None
     try:
         for i, sid in enumerate(wanted):
             progress(i, len(wanted), sid, started)
-            body = json.dumps({"series": sid, "target_candles": target, "max_pages": max_pages}).encode()
+            body = encode_json(BackfillRequest(sid, target, max_pages))
             try:
                 reply = await nc.request(settings.names.control("backfill"), body, timeout=timeout)
             except nats.errors.NoRespondersError:
                 raise FeedError("no ohlcv_ingest is running to serve the backfill") from None
             except nats.errors.TimeoutError:
                 raise FeedError(f"{sid}: no answer within {timeout:.0f}s") from None
-            answer = json.loads(reply.data)
-            for result in answer.get("results", []):
-                print(f"\n{result['series']}: {result['rows']} new candles; {result['message']}")
-            if not answer.get("ok"):
+            try:
+                answer = decode_json(reply.data, BackfillReply)
+            except ContractError as exc:
+                raise FeedError(f"{sid}: ingest's reply breaks its contract: {exc.reason}") from None
+            for result in answer.results:
+                print(f"\n{result.series}: {result.rows} new candles; {result.message}")
+            if not answer.ok:
                 failures += 1
-                if answer.get("error"):
-                    print(f"\n{sid}: {answer['error']}")
+                if answer.error:
+                    print(f"\n{sid}: {answer.error}")
         progress(len(wanted), len(wanted), "series", started)
     finally:
         await nc.drain()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
 
+import msgspec
 import nats.errors
 import redis.asyncio as aioredis
 from fastapi import HTTPException
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 
 from services.dashboard_api import core
 from services.dashboard_api.models import ServiceHealth
+from shared.domain.contracts import Heartbeat
 from shared.domain.errors import ContractError
 from shared.domain.subjects import Names, SeriesKey, decode_symbol
 from shared.domain.vocab import TIMEFRAMES_MS
@@ -325,7 +327,5 @@ def _decode(token: str) -> str:
         raise HTTPException(400, exc.reason) from None
 
 
-def _health(raw: dict[str, Any]) -> ServiceHealth:
-    known = set(ServiceHealth.model_fields) - {"extra"}
-    extra = {k: v for k, v in raw.items() if k not in known}
-    return ServiceHealth(**{k: raw[k] for k in known if k in raw}, extra=extra)
+def _health(beat: Heartbeat) -> ServiceHealth:
+    return ServiceHealth(**msgspec.structs.asdict(beat))

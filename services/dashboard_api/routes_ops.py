@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats.errors
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,7 +20,9 @@ from redis.exceptions import RedisError
 from services.dashboard_api import core
 from services.dashboard_api.models import BackfillRequest, BackfillResponse, Problem, Readiness
 from services.dashboard_api.read_model import ReadModel
+from shared.domain import contracts
 from shared.domain.config import StrategyConfig
+from shared.domain.contracts import ContractError, decode_json, encode_json
 from shared.infra.settings import Settings
 from shared.infra.telemetry import Metrics
 
@@ -162,13 +164,17 @@ class OpsRoutes:
         if body.series is not None and body.series not in self.universe:
             raise HTTPException(400, f"{body.series} is not in the universe")
         names = self.settings.names
+        request = encode_json(contracts.BackfillRequest(body.series, body.target_candles, body.max_pages))
         try:
-            reply = await self.nc.request(names.control("backfill"), body.model_dump_json().encode(), timeout=timeout)
+            reply = await self.nc.request(names.control("backfill"), request, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise HTTPException(503, "no ohlcv_ingest is running to serve the backfill") from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise HTTPException(504, f"ingest did not answer within {timeout:.0f}s") from None
-        return json.loads(reply.data)
+        try:
+            return msgspec.to_builtins(decode_json(reply.data, contracts.BackfillReply))
+        except ContractError as exc:
+            raise HTTPException(502, f"ingest's reply breaks its contract: {exc.reason}") from None
 
     async def prometheus(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

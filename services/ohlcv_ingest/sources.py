@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,19 @@ from services.ohlcv_ingest.core import SeriesBook
 from services.ohlcv_ingest.demo import DemoClock, DemoMarket
 from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
 from shared.domain.aggregate import Aggregator
-from shared.domain.contracts import Candle, CandleBatch, ContractError, candles_in, decode, encode
+from shared.domain.contracts import (
+    BackfillReply,
+    BackfillRequest,
+    BackfillResult,
+    Candle,
+    CandleBatch,
+    ContractError,
+    candles_in,
+    decode,
+    decode_json,
+    encode,
+    encode_json,
+)
 from shared.domain.subjects import SeriesKey, timeframe_ms
 from shared.infra.bus import now_ms, publish_candles, read_subject
 from shared.infra.service import Runtime
@@ -113,13 +124,13 @@ class Ingest:
                 if book is not None:
                     book.add(candle.ts)
 
-    async def backfill(self, key: SeriesKey, target: int, max_pages: int) -> dict[str, Any]:
+    async def backfill(self, key: SeriesKey, target: int, max_pages: int) -> BackfillResult:
         """One backfill run toward ``target`` candles: walk back, then fill detected gaps."""
         book = self.book(key)
         source = self.sources.get(key)
         if source is None:
             message = f"{key.id}: source {book.source} has no deeper history to fetch"
-            return {"series": key.id, "ok": False, "rows": 0, "message": message}
+            return BackfillResult(key.id, False, 0, message)
         now = now_ms()
         result = await source.backfill(key.symbol, target, max_pages, now, book.oldest_ts)
         rows = await self.publish(result.candles)
@@ -135,23 +146,23 @@ class Ingest:
         book.backfill_last_message = "; ".join(messages)
         book.last_error = result.error
         log.info("backfill %s: %s", key.id, book.backfill_last_message)
-        return {"series": key.id, "ok": result.ok, "rows": rows, "message": book.backfill_last_message}
+        return BackfillResult(key.id, result.ok, rows, book.backfill_last_message)
 
     async def on_backfill_request(self, msg: Msg) -> None:
-        """``control.backfill``: {"series": id | null, "target_candles": n, "max_pages": n} -> results."""
+        """``control.backfill``: a BackfillRequest (JSON) -> a BackfillReply, once every run is done."""
         try:
-            req = json.loads(msg.data or b"{}")
-            target = int(req.get("target_candles") or self.hmm.training_candles)
-            pages = int(req.get("max_pages") or self.hmm.ohlcv_backfill_max_pages)
-            wanted = req.get("series")
+            req = decode_json(msg.data or b"{}", BackfillRequest)
+            target = int(req.target_candles or self.hmm.training_candles)
+            pages = int(req.max_pages or self.hmm.ohlcv_backfill_max_pages)
+            wanted = req.series
             keys = [k for k in self.books if wanted in (None, k.id)]
             if not keys:
                 raise ValueError(f"unknown series {wanted!r}")
-            results = [await self.backfill(k, target, pages) for k in keys]
-            body: dict[str, Any] = {"ok": all(r["ok"] for r in results), "results": results}
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            body = {"ok": False, "error": str(exc), "results": []}
-        await msg.respond(json.dumps(body).encode())
+            results = tuple([await self.backfill(k, target, pages) for k in keys])
+            reply = BackfillReply(ok=all(r.ok for r in results), results=results)
+        except (ValueError, TypeError) as exc:  # a ContractError (a bad request) is a ValueError
+            reply = BackfillReply(ok=False, results=(), error=str(exc))
+        await msg.respond(encode_json(reply))
 
     async def report(self) -> None:
         now = now_ms()

@@ -8,9 +8,10 @@ part of the snapshot it feeds changes nothing, so a redelivered batch is harmles
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from msgspec.structs import replace
 
 from shared.domain.contracts import (
     HMM_LABELS,
@@ -19,7 +20,22 @@ from shared.domain.contracts import (
     PipelineStatus,
     ScreenerDecision,
     VolRegimeEvent,
-    to_plain,
+)
+from shared.domain.snapshot import (
+    HistoryPoint,
+    HmmBlock,
+    HmmTransition,
+    PipelineBlock,
+    Price,
+    Probabilities,
+    ScreenerBlock,
+    SeriesSnapshot,
+    Summary,
+    Transition,
+    Tuning,
+    TuningAccumulator,
+    VolBlock,
+    VolTransition,
 )
 from shared.domain.subjects import SeriesKey
 
@@ -28,159 +44,95 @@ TRANSITIONS_KEPT = 200  # per series
 DAY_MS = 86_400_000
 
 
-def new_snapshot(key: SeriesKey, tier: str) -> dict[str, Any]:
-    """A series the publisher has heard of but has no verdicts for: every field present, null."""
-    return {
-        "series": key.id,
-        "exchange": key.exchange,
-        "symbol": key.symbol,
-        "timeframe": key.timeframe,
-        "tier": tier,
-        "price": None,  # {"close", "ts"}
-        "vol_regime": None,
-        "vol": None,  # {"short", "long", "ratio", "samples", "sufficient", "ts", "since_ts"}
-        "hmm_regime": None,  # seed 003 §2.6 block
-        "screener": None,
-        "hmm_data_pipeline": None,
-        "hmm_tuning": None,
-        "vol_tuning": None,
-        "updated_at": None,
-    }
+def new_snapshot(key: SeriesKey, tier: str) -> SeriesSnapshot:
+    """A series the publisher has heard of but has no verdicts for: every block null."""
+    return SeriesSnapshot(key.id, key.exchange, key.symbol, key.timeframe, tier)
 
 
 @dataclass
 class Update:
-    """What applying one event changed: transitions and a history point to append."""
+    """What applying events changed: the snapshot after them, transitions and history points to append."""
 
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: SeriesSnapshot
+    transitions: list[Transition] = field(default_factory=list)
+    history: list[HistoryPoint] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)
 
     def merge(self, other: Update) -> None:
+        self.snapshot = other.snapshot
         self.transitions.extend(other.transitions)
         self.history.extend(other.history)
         self.kinds |= other.kinds
 
 
-def _ts(part: Mapping[str, Any] | None) -> int:
-    return -1 if not part else int(part.get("ts", -1))
-
-
-def apply_vol(snap: dict[str, Any], ev: VolRegimeEvent, now: int) -> Update | None:
-    prev = snap["vol"]
-    if ev.ts <= _ts(prev):
+def apply_vol(snap: SeriesSnapshot, ev: VolRegimeEvent, now: int) -> Update | None:
+    prev = snap.vol
+    if prev is not None and ev.ts <= prev.ts:
         return None
-    up = Update(kinds={"vol"})
-    since = prev["since_ts"] if prev and snap["vol_regime"] == ev.label else ev.ts
-    snap["vol_regime"] = ev.label
-    snap["vol"] = {
-        "short": ev.vol_short,
-        "long": ev.vol_long,
-        "ratio": ev.ratio,
-        "samples": ev.samples,
-        "sufficient": ev.sufficient,
-        "ts": ev.ts,
-        "since_ts": since,
-    }
-    snap["price"] = {"close": ev.close, "ts": ev.ts}
-    snap["updated_at"] = now
+    since = prev.since_ts if prev is not None and snap.vol_regime == ev.label else ev.ts
+    vol = VolBlock(ev.vol_short, ev.vol_long, ev.ratio, ev.samples, ev.sufficient, ev.ts, since)
+    after = replace(snap, vol_regime=ev.label, vol=vol, price=Price(ev.close, ev.ts), updated_at=now)
+    up = Update(after, kinds={"vol"})
     if ev.changed and ev.prev_label is not None:
-        up.transitions.append(
-            {"kind": "vol", "ts": ev.ts, "from": ev.prev_label, "to": ev.label, "ratio": ev.ratio, "close": ev.close}
-        )
+        up.transitions.append(VolTransition(ev.ts, ev.prev_label, ev.label, ev.ratio, ev.close))
     return up
 
 
-def apply_hmm(snap: dict[str, Any], ev: HmmRegimeEvent, blend_factor: float, now: int) -> Update | None:
-    prev = snap["hmm_regime"]
-    if ev.ts <= _ts(prev):
+def apply_hmm(snap: SeriesSnapshot, ev: HmmRegimeEvent, blend_factor: float, now: int) -> Update | None:
+    prev = snap.hmm_regime
+    if prev is not None and ev.ts <= prev.ts:
         return None
-    up = Update(kinds={"hmm"})
-    bear, rng, bull = ev.probabilities
-    snap["hmm_regime"] = {
-        "regime": ev.regime,
-        "confidence": ev.confidence,
-        "bias_signal": ev.bias_signal,
-        "probabilities": {"bearish": bear, "ranging": rng, "bullish": bull},
-        "trained": ev.trained,
-        "observation_count": ev.observation_count,
-        "blend_factor": blend_factor,
-        "trained_at": ev.trained_at,
-        "ts": ev.ts,
-        "since_ts": prev["since_ts"] if prev and prev["regime"] == ev.regime else ev.ts,
-    }
-    snap["updated_at"] = now
-    if prev is not None and prev["regime"] != ev.regime and ev.trained:
-        up.transitions.append(
-            {"kind": "hmm", "ts": ev.ts, "from": prev["regime"], "to": ev.regime, "confidence": ev.confidence}
-        )
+    since = prev.since_ts if prev is not None and prev.regime == ev.regime else ev.ts
+    block = HmmBlock(
+        ev.regime, ev.confidence, ev.bias_signal, Probabilities(*ev.probabilities), ev.trained,
+        ev.observation_count, blend_factor, ev.trained_at, ev.ts, since,
+    )  # fmt: skip
+    up = Update(replace(snap, hmm_regime=block, updated_at=now), kinds={"hmm"})
+    if prev is not None and prev.regime != ev.regime and ev.trained:
+        up.transitions.append(HmmTransition(ev.ts, prev.regime, ev.regime, ev.confidence))
     return up
 
 
-def apply_decision(snap: dict[str, Any], d: ScreenerDecision, now: int) -> Update | None:
-    prev = snap["screener"]
-    if d.ts <= _ts(prev):
+def apply_decision(snap: SeriesSnapshot, d: ScreenerDecision, now: int) -> Update | None:
+    prev = snap.screener
+    if prev is not None and d.ts <= prev.ts:
         return None
-    snap["screener"] = _screener_block(d)
-    snap["tier"] = d.tier
-    snap["updated_at"] = now
-    snap["vol_tuning"] = RegimeStats.load(snap["vol_tuning"], VOL_LABELS).add(d.ts, d.vol_regime, d.close).dump()
+    vol_tuning = RegimeStats.load(snap.vol_tuning, VOL_LABELS).add(d.ts, d.vol_regime, d.close).dump()
     # The HMM verdict of this bar counts only once a model is trained: before that, RANGING is just the neutral default.
     # It comes from the decision itself, never from the snapshot, which the HMM service may have moved past already.
     trained = d.hmm_regime is not None and d.hmm_trained and d.hmm_probabilities is not None
+    hmm_tuning = snap.hmm_tuning
     if trained and d.hmm_regime is not None:  # (repeated for the type checker's narrowing)
-        snap["hmm_tuning"] = RegimeStats.load(snap["hmm_tuning"], HMM_LABELS).add(d.ts, d.hmm_regime, d.close).dump()
-    point = {
-        "ts": d.ts,
-        "close": d.close,
-        "vol": d.vol_regime,
-        "ratio": d.vol_ratio,
-        "hmm": d.hmm_regime if trained else None,
-        "p": list(d.hmm_probabilities) if trained and d.hmm_probabilities is not None else None,
-        "nav": d.effective_per_trade_nav_pct,
-        "idle": d.dynamic_idle_target,
-        "score": d.hybrid_score,
-    }
-    return Update(history=[point], kinds={"screener"})
+        hmm_tuning = RegimeStats.load(hmm_tuning, HMM_LABELS).add(d.ts, d.hmm_regime, d.close).dump()
+    after = replace(
+        snap, tier=d.tier, screener=_screener_block(d), hmm_tuning=hmm_tuning, vol_tuning=vol_tuning, updated_at=now
+    )
+    point = HistoryPoint(
+        d.ts, d.close, d.vol_regime, d.vol_ratio, d.hmm_regime if trained else None,
+        d.hmm_probabilities if trained else None, d.effective_per_trade_nav_pct, d.dynamic_idle_target, d.hybrid_score,
+    )  # fmt: skip
+    return Update(after, history=[point], kinds={"screener"})
 
 
-_SCREENER_SCALARS = (
-    "ts",
-    "tier",
-    "sizing_multiplier",
-    "base_per_trade_nav_pct",
-    "effective_per_trade_nav_pct",
-    "capped",
-)
-_SCREENER_SIGNALS = ("hybrid_score", "trend_score", "hmm_bias", "hmm_confidence", "blend_factor", "dynamic_idle_target")
+def _screener_block(d: ScreenerDecision) -> ScreenerBlock:
+    """The decision's part of the snapshot (its maps are the decision's own: both are frozen by contract)."""
+    return ScreenerBlock(
+        d.ts, d.tier, d.sizing_multiplier, d.base_per_trade_nav_pct, d.effective_per_trade_nav_pct, d.capped,
+        d.weights, d.scores, d.defaulted, d.hybrid_score, d.trend_score, d.hmm_bias, d.hmm_confidence,
+        d.blend_factor, d.dynamic_idle_target, d.grid_bias,
+    )  # fmt: skip
 
 
-def _screener_block(d: ScreenerDecision) -> dict[str, Any]:
-    """The decision's part of the snapshot, in the API's field order (built per decision: no generic walk)."""
-    g = d.grid_bias
-    return {
-        **{k: getattr(d, k) for k in _SCREENER_SCALARS},
-        "weights": dict(d.weights),
-        "scores": dict(d.scores),
-        "defaulted": list(d.defaulted),
-        **{k: getattr(d, k) for k in _SCREENER_SIGNALS},
-        "grid_bias": {
-            "mode": g.mode,
-            "entry_spacing_mult_a": g.entry_spacing_mult_a,
-            "entry_spacing_mult_b": g.entry_spacing_mult_b,
-            "size_skew_override": g.size_skew_override,
-        },
-    }
-
-
-def apply_pipeline(snap: dict[str, Any], p: PipelineStatus, now: int) -> Update | None:
-    prev = snap["hmm_data_pipeline"]
-    if prev is not None and p.reported_at <= prev.get("reported_at", -1):
+def apply_pipeline(snap: SeriesSnapshot, p: PipelineStatus, now: int) -> Update | None:
+    prev = snap.hmm_data_pipeline
+    if prev is not None and p.reported_at <= prev.reported_at:
         return None
-    plain = to_plain(p)
-    snap["hmm_data_pipeline"] = {k: v for k, v in plain.items() if k not in ("kind", "v", "exchange", "symbol")}
-    snap["updated_at"] = now
-    return Update(kinds={"pipeline"})
+    block = PipelineBlock(
+        p.timeframe, p.source, p.interval_min, p.sync_interval_sec, p.samples, p.coverage_pct, p.last_ts,
+        p.freshness_sec, p.freshness_limit_sec, p.freshness_ok, p.gaps, p.backfill_last_at, p.backfill_last_rows,
+        p.backfill_last_message, p.last_error, p.reported_at,
+    )  # fmt: skip
+    return Update(replace(snap, hmm_data_pipeline=block, updated_at=now), kinds={"pipeline"})
 
 
 @dataclass
@@ -205,13 +157,15 @@ class RegimeStats:
     fwd_n: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, raw: Mapping[str, Any] | None, labels: Iterable[str]) -> RegimeStats:
+    def load(cls, tuning: Tuning | None, labels: Iterable[str]) -> RegimeStats:
         labels = tuple(labels)
-        if not raw:
+        if tuning is None:
             return cls(labels)
-        acc = raw["_acc"]
-        fields: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in acc.items()}
-        return cls(labels, **fields)
+        a = tuning.acc
+        return cls(
+            labels, a.first_ts, a.last_ts, a.last_close, a.current, a.run_start, a.flips, dict(a.bars),
+            dict(a.dwell_ms), dict(a.runs), dict(a.fwd_sum), dict(a.fwd_n),
+        )  # fmt: skip
 
     def add(self, ts: int, label: str, close: float) -> RegimeStats:
         if self.last_ts is not None and ts <= self.last_ts:
@@ -234,38 +188,29 @@ class RegimeStats:
         self.last_close = close
         return self
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self) -> Tuning:
         span_days = ((self.last_ts or 0) - (self.first_ts or 0)) / DAY_MS
-        return {
-            "flips": self.flips,
-            "flips_per_day": (self.flips / span_days) if span_days > 0 else None,
-            "span_days": span_days,
-            "current": self.current,
-            "current_since_ts": self.run_start,
-            "bars": {lb: self.bars.get(lb, 0) for lb in self.labels},
-            "mean_dwell_min": {
+        return Tuning(
+            flips=self.flips,
+            flips_per_day=(self.flips / span_days) if span_days > 0 else None,
+            span_days=span_days,
+            current=self.current,
+            current_since_ts=self.run_start,
+            bars={lb: self.bars.get(lb, 0) for lb in self.labels},
+            mean_dwell_min={
                 lb: (self.dwell_ms[lb] / self.runs[lb] / 60_000 if self.runs.get(lb) else None) for lb in self.labels
             },
-            "mean_forward_return": {
+            mean_forward_return={
                 lb: (self.fwd_sum[lb] / self.fwd_n[lb] if self.fwd_n.get(lb) else None) for lb in self.labels
             },
-            "_acc": {
-                "first_ts": self.first_ts,
-                "last_ts": self.last_ts,
-                "last_close": self.last_close,
-                "current": self.current,
-                "run_start": self.run_start,
-                "flips": self.flips,
-                "bars": self.bars,
-                "dwell_ms": self.dwell_ms,
-                "runs": self.runs,
-                "fwd_sum": self.fwd_sum,
-                "fwd_n": self.fwd_n,
-            },
-        }
+            acc=TuningAccumulator(
+                self.first_ts, self.last_ts, self.last_close, self.current, self.run_start, self.flips, self.bars,
+                self.dwell_ms, self.runs, self.fwd_sum, self.fwd_n,
+            ),
+        )
 
 
-def summarize(snapshots: Iterable[Mapping[str, Any]], now: int) -> dict[str, Any]:
+def summarize(snapshots: Iterable[SeriesSnapshot], now: int) -> Summary:
     """``vol_regime_summary`` (seed 000 §4.1) and its HMM twin: symbols per regime."""
     vol = dict.fromkeys(VOL_LABELS, 0)
     hmm = dict.fromkeys(HMM_LABELS, 0)
@@ -274,21 +219,21 @@ def summarize(snapshots: Iterable[Mapping[str, Any]], now: int) -> dict[str, Any
     untrained = 0
     for snap in snapshots:
         total += 1
-        label = snap.get("vol_regime")
-        if label in vol:
+        label = snap.vol_regime
+        if label is not None:
             vol[label] += 1
-            vol_sum[label] += (snap.get("vol") or {}).get("short", 0.0)
-        h = snap.get("hmm_regime")
-        if h:
-            if h.get("trained"):
-                hmm[h["regime"]] += 1
+            vol_sum[label] += snap.vol.short if snap.vol is not None else 0.0
+        h = snap.hmm_regime
+        if h is not None:
+            if h.trained:
+                hmm[h.regime] += 1
             else:
                 untrained += 1
-    return {
-        "symbols": total,
-        "vol_regime_summary": vol,
-        "vol_regime_avg_vol_short": {lb: (vol_sum[lb] / vol[lb] if vol[lb] else None) for lb in VOL_LABELS},
-        "hmm_regime_summary": hmm,
-        "hmm_untrained": untrained,
-        "updated_at": now,
-    }
+    return Summary(
+        symbols=total,
+        vol_regime_summary=vol,
+        vol_regime_avg_vol_short={lb: (vol_sum[lb] / vol[lb] if vol[lb] else None) for lb in VOL_LABELS},
+        hmm_regime_summary=hmm,
+        hmm_untrained=untrained,
+        updated_at=now,
+    )

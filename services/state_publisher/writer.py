@@ -13,6 +13,7 @@ rebuilt; see the README).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,13 +22,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
+from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
 from shared.domain.contracts import events_in
+from shared.domain.errors import ContractError
+from shared.domain.snapshot import SeriesSnapshot, Transition
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import Out, now_ms
 from shared.infra.redis_keys import RedisKeys
 
-Apply = Callable[[dict[str, Any], Any], Update | None]
+Apply = Callable[[SeriesSnapshot, Any], Update | None]
+log = logging.getLogger(__name__)
 
 
 class RedisReset(RedisError):
@@ -39,7 +44,7 @@ class SnapshotWriter:
         self.redis = redis
         self.keys = keys
         self.config = config
-        self.snaps: dict[SeriesKey, dict[str, Any]] = {}
+        self.snaps: dict[SeriesKey, SeriesSnapshot] = {}
         self.pending: dict[SeriesKey, Update] = {}
         self.epoch = 0  # bumped on every reset, so each consumer of this writer starts over too
         self._loaded = False
@@ -50,10 +55,16 @@ class SnapshotWriter:
             return
         tokens = sorted(cast(set[str], await self.redis.smembers(self.keys.symbols)))  # decode_responses: str
         raws = await self.redis.mget([self.keys.symbol(t) for t in tokens]) if tokens else []
-        self.snaps = {SeriesKey.from_token(t): json.loads(r) for t, r in zip(tokens, raws, strict=True) if r}
+        self.snaps = {}
+        for token, raw in zip(tokens, raws, strict=True):
+            if raw:
+                try:
+                    self.snaps[SeriesKey.from_token(token)] = snapshot.loads(raw, SeriesSnapshot)
+                except ContractError as exc:  # not one this build wrote: the series starts afresh from its events
+                    log.warning("stored snapshot %s unreadable: %s", token, exc.reason)
         for spec in self.config.universe:
             self.snaps.setdefault(spec.key, new_snapshot(spec.key, spec.tier))
-        self.pending = {key: Update(kinds={"init"}) for key in self.snaps}
+        self.pending = {key: Update(snap, kinds={"init"}) for key, snap in self.snaps.items()}
         self._loaded = True
 
     def discard(self) -> None:
@@ -82,13 +93,19 @@ class SnapshotWriter:
             if not self._loaded:  # the other consumer of this writer discarded since: read back what Redis holds
                 await self.load()
             key = msg.key
-            snap = self.snaps.get(key) or self.snaps.setdefault(key, new_snapshot(key, self.config.tier_of(key)))
+            snap = self.snaps.get(key) or new_snapshot(key, self.config.tier_of(key))
             applied = False
             for event in events_in(msg):
                 update = apply(snap, event)
                 if update is not None:
-                    self.pending.setdefault(key, Update()).merge(update)
+                    snap = update.snapshot
+                    pending = self.pending.get(key)
+                    if pending is None:
+                        self.pending[key] = update
+                    else:
+                        pending.merge(update)
                     applied = True
+            self.snaps[key] = snap
             return [] if applied else None
 
         return handle
@@ -106,21 +123,21 @@ class SnapshotWriter:
             # Vol and HMM transitions arrive interleaved as the two services happened to answer; the list is
             # kept in candle-time order (newest first) instead, so it is the same in every run.
             changed = [k for k, up in self.pending.items() if up.transitions]
-            stored = [await pipe.lrange(keys.transitions(k.token), 0, -1) for k in changed]
+            stored = [cast(list[str], await pipe.lrange(keys.transitions(k.token), 0, -1)) for k in changed]
             pipe.multi()
             for key, old in zip(changed, stored, strict=True):
-                merged = sorted([*map(json.loads, old), *self.pending[key].transitions], key=_newest_first)
+                merged = sorted([*_transitions(old), *self.pending[key].transitions], key=_newest_first)
                 pipe.delete(keys.transitions(key.token))
-                pipe.rpush(keys.transitions(key.token), *[json.dumps(t) for t in merged[:TRANSITIONS_KEPT]])
+                pipe.rpush(keys.transitions(key.token), *[snapshot.dumps(t) for t in merged[:TRANSITIONS_KEPT]])
             for key, up in self.pending.items():
                 token = key.token
                 pipe.sadd(keys.symbols, token)
-                pipe.set(keys.symbol(token), json.dumps(self.snaps[key]))
+                pipe.set(keys.symbol(token), snapshot.dumps(self.snaps[key]))
                 if up.history:
-                    pipe.rpush(keys.history(token), *[json.dumps(p) for p in up.history])
+                    pipe.rpush(keys.history(token), *[snapshot.dumps(p) for p in up.history])
                     pipe.ltrim(keys.history(token), -HISTORY_POINTS, -1)
             if self.pending:
-                pipe.set(keys.summary, json.dumps(summarize(self.snaps.values(), now)))
+                pipe.set(keys.summary, snapshot.dumps(summarize(self.snaps.values(), now)))
                 kinds = sorted(set().union(*(u.kinds for u in self.pending.values())))
                 notice = {"series": [k.id for k in self.pending], "kinds": kinds, "at": now}
                 pipe.publish(keys.changes, json.dumps(notice))
@@ -132,8 +149,19 @@ class SnapshotWriter:
         self.pending.clear()
 
 
-def _newest_first(transition: dict[str, Any]) -> tuple[int, str]:
-    return -int(transition["ts"]), str(transition["kind"])
+def _newest_first(transition: Transition) -> tuple[int, str]:
+    return -transition.ts, str(transition.__struct_config__.tag)
+
+
+def _transitions(stored: list[str]) -> list[Transition]:
+    """The transitions Redis holds for a series (one this build cannot read is dropped: the list is a log)."""
+    out: list[Transition] = []
+    for raw in stored:
+        try:
+            out.append(snapshot.loads(raw, Transition))
+        except ContractError as exc:
+            log.warning("stored transition unreadable: %s", exc.reason)
+    return out
 
 
 @dataclass

@@ -1,24 +1,22 @@
-"""The message codec: msgpack bytes <-> the checked message types of :mod:`shared.domain.contracts`.
+"""The message codec: msgpack bytes <-> the checked message Structs of :mod:`shared.domain.contracts`.
 
-Decoding has two paths with one result. The fast one lets msgspec parse the
-bytes straight into the frozen dataclasses (a few µs per candle); anything it
-refuses, and any message that holds a non-finite number, goes to the reference
-decoder below, which walks the type hints and says exactly what is wrong
-(``Candle.ts: expected an integer, got float``). So a valid message costs
-little and a bad one still gets its precise dead-letter reason. Every
-struct's own ``check`` (high >= low, aligned ts, ...) runs on both paths.
-Only import this module through :mod:`shared.domain.contracts`.
+Decoding is one msgspec ``Decoder`` over the tagged union of every message:
+msgspec reads the ``kind``, builds the Struct, checks the types and runs each
+Struct's ``__post_init__`` (finite floats, series fields, the struct's rules).
+A message it refuses is looked at once more, only then, to give the reason
+dead-letter queries know (``Candle.ts: expected an integer, got float``):
+msgspec's error names the path, the raw message at that path says what was
+there. Encoding is msgspec's too; batches write their events without ``kind``,
+as they always have. Only import this module through :mod:`shared.domain.contracts`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 import types
 import typing
 from functools import cache
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import msgpack
 import msgspec
@@ -26,60 +24,9 @@ import msgspec
 import shared.domain.contracts as c
 from shared.domain.errors import ContractError
 
+T = TypeVar("T")
 
-class _Head(msgspec.Struct):
-    kind: Any = None
-
-
-_HEAD = msgspec.msgpack.Decoder(_Head)
-
-
-@cache
-def _fast_decoder(cls: type[Any]) -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(cls)
-
-
-# A non-finite float in msgpack: float64 (0xcb) or float32 (0xca) with every exponent bit set. A match may
-# also be a coincidence inside other bytes; that only sends the message down the (exact) reference path.
-_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]|\xca[\x7f\xff][\x80-\xff]")
-
-
-def _finite(value: Any) -> bool:
-    """Whether every float in a decoded message is finite (only asked when its bytes looked suspicious)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, (tuple, list)):
-        return all(_finite(v) for v in value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if dataclasses.is_dataclass(value):
-        return all(_finite(getattr(value, name)) for name in _field_names(type(value)))
-    return True
-
-
-def to_plain(msg: Any) -> dict[str, Any]:
-    """A message as the plain map that goes on the wire (tuples become lists)."""
-    out: dict[str, Any] = {"kind": type(msg).KIND} if hasattr(type(msg), "KIND") else {}
-    for name in _field_names(type(msg)):
-        out[name] = _plain_value(getattr(msg, name))
-    return out
-
-
-@cache
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _plain_value(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bytes)) or value is None:
-        return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _plain_value(getattr(value, name)) for name in _field_names(type(value))}
-    if isinstance(value, (tuple, list)):
-        return [_plain_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain_value(v) for k, v in value.items()}
-    return value
+_DECODER = msgspec.msgpack.Decoder(c.Message)
 
 
 def _plain_scalar(obj: Any) -> Any:
@@ -93,146 +40,262 @@ def _plain_scalar(obj: Any) -> Any:
 _ENCODER = msgspec.msgpack.Encoder(enc_hook=_plain_scalar)
 
 
-def encode(msg: Any) -> bytes:
-    """msgpack bytes of a message: the map of :func:`to_plain`, byte for byte, written by msgspec.
+# --- encoding ---------------------------------------------------------------------------------------------------
 
-    msgspec writes a dataclass as the map of its fields in order; the ``kind``
-    entry goes in front of them, so the bytes are those of ``{"kind": ..., **fields}``.
-    """
-    body = _ENCODER.encode(msg)
-    kind = getattr(type(msg), "KIND", None)
-    if kind is None:
-        return body
-    first = body[0]
-    if first & 0xF0 == 0x80:  # fixmap
-        count, rest = first & 0x0F, body[1:]
-    else:  # map16 (0xde); no message has 65,536 fields
-        count, rest = int.from_bytes(body[1:3], "big"), body[3:]
-    return _map_header(count + 1) + _kind_entry(kind) + rest
+
+def encode(msg: Any) -> bytes:
+    """msgpack bytes of a message: the map of :func:`to_plain` (``kind`` first, then the fields in order)."""
+    if isinstance(msg, c._EventBatch):
+        return _encode_batch(msg)
+    return _ENCODER.encode(msg)
+
+
+def _encode_batch(batch: Any) -> bytes:
+    """A batch's map, its events written without their ``kind`` (the batch's kind says what they are)."""
+    cls = type(batch)
+    parts = [_map_header(len(cls.__struct_fields__) + 1), _kind_entry(cls.KIND)]
+    for name in cls.__struct_fields__:
+        parts.append(_key(name))
+        if name == "events":
+            parts.append(_array_header(len(batch.events)))
+            parts.extend(_untagged(_ENCODER.encode(event), event.KIND) for event in batch.events)
+        else:
+            parts.append(_ENCODER.encode(getattr(batch, name)))
+    return b"".join(parts)
+
+
+def _untagged(body: bytes, kind: str) -> bytes:
+    """A tagged struct's map without its leading ``kind`` entry (msgspec writes the tag first)."""
+    if body[0] & 0xF0 == 0x80:  # fixmap
+        count, start = body[0] & 0x0F, 1
+    else:  # map16 (0xde); no struct has 65,536 fields
+        count, start = int.from_bytes(body[1:3], "big"), 3
+    entry = _kind_entry(kind)
+    return _map_header(count - 1) + body[start + len(entry) :]
 
 
 def _map_header(count: int) -> bytes:
     return bytes([0x80 | count]) if count < 16 else b"\xde" + count.to_bytes(2, "big")
 
 
+def _array_header(count: int) -> bytes:
+    return bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+
+
+@cache
+def _key(name: str) -> bytes:
+    return _ENCODER.encode(name)
+
+
 @cache
 def _kind_entry(kind: str) -> bytes:
-    return msgpack.packb("kind") + msgpack.packb(kind)
+    return _key("kind") + _key(kind)
+
+
+def to_plain(msg: Any) -> dict[str, Any]:
+    """A message as the plain map that goes on the wire (tuples become lists, nested structs plain maps)."""
+    out: dict[str, Any] = {"kind": msg.KIND} if isinstance(msg, c._Message) else {}
+    for name in msg.__struct_fields__:
+        out[name] = _plain_value(getattr(msg, name))
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bytes)) or value is None:
+        return value
+    if isinstance(value, msgspec.Struct):
+        return {name: _plain_value(getattr(value, name)) for name in value.__struct_fields__}
+    if isinstance(value, (tuple, list)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    return value
+
+
+def encode_json(obj: Any) -> bytes:
+    """JSON bytes of a control-plane contract (BackfillRequest, BackfillReply)."""
+    return msgspec.json.encode(obj)
+
+
+def decode_json(data: bytes, cls: type[T]) -> T:
+    """JSON bytes -> a ``cls``; ContractError says what is wrong."""
+    try:
+        return msgspec.json.decode(data, type=cls)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ContractError(f"{cls.__name__}: {exc}") from None
+
+
+# --- decoding ---------------------------------------------------------------------------------------------------
 
 
 def decode(data: bytes, expected: tuple[type[Any], ...] | None = None) -> Any:
-    """Bytes -> a checked message. ContractError says exactly what is wrong."""
+    """Bytes -> a checked message, if its kind is one of ``expected`` (None: any). ContractError says why not."""
     if len(data) > c.MAX_PAYLOAD_BYTES:
         raise ContractError(f"payload of {len(data)} bytes exceeds {c.MAX_PAYLOAD_BYTES}")
     try:
-        kind = _HEAD.decode(data).kind
-        cls = c.MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
-        if cls is not None and (expected is None or cls in expected):
-            msg = _fast_decoder(cls).decode(data)
-            if msg.v == c.SCHEMA_VERSION and (_NON_FINITE.search(data) is None or _finite(msg)):
-                msg.check()
-                return msg
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        pass  # the reference decoder below names the problem
-    return _decode_reference(data, expected)
-
-
-def _decode_reference(data: bytes, expected: tuple[type[Any], ...] | None) -> Any:
-    try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ContractError(f"not msgpack: {type(exc).__name__} {exc}".strip()) from None
-    if not isinstance(raw, dict):
-        raise ContractError("payload is not a map")
-    kind = raw.get("kind")
-    cls = c.MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ContractError(f"unknown kind {kind!r}")
-    if expected is not None and cls not in expected:
-        raise ContractError(f"kind {kind!r} not accepted here")
-    return from_plain(cls, raw)
+        msg = _DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _refusal(data, expected, exc) from None
+    if msg.v != c.SCHEMA_VERSION or (expected is not None and type(msg) not in expected):
+        raise _refusal(data, expected, None)
+    return msg
 
 
 def from_plain(cls: type[Any], raw: dict[str, Any]) -> Any:
-    """A plain map -> a checked ``cls``; the inverse of :func:`to_plain`."""
+    """A plain map -> a checked ``cls``; the inverse of :func:`to_plain` (its ``kind`` is ``cls``'s)."""
+    return decode(_ENCODER.encode({**raw, "kind": cls.KIND}), (cls,))
+
+
+def _refusal(data: bytes, expected: tuple[type[Any], ...] | None, exc: Exception | None) -> ContractError:
+    """Why ``data`` is refused, in the words dead letters have always used.
+
+    Asked in the order a reader would: is it msgpack, a map, a kind we know and
+    take here, our schema version; then what msgspec found, at its path.
+    """
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        return ContractError(f"not msgpack: {type(err).__name__} {err}".strip())
+    if not isinstance(raw, dict):
+        return ContractError("payload is not a map")
+    kind = raw.get("kind")
+    cls = c.MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        return ContractError(f"unknown kind {kind!r}")
+    if expected is not None and cls not in expected:
+        return ContractError(f"kind {kind!r} not accepted here")
     version = raw.get("v", c.SCHEMA_VERSION)
     if version != c.SCHEMA_VERSION:
-        raise ContractError(f"schema version {version!r} not supported (this build reads {c.SCHEMA_VERSION})")
-    msg = _build(cls, raw, cls.__name__)
-    msg.check()
-    return msg
+        return ContractError(f"schema version {version!r} not supported (this build reads {c.SCHEMA_VERSION})")
+    if isinstance(exc, msgspec.ValidationError):
+        return _explain(cls, raw, exc)
+    return ContractError(f"not msgpack: {exc}")  # msgspec refused what msgpack-python read: say msgspec's words
+
+
+# msgspec's paths: "$", ".field", "[3]", and "[...]" for a value of a dict.
+_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|(\[\.\.\.\])")
+
+
+def _explain(cls: type[Any], raw: dict[str, Any], exc: msgspec.ValidationError) -> ContractError:
+    text, _, at = str(exc).partition(" - at `")
+    at_key = at.startswith("key` in `")  # a map's key, not a value, is wrong
+    path = at.removeprefix("key` in `").rstrip("`") if at else "$"
+    steps: list[tuple[str | None, ...]] = [(m.group(1), m.group(2), m.group(3)) for m in _STEP.finditer(path)]
+    cause = exc.__cause__
+    tp, value, where = _resolve(cls, raw, steps)
+    if isinstance(cause, c.NonFinite):
+        return ContractError(f"{where}{cause.where}: {cause.value} is not finite")
+    if isinstance(cause, ContractError):
+        return ContractError(_rule_reason(cls, raw, steps, cause.reason))
+    if text.startswith("Object missing required field `"):
+        return ContractError(f"{where}: missing field {text.split('`')[1]!r}")
+    if at_key:
+        return ContractError(f"{where}: expected a string")
+    return ContractError(f"{where}: {_mismatch(tp, value) or text}")
+
+
+def _resolve(cls: type[Any], raw: Any, steps: list[tuple[str | None, ...]]) -> tuple[Any, Any, str]:
+    """The declared type, the raw value and the reason's name of what msgspec's path points at."""
+    tp: Any = cls
+    value, where = raw, cls.__name__
+    for field, index, any_value in steps:
+        tp = _without_none(tp)
+        if field is not None:
+            tp = _hints(tp)[field]
+            value = value.get(field) if isinstance(value, dict) else None
+            where += f".{field}"
+        elif index is not None:
+            i = int(index)
+            args = get_args(tp)
+            tp = args[0] if len(args) == 2 and args[1] is Ellipsis else args[i]
+            value = value[i]
+            where += f"[{i}]"
+        elif any_value is not None:  # msgspec names no key: the first whose value does not convert is the one
+            value_tp = get_args(tp)[1]
+            key = next(k for k, v in value.items() if not _converts(v, value_tp))
+            tp, value = value_tp, value[key]
+            where += f".{key}"
+    return tp, value, where
+
+
+def _rule_reason(cls: type[Any], raw: dict[str, Any], steps: list[tuple[str | None, ...]], reason: str) -> str:
+    """A struct's own rule failed, at the top or in an event of a batch (``events[i]: reason``).
+
+    A batch used to check its events one by one (series, rules, order), so for
+    an event refused by its own rule an earlier problem of the batch comes first.
+    """
+    if not steps:
+        return reason
+    (field, _, _), (_, index, _) = steps[0], steps[1]
+    i = int(index or 0)
+    if issubclass(cls, c._EventBatch) and field == "events" and len(steps) == 2:
+        series = (raw["exchange"], raw["symbol"], raw["timeframe"])
+        try:
+            c._check_series(*series)
+        except ContractError as exc:
+            return exc.reason
+        events = raw["events"]
+        if not 1 <= len(events) <= c.MAX_BATCH_BARS:
+            return f"a batch holds 1..{c.MAX_BATCH_BARS} events, got {len(events)}"
+        last = None
+        for j, event in enumerate(events[: i + 1]):
+            named = (event.get("exchange"), event.get("symbol"), event.get("timeframe"))
+            if named != series:
+                return f"events[{j}] is for {':'.join(map(str, named))}, not {':'.join(series)}"
+            if j < i and last is not None and event["ts"] <= last:
+                return f"events[{j}]: ts {event['ts']} not after {last}"
+            last = event.get("ts")
+    rendered = "".join(f".{f}" if f is not None else f"[{n}]" for f, n, _ in steps)
+    return f"{rendered.removeprefix('.')}: {reason}"
+
+
+def _mismatch(tp: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` where ``tp`` is declared, as the reasons have always said it."""
+    if get_origin(tp) in (Union, types.UnionType):
+        if value is None:
+            return "must not be null"
+        tp = _without_none(tp)
+    origin = get_origin(tp)
+    if origin is Literal:
+        return f"{value!r} not one of {list(get_args(tp))}"
+    if tp is float:
+        return f"expected a number, got {type(value).__name__}"
+    if tp is int:
+        return f"expected an integer, got {type(value).__name__}"
+    if tp is bool:
+        return "expected true/false"
+    if tp is str:
+        return "expected a string"
+    if tp is bytes:
+        return "expected bytes"
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return "expected a list"
+        if not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
+            return f"expected {len(args)} items, got {len(value)}"
+        return None
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+        return "expected a map"
+    return None
+
+
+def _without_none(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return tp
+
+
+def _converts(value: Any, tp: Any) -> bool:
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 @cache
 def _hints(cls: type[Any]) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _build(cls: type[Any], raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ContractError(f"{path}: expected a map")
-    hints = _hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kwargs[f.name] = _coerce(hints[f.name], raw[f.name], f"{path}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ContractError(f"{path}: missing field {f.name!r}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ContractError(f"{path}: must not be null")
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, path)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ContractError(f"{path}: {value!r} not one of {list(get_args(tp))}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ContractError(f"{path}: expected a number, got {type(value).__name__}")
-        if not math.isfinite(value):
-            raise ContractError(f"{path}: {value} is not finite")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ContractError(f"{path}: expected an integer, got {type(value).__name__}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ContractError(f"{path}: expected true/false")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ContractError(f"{path}: expected a string")
-        return value
-    if tp is bytes:
-        if not isinstance(value, bytes):
-            raise ContractError(f"{path}: expected bytes")
-        return value
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ContractError(f"{path}: expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ContractError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        key_tp, val_tp = get_args(tp)
-        if not isinstance(value, dict):
-            raise ContractError(f"{path}: expected a map")
-        return {_coerce(key_tp, k, path): _coerce(val_tp, v, f"{path}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    raise TypeError(f"contract type {tp!r} at {path} has no codec")  # a programming error, not bad input
-
-

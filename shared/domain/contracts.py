@@ -1,11 +1,15 @@
 """Message contracts: every field that crosses the bus is defined and documented here, once.
 
-Payloads are msgpack maps carrying ``kind`` (which struct) and ``v`` (schema
-version). They are decoded once, at the edge, into the frozen dataclasses
-below; handlers never see raw dicts. Decoding checks types, refuses NaN and
-infinity in every float, and runs the struct's own ``check`` for the rules
-types cannot express (high >= low, aligned timestamps, ...). Anything refused
-raises :class:`ContractError`, whose reason goes to the dead-letter subject.
+Payloads are msgpack maps carrying ``kind`` (which struct: the msgspec tag) and
+``v`` (schema version). They are decoded once, at the edge, into the frozen
+msgspec Structs below; handlers never see raw dicts. A contract is checked
+whenever one is made, decoded or built in code (``__post_init__``, which msgspec
+runs on decode too): types, no NaN or infinity in any float, the series fields,
+and the struct's own rules (high >= low, aligned timestamps, ...). Anything
+refused raises :class:`ContractError`, whose reason goes to the dead-letter subject.
+
+The control plane has contracts here too: the backfill request and reply on
+``control.backfill`` (JSON) and the services' heartbeat in KV ``health``.
 
 Units: timestamps are integer ms since the epoch, UTC; a candle's ``ts`` is its
 open time. Volatilities are bar-level standard deviations of log returns.
@@ -17,11 +21,15 @@ import hashlib
 import math
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union
+from functools import lru_cache
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+
+import msgspec
+import msgspec.inspect
 
 from shared.domain.errors import ContractError
-from shared.domain.subjects import SeriesKey, check_exchange, timeframe_ms
+from shared.domain.subjects import SeriesKey, check_exchange, encode_symbol, timeframe_ms
 from shared.domain.vocab import HMM_LABELS, SCORE_COMPONENTS, VOL_LABELS, HmmLabel, VolLabel
 
 SCHEMA_VERSION = 1
@@ -29,33 +37,158 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 
 
 
-class _PerSeries:
+class NonFinite(ContractError):
+    """A NaN or an infinity where a number must be; ``where`` is its path inside the struct (``.weights.carry``)."""
+
+    def __init__(self, struct: str, where: str, value: float) -> None:
+        super().__init__(f"{struct}{where}: {value} is not finite")
+        self.where = where
+        self.value = value
+
+
+class _Contract(msgspec.Struct, frozen=True):
+    """A frozen struct that is checked whenever one is made: decoded (msgspec runs ``__post_init__``) or built."""
+
+    _finite: ClassVar[_FinitePlan | None] = None  # where its floats are: made on a class's first check
+
+    def __post_init__(self) -> None:
+        _check_finite(self)
+        self._check()
+
+    def check(self) -> None:
+        """Check again (a struct is checked when made; this is for callers that want to say so)."""
+        self.__post_init__()
+
+    def _check(self) -> None:
+        """The rules types cannot express."""
+
+
+class _Message(_Contract, tag_field="kind", frozen=True):
+    """A message on the bus: its msgspec tag is its ``kind``, written first in every map."""
+
+    KIND: ClassVar[str]  # the tag, set below for every message type
+
+
+class _PerSeries(_Message, frozen=True):
     """What every message about one series shares: its ``key``, and the checks of the series fields."""
 
-    __slots__ = ()
-    exchange: str
-    symbol: str
-    timeframe: str
+    if TYPE_CHECKING:  # fields of every subclass (declared there, where their order on the wire is)
+        exchange: str
+        symbol: str
+        timeframe: str
 
     @property
     def key(self) -> SeriesKey:
         return SeriesKey(self.exchange, self.symbol, self.timeframe)
 
-    def check(self) -> None:
-        check_exchange(self.exchange)
-        timeframe_ms(self.timeframe)
-        self.key.token  # noqa: B018 - raises when the symbol cannot be carried
-        self._check()
-
     def _check(self) -> None:
+        _check_series(self.exchange, self.symbol, self.timeframe)
+        self._rules()
+
+    def _rules(self) -> None:
         """The message's own rules, beyond the series fields."""
 
 
-@dataclass(frozen=True, slots=True)
-class Candle(_PerSeries):
+@lru_cache(maxsize=1 << 16)  # every message names its series: the verdict on a good one is worth remembering
+def _check_series(exchange: str, symbol: str, timeframe: str) -> None:
+    check_exchange(exchange)
+    timeframe_ms(timeframe)
+    encode_symbol(symbol)  # raises when the symbol cannot be carried
+
+
+class _FinitePlan(typing.NamedTuple):
+    """Where a struct keeps floats: plain fields (summed in one go), and optional ones, sequences and maps of them."""
+
+    plain: tuple[str, ...]
+    get_plain: Any  # attrgetter over ``plain``, always returning a tuple
+    others: tuple[tuple[str, str], ...]  # (how, field): how is "optional", "sequence" or "map"
+
+
+def _finite_plan(cls: type[Any]) -> _FinitePlan:
+    """``cls``'s plan, made on its first check and kept on the class (a dict lookup less per check)."""
+    plain: list[str] = []
+    others: list[tuple[str, str]] = []
+    info = msgspec.inspect.type_info(cls)
+    if not isinstance(info, msgspec.inspect.StructType):
+        raise TypeError(f"{cls!r} is not a contract struct")  # a programming error, not bad input
+    for f in info.fields:
+        tp: msgspec.inspect.Type | None = f.type
+        nullable = False
+        if isinstance(tp, msgspec.inspect.UnionType):
+            inner = [t for t in tp.types if not isinstance(t, msgspec.inspect.NoneType)]
+            tp, nullable = (inner[0] if len(inner) == 1 else None), True
+        if isinstance(tp, msgspec.inspect.FloatType):
+            if nullable:
+                others.append(("optional", f.name))
+            else:
+                plain.append(f.name)
+        elif isinstance(tp, (msgspec.inspect.TupleType, msgspec.inspect.VarTupleType)):
+            items = tp.item_types if isinstance(tp, msgspec.inspect.TupleType) else (tp.item_type,)
+            if all(isinstance(t, msgspec.inspect.FloatType) for t in items):
+                others.append(("sequence", f.name))
+        elif isinstance(tp, msgspec.inspect.DictType) and isinstance(tp.value_type, msgspec.inspect.FloatType):
+            others.append(("map", f.name))
+    getter = attrgetter(*plain) if len(plain) > 1 else (lambda m, n=tuple(plain): tuple(getattr(m, x) for x in n))
+    plan = _FinitePlan(tuple(plain), getter, tuple(others))
+    cls._finite = plan
+    return plan
+
+
+def _check_finite(msg: Any) -> None:
+    """NonFinite for the first NaN or infinity in ``msg``'s own floats (nested structs check their own).
+
+    One sum covers the plain floats: it is finite when they all are (a sum that
+    overflows is then looked at value by value, and passes).
+    """
+    plan = msg._finite or _finite_plan(type(msg))  # contracts are final classes: no plan is inherited
+    values = plan.get_plain(msg)
+    if not math.isfinite(sum(values)):
+        for name, value in zip(plan.plain, values, strict=True):
+            if not math.isfinite(value):
+                raise NonFinite(type(msg).__name__, f".{name}", value)
+    for how, name in plan.others:
+        value = getattr(msg, name)
+        if value is None:
+            continue
+        if how == "optional":
+            if not math.isfinite(value):
+                raise NonFinite(type(msg).__name__, f".{name}", value)
+        elif how == "sequence":
+            if not math.isfinite(sum(value)):
+                for i, item in enumerate(value):
+                    if not math.isfinite(item):
+                        raise NonFinite(type(msg).__name__, f".{name}[{i}]", item)
+        elif not math.isfinite(sum(value.values())):
+            for k, item in value.items():
+                if not math.isfinite(item):
+                    raise NonFinite(type(msg).__name__, f".{name}.{k}", item)
+
+
+def _bar_problem(
+    ts: int, open_: float, high: float, low: float, close: float, volume: float, timeframe: str
+) -> str | None:
+    """Why a bar breaks the candle rules, or None: the one statement of them, for Candle and CandleBatch."""
+    usual = 0 < low <= open_ <= high and low <= close <= high and volume >= 0 and ts >= 0  # one test, mostly
+    if usual and not ts % timeframe_ms(timeframe):
+        return None
+    if ts < 0 or ts % timeframe_ms(timeframe):
+        return f"ts {ts} is not aligned to {timeframe}"
+    if open_ <= 0 or high <= 0 or low <= 0 or close <= 0:
+        return "price <= 0"
+    if high < low:
+        return f"high {high} < low {low}"
+    if not low <= open_ <= high:
+        return f"open {open_} outside [low {low}, high {high}]"
+    if not low <= close <= high:
+        return f"close {close} outside [low {low}, high {high}]"
+    if volume < 0:
+        return f"volume {volume} < 0"
+    return None
+
+
+class Candle(_PerSeries, tag="candle", frozen=True):
     """One closed OHLCV bar. Idempotent by (exchange, symbol, timeframe, ts)."""
 
-    KIND: ClassVar[str] = "candle"
     exchange: str  # ccxt exchange id, lowercase ("kraken"; "demo" for the demo market)
     symbol: str  # display form, "BTC/USD"
     timeframe: str  # a key of shared.domain.subjects.TIMEFRAMES_MS
@@ -72,26 +205,15 @@ class Candle(_PerSeries):
         """JetStream ``Nats-Msg-Id``: the candle's idempotency key."""
         return f"{self.key.token}.{self.ts}"
 
-    def _check(self) -> None:
-        if self.ts < 0 or self.ts % timeframe_ms(self.timeframe):
-            raise ContractError(f"ts {self.ts} is not aligned to {self.timeframe}")
-        if min(self.open, self.high, self.low, self.close) <= 0:
-            raise ContractError("price <= 0")
-        if self.high < self.low:
-            raise ContractError(f"high {self.high} < low {self.low}")
-        for name in ("open", "close"):
-            value = getattr(self, name)
-            if not self.low <= value <= self.high:
-                raise ContractError(f"{name} {value} outside [low {self.low}, high {self.high}]")
-        if self.volume < 0:
-            raise ContractError(f"volume {self.volume} < 0")
+    def _rules(self) -> None:
+        problem = _bar_problem(self.ts, self.open, self.high, self.low, self.close, self.volume, self.timeframe)
+        if problem is not None:
+            raise ContractError(problem)
 
 
-@dataclass(frozen=True, slots=True)
-class VolRegimeEvent(_PerSeries):
+class VolRegimeEvent(_PerSeries, tag="vol_regime", frozen=True):
     """vol_regime's verdict for one series after one candle (seed 000 §2)."""
 
-    KIND: ClassVar[str] = "vol_regime"
     exchange: str
     symbol: str
     timeframe: str
@@ -107,16 +229,14 @@ class VolRegimeEvent(_PerSeries):
     sufficient: bool  # whether samples covered the long window (else the seed's "normal with zeros")
     v: int = SCHEMA_VERSION
 
-    def _check(self) -> None:
+    def _rules(self) -> None:
         if min(self.vol_short, self.vol_long, self.ratio) < 0:
             raise ContractError("negative volatility or ratio")
 
 
-@dataclass(frozen=True, slots=True)
-class HmmRegimeEvent(_PerSeries):
+class HmmRegimeEvent(_PerSeries, tag="hmm_regime", frozen=True):
     """hmm_regime's verdict for one series after one candle (seed 003)."""
 
-    KIND: ClassVar[str] = "hmm_regime"
     exchange: str
     symbol: str
     timeframe: str
@@ -130,7 +250,7 @@ class HmmRegimeEvent(_PerSeries):
     trained_at: int | None  # ms UTC of the last successful training, None if never
     v: int = SCHEMA_VERSION
 
-    def _check(self) -> None:
+    def _rules(self) -> None:
         if any(p < 0 or p > 1 for p in self.probabilities):
             raise ContractError("probability outside [0, 1]")
         if abs(sum(self.probabilities) - 1.0) > 1e-6:
@@ -139,11 +259,9 @@ class HmmRegimeEvent(_PerSeries):
             raise ContractError(f"bias_signal {self.bias_signal} outside [-1, 1]")
 
 
-@dataclass(frozen=True, slots=True)
-class ScoreEvent(_PerSeries):
+class ScoreEvent(_PerSeries, tag="score", frozen=True):
     """An external score for one series, published by whoever computes it (carry, expectancy, router)."""
 
-    KIND: ClassVar[str] = "score"
     component: str  # one of SCORE_COMPONENTS
     exchange: str
     symbol: str
@@ -152,15 +270,14 @@ class ScoreEvent(_PerSeries):
     score: float  # in [-1, 1]; positive favours the trade
     v: int = SCHEMA_VERSION
 
-    def _check(self) -> None:
+    def _rules(self) -> None:
         if self.component not in SCORE_COMPONENTS:
             raise ContractError(f"unknown score component {self.component!r}")
         if not -1.0 <= self.score <= 1.0:
             raise ContractError(f"score {self.score} outside [-1, 1]")
 
 
-@dataclass(frozen=True, slots=True)
-class GridBias:
+class GridBias(_Contract, frozen=True):
     """Grid spacing advice from the HMM (seed 003 §2.3 option B). Neutral: 1.0, 1.0, None."""
 
     mode: Literal["symmetric", "long_bias", "short_bias"]
@@ -169,11 +286,9 @@ class GridBias:
     size_skew_override: float | None  # inventory skew in [-1, 1] to force, None = leave the rebalancer's
 
 
-@dataclass(frozen=True, slots=True)
-class ScreenerDecision(_PerSeries):
+class ScreenerDecision(_PerSeries, tag="screener_decision", frozen=True):
     """The screener's decision for one series after one candle, with every input it used (seed 000 §3)."""
 
-    KIND: ClassVar[str] = "screener_decision"
     exchange: str
     symbol: str
     timeframe: str
@@ -205,11 +320,9 @@ class ScreenerDecision(_PerSeries):
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class PipelineStatus(_PerSeries):
+class PipelineStatus(_PerSeries, tag="pipeline_status", frozen=True):
     """ingest's data-pipeline report for one series (seed 003 §2.6 ``hmm_data_pipeline``)."""
 
-    KIND: ClassVar[str] = "pipeline_status"
     exchange: str
     symbol: str
     timeframe: str
@@ -236,15 +349,13 @@ MAX_BATCH_BARS = 200  # per batch message; keeps a batch of events under MAX_PAY
 Bar = tuple[int, float, float, float, float, float]  # (ts ms, open, high, low, close, volume)
 
 
-@dataclass(frozen=True, slots=True)
-class CandleBatch(_PerSeries):
+class CandleBatch(_PerSeries, tag="candle_batch", frozen=True):
     """Consecutive closed bars of one series in one message: what bulk work (import, backfill) publishes.
 
     Idempotent per candle, like single candles: a consumer skips every bar not
     newer than the last it applied, so overlapping batches are harmless.
     """
 
-    KIND: ClassVar[str] = "candle_batch"
     exchange: str
     symbol: str
     timeframe: str
@@ -265,55 +376,59 @@ class CandleBatch(_PerSeries):
         ex, sym, tf = self.exchange, self.symbol, self.timeframe
         return [Candle(ex, sym, tf, *bar) for bar in self.bars]
 
-    def _check(self) -> None:
+    def __post_init__(self) -> None:
+        for i, bar in enumerate(self.bars):  # floats first, as for every struct; a bar is a tuple, not a struct
+            if len(bar) == 6 and not math.isfinite(bar[1] + bar[2] + bar[3] + bar[4] + bar[5]):
+                for k in range(1, 6):
+                    if not math.isfinite(bar[k]):
+                        raise NonFinite(type(self).__name__, f".bars[{i}][{k}]", bar[k])
+        super().__post_init__()
+
+    def _rules(self) -> None:
         if not 1 <= len(self.bars) <= MAX_BATCH_BARS:
             raise ContractError(f"a batch holds 1..{MAX_BATCH_BARS} bars, got {len(self.bars)}")
         last = None
-        for i, candle in enumerate(self.candles()):
-            try:
-                for value in (candle.open, candle.high, candle.low, candle.close, candle.volume):
-                    if not math.isfinite(value):
-                        raise ContractError(f"{value} is not finite")
-                candle._check()
-            except ContractError as exc:
-                raise ContractError(f"bars[{i}]: {exc.reason}") from None
-            if last is not None and candle.ts <= last:
-                raise ContractError(f"bars[{i}]: ts {candle.ts} not after {last}")
-            last = candle.ts
+        timeframe = self.timeframe
+        for i, (ts, open_, high, low, close, volume) in enumerate(self.bars):
+            problem = _bar_problem(ts, open_, high, low, close, volume, timeframe)
+            if problem is not None:
+                raise ContractError(f"bars[{i}]: {problem}")
+            if last is not None and ts <= last:
+                raise ContractError(f"bars[{i}]: ts {ts} not after {last}")
+            last = ts
 
 
-class _EventBatch(_PerSeries):
-    """What the vol and HMM batches share: events of their own series, in increasing ts."""
+class _EventBatch(_PerSeries, frozen=True):
+    """What the vol, HMM and decision batches share: events of their own series, in increasing ts.
 
-    __slots__ = ()
-    events: tuple[Any, ...]
+    Each event was checked when it was made (decoded, or built by its service);
+    the batch checks what only it can see: their series and their order.
+    """
+
+    if TYPE_CHECKING:
+        events: tuple[Any, ...]
 
     @property
     def span(self) -> str:
         """``token.first-last``: with the kind, the batch's idempotency key."""
         return f"{self.key.token}.{self.events[0].ts}-{self.events[-1].ts}"
 
-    def _check(self) -> None:
+    def _rules(self) -> None:
         if not 1 <= len(self.events) <= MAX_BATCH_BARS:
             raise ContractError(f"a batch holds 1..{MAX_BATCH_BARS} events, got {len(self.events)}")
         last = None
+        series = (self.exchange, self.symbol, self.timeframe)
         for i, event in enumerate(self.events):
-            if event.key != self.key:
+            if (event.exchange, event.symbol, event.timeframe) != series:
                 raise ContractError(f"events[{i}] is for {event.key.id}, not {self.key.id}")
-            try:
-                event.check()
-            except ContractError as exc:
-                raise ContractError(f"events[{i}]: {exc.reason}") from None
             if last is not None and event.ts <= last:
                 raise ContractError(f"events[{i}]: ts {event.ts} not after {last}")
             last = event.ts
 
 
-@dataclass(frozen=True, slots=True)
-class VolRegimeBatch(_EventBatch):
+class VolRegimeBatch(_EventBatch, tag="vol_regime_batch", frozen=True):
     """vol_regime's events for one candle batch, in one message (bulk work; live candles get single events)."""
 
-    KIND: ClassVar[str] = "vol_regime_batch"
     exchange: str
     symbol: str
     timeframe: str
@@ -321,11 +436,9 @@ class VolRegimeBatch(_EventBatch):
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class HmmRegimeBatch(_EventBatch):
+class HmmRegimeBatch(_EventBatch, tag="hmm_regime_batch", frozen=True):
     """hmm_regime's events for (part of) one candle batch, in one message."""
 
-    KIND: ClassVar[str] = "hmm_regime_batch"
     exchange: str
     symbol: str
     timeframe: str
@@ -333,14 +446,12 @@ class HmmRegimeBatch(_EventBatch):
     v: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class ScreenerDecisionBatch(_EventBatch):
+class ScreenerDecisionBatch(_EventBatch, tag="screener_decision_batch", frozen=True):
     """The screener's decisions completed by one message it handled, for one series (bulk work).
 
     At most DECISIONS_PER_BATCH per message; a live candle's decision comes alone, as a ScreenerDecision.
     """
 
-    KIND: ClassVar[str] = "screener_decision_batch"
     exchange: str
     symbol: str
     timeframe: str
@@ -383,11 +494,9 @@ DEAD_LETTER_PAYLOAD_BYTES = 4096  # of the original kept in a letter; the rest i
 DEAD_LETTER_TEXT_CHARS = 1024  # reason and subject
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(_Message, tag="dead_letter", frozen=True):
     """A message a service refused, kept with its reason; bounded in size whatever the original's."""
 
-    KIND: ClassVar[str] = "dead_letter"
     service: str
     reason: str  # at most DEAD_LETTER_TEXT_CHARS
     subject: str  # where the original arrived (at most DEAD_LETTER_TEXT_CHARS)
@@ -413,9 +522,6 @@ class DeadLetter:
     @property
     def truncated(self) -> bool:
         return self.payload_size > len(self.payload)
-
-    def check(self) -> None:
-        return None
 
 
 def _clip(text: str) -> str:
@@ -451,11 +557,91 @@ Message = Union[  # noqa: UP007 - a runtime union used for registry typing
     Candle, CandleBatch, VolRegimeEvent, VolRegimeBatch, HmmRegimeEvent, HmmRegimeBatch, ScoreEvent,
     ScreenerDecision, ScreenerDecisionBatch, PipelineStatus, DeadLetter,
 ]
+for _cls in typing.get_args(Message):
+    _cls.KIND = _cls.__struct_config__.tag
 MESSAGE_TYPES: dict[str, type[Any]] = {cls.KIND: cls for cls in typing.get_args(Message)}
 
 
+# --- the control plane ------------------------------------------------------------------------------------------
+# JSON on ``control.backfill`` (request/reply), and msgpack in KV ``health``: no ``kind``, no ``v``, as always.
+
+BACKFILL_MAX_CANDLES = 1_000_000
+BACKFILL_MAX_PAGES = 10_000
+
+
+class BackfillRequest(msgspec.Struct, frozen=True):
+    """The seed's ``/backfill_ohlcv [target_candles] [max_pages]``, for one series or all; null means the default."""
+
+    series: str | None = None  # exchange:symbol:timeframe; None: every series ingest serves
+    # Candles to reach, counting those held; default HMM_TRAINING_CANDLES.
+    target_candles: Annotated[int, msgspec.Meta(ge=1, le=BACKFILL_MAX_CANDLES)] | None = None
+    # Exchange pages to fetch at most, per series; default HMM_OHLCV_BACKFILL_MAX_PAGES.
+    max_pages: Annotated[int, msgspec.Meta(ge=1, le=BACKFILL_MAX_PAGES)] | None = None
+
+
+class BackfillResult(msgspec.Struct, frozen=True):
+    """One series' backfill run."""
+
+    series: str  # exchange:symbol:timeframe
+    ok: bool
+    rows: int  # candles new to the stream
+    message: str  # what the run did, for people
+
+
+class BackfillReply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """ingest's answer to a BackfillRequest, once every run is done; ``error`` (only then present) if none ran."""
+
+    ok: bool  # every run succeeded
+    results: tuple[BackfillResult, ...]
+    error: str | None = None  # why the request was refused (unknown series, bad request)
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """A service replica's heartbeat in KV ``health`` (entries expire after a minute), for the status API.
+
+    On the wire it is one flat msgpack map: these fields, then the entries of
+    ``extra`` beside them (a service's own facts, e.g. hmm_regime's ``last_training``).
+    """
+
+    service: str
+    replica: str  # the replica's id among its service's replicas (host-pid-random unless REPLICA_ID is set)
+    host: str
+    pid: int
+    started_at: int  # ms UTC
+    last_seen: int  # ms UTC of this beat
+    handled: int  # messages handled since start
+    skipped: int  # not newer than the last applied
+    dead_lettered: int
+    extra: dict[str, Any] = {}
+
+    def to_msgpack(self) -> bytes:
+        record = {name: getattr(self, name) for name in _HEARTBEAT_ORDER}
+        record.update(self.extra)
+        return _HEARTBEAT_ENCODER.encode(record)
+
+    @classmethod
+    def from_msgpack(cls, data: bytes) -> Heartbeat:
+        """The heartbeat ``data`` holds; ContractError when it is not one."""
+        try:
+            raw = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ContractError(f"not msgpack: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ContractError("heartbeat is not a map")
+        extra = {k: raw.pop(k) for k in [k for k in raw if k not in _HEARTBEAT_FIELDS]}
+        try:
+            return msgspec.convert({**raw, "extra": extra}, cls)
+        except msgspec.ValidationError as exc:
+            raise ContractError(f"heartbeat: {exc}") from None
+
+
+_HEARTBEAT_ORDER = tuple(f for f in Heartbeat.__struct_fields__ if f != "extra")
+_HEARTBEAT_FIELDS = frozenset(_HEARTBEAT_ORDER)
+_HEARTBEAT_ENCODER = msgspec.msgpack.Encoder()
+
+
 # The codec needs the types above; it is re-exported here so that every reader imports from one place.
-from shared.domain.codec import decode, encode, from_plain, to_plain  # noqa: E402
+from shared.domain.codec import decode, decode_json, encode, encode_json, from_plain, to_plain  # noqa: E402
 
 __all__ = [
     "HMM_LABELS",
@@ -464,18 +650,25 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCORE_COMPONENTS",
     "VOL_LABELS",
+    "BackfillReply",
+    "BackfillRequest",
+    "BackfillResult",
     "Candle",
     "ContractError",
     "DeadLetter",
     "GridBias",
+    "Heartbeat",
     "HmmRegimeEvent",
     "Message",
+    "NonFinite",
     "PipelineStatus",
     "ScoreEvent",
     "ScreenerDecision",
     "VolRegimeEvent",
     "decode",
+    "decode_json",
     "encode",
+    "encode_json",
     "from_plain",
     "to_plain",
 ]

@@ -16,7 +16,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import nats
 import nats.errors
 import nats.js.errors
@@ -25,7 +24,16 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
-from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
+from shared.domain.contracts import (
+    MAX_BATCH_BARS,
+    Candle,
+    CandleBatch,
+    DeadLetter,
+    Heartbeat,
+    candles_in,
+    decode,
+    encode,
+)
 from shared.domain.errors import ConfigError, ContractError
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.telemetry import Metrics
@@ -285,20 +293,22 @@ class Health:
     def _count(self, outcome: str) -> float:
         return self._metrics.count(self._service, outcome)
 
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            service=self._service,
+            replica=self._replica,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started,
+            last_seen=now_ms(),
+            handled=int(self._count("handled")),
+            skipped=int(self._count("skipped")),
+            dead_lettered=int(self._count("dead_lettered")),
+            extra={k: (v() if callable(v) else v) for k, v in self.extra.items()},
+        )
+
     async def beat(self) -> None:
-        record = {
-            "service": self._service,
-            "replica": self._replica,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started_at": self._started,
-            "last_seen": now_ms(),
-            "handled": int(self._count("handled")),
-            "skipped": int(self._count("skipped")),
-            "dead_lettered": int(self._count("dead_lettered")),
-            **{k: (v() if callable(v) else v) for k, v in self.extra.items()},
-        }
-        await self._kv.put(self._key, msgpack.packb(record, use_bin_type=True))
+        await self._kv.put(self._key, self.heartbeat().to_msgpack())
 
     async def run(self, stop: asyncio.Event, interval: float) -> None:
         while not stop.is_set():
@@ -310,8 +320,8 @@ class Health:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
-async def read_health(js: JetStreamContext, names: Names) -> list[dict[str, Any]]:
-    """Every live heartbeat, for the status API."""
+async def read_health(js: JetStreamContext, names: Names) -> list[Heartbeat]:
+    """Every live heartbeat, for the status API (an entry that is not one is left out)."""
     try:
         kv = await js.key_value(names.bucket("health"))
         keys = await kv.keys()
@@ -324,8 +334,9 @@ async def read_health(js: JetStreamContext, names: Names) -> list[dict[str, Any]
         except nats.js.errors.KeyNotFoundError:
             continue
         if entry.value:
-            out.append(msgpack.unpackb(entry.value, raw=False))
-    return sorted(out, key=lambda r: (r.get("service", ""), r.get("replica", "")))
+            with contextlib.suppress(ContractError):
+                out.append(Heartbeat.from_msgpack(entry.value))
+    return sorted(out, key=lambda h: (h.service, h.replica))
 
 
 async def read_subject(

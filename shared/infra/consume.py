@@ -256,7 +256,7 @@ class Consumer:
     stream: str
     subjects: Sequence[str]
     durable: str
-    handlers: Mapping[type, Handler]
+    handlers: Mapping[Any, Handler]  # message type -> its handler
     position: Position
     stores: Sequence[Resettable] = ()
     # The partitions of the series this replica may process now (leases); Everything: a replica alone by design.

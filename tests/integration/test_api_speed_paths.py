@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import httpx
 import msgpack
+import msgspec
 import nats
 import pytest
 import redis.asyncio as aioredis
@@ -43,9 +44,11 @@ from services.dashboard_api.read_model import ChangeFeed
 from services.dashboard_api.routes_ops import OpsRoutes
 from services.state_publisher.core import Update, apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
 from services.state_publisher.writer import SnapshotWriter
+from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
-from shared.domain.contracts import HMM_LABELS, VOL_LABELS, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS, Heartbeat, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.errors import ContractError
+from shared.domain.snapshot import SeriesSnapshot
 from shared.domain.subjects import SeriesKey, decode_symbol
 from shared.infra.bus import kv_bucket, read_health
 from shared.infra.redis_keys import RedisKeys
@@ -96,12 +99,17 @@ class World:
         self.seq += 1
 
 
+def stored(snap: SeriesSnapshot) -> dict[str, Any]:
+    """A snapshot as Redis holds it (its JSON, parsed)."""
+    return json.loads(snapshot.dumps(snap))
+
+
 def fill(writer: SnapshotWriter, config: StrategyConfig) -> None:
     blend = config.hmm.blend_with_trend
     now = int(time.time() * 1000)
     for i, (key, tier) in enumerate(universe()):
         snap = new_snapshot(key, tier)
-        up = Update(kinds={"init"})
+        up = Update(snap, kinds={"init"})
         if key != EMPTY:
             n = 650 if key == LONG else 40 if i % 5 else 12
             events = regime_events(config, key, bars_for(i, n), recent_start(n), price=3.0 + i, seed=i)
@@ -114,9 +122,11 @@ def fill(writer: SnapshotWriter, config: StrategyConfig) -> None:
                     u = apply_decision(snap, ev, now)
                 if u is not None:
                     up.merge(u)
+                    snap = u.snapshot
             if i % 4 != 3:
                 last = max(e.ts for e in events)
-                apply_pipeline(snap, pipeline_status(key, last, 9000 - i, gaps=i % 3), now)
+                u = apply_pipeline(snap, pipeline_status(key, last, 9000 - i, gaps=i % 3), now)
+                snap = u.snapshot if u is not None else snap
         writer.snaps[key] = snap
         writer.pending[key] = up
 
@@ -338,10 +348,8 @@ def _decode(token: str) -> str:
         raise HTTPException(400, exc.reason) from None
 
 
-def _health(raw: dict[str, Any]) -> ServiceHealth:
-    known = set(ServiceHealth.model_fields) - {"extra"}
-    extra = {k: v for k, v in raw.items() if k not in known}
-    return ServiceHealth(**{k: raw[k] for k in known if k in raw}, extra=extra)
+def _health(beat: Heartbeat) -> ServiceHealth:
+    return ServiceHealth(**msgspec.structs.asdict(beat))
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -442,7 +450,7 @@ async def test_malformed_snapshots_fail_or_pass_exactly_as_before(
     apps: Apps, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ChangeFeed, "start", lambda _self: None)  # every request reads what this test just wrote
-    bad = dict(world.writer.snaps[SeriesKey("alpha", "S01/USD", "1m")], vol_regime="panic")  # tier SATELLITE
+    bad = dict(stored(world.writer.snaps[SeriesKey("alpha", "S01/USD", "1m")]), vol_regime="panic")  # tier SATELLITE
     await world.redis.set(world.keys.symbol(SeriesKey("alpha", "S01/USD", "1m").token), json.dumps(bad))
     await world.redis.set(world.keys.symbol(SeriesKey("alpha", "S02/USD", "1m").token), "")  # skipped as absent
     paths = [
@@ -471,10 +479,13 @@ async def test_malformed_snapshots_fail_or_pass_exactly_as_before(
 async def change_vol(world: World, key: SeriesKey, label: str) -> None:
     """One batch the way state_publisher writes it: snapshot, history, summary and change notice in one MULTI."""
     snap = world.writer.snaps[key]
-    ts = snap["vol"]["ts"] + 60_000
-    event = vol_event(key, ts, label, snap["price"]["close"], snap["vol_regime"])
+    assert snap.vol is not None
+    assert snap.price is not None
+    ts = snap.vol.ts + 60_000
+    event = vol_event(key, ts, label, snap.price.close, snap.vol_regime)
     update = apply_vol(snap, event, int(time.time() * 1000))
     assert update is not None
+    world.writer.snaps[key] = update.snapshot
     world.writer.pending[key] = update
     await world.write()
 
@@ -501,7 +512,7 @@ async def test_a_written_batch_is_served_as_soon_as_its_notice_arrives(
     await apps.new.get(detail)
     before = (await apps.new.get("/api/symbols?vol_regime=crisis")).json()
     assert key.id not in {s["series"] for s in before}
-    await change_vol(world, key, "crisis" if world.writer.snaps[key]["vol_regime"] != "crisis" else "low")
+    await change_vol(world, key, "crisis" if world.writer.snaps[key].vol_regime != "crisis" else "low")
 
     async def served() -> bool:
         body = (await apps.new.get("/api/symbols")).content
@@ -520,7 +531,7 @@ async def test_a_change_without_notice_is_served_after_at_most_max_age(
     await warm(apps)
     cached = (await apps.new.get("/api/symbols")).content
     await apps.new.get("/api/symbols/alpha/S05-USD")
-    snap = dict(world.writer.snaps[key], tier="SILENT")
+    snap = dict(stored(world.writer.snaps[key]), tier="SILENT")
     await world.redis.set(world.keys.symbol(key.token), json.dumps(snap))  # no notice: nothing tells the API
     assert (await apps.new.get("/api/symbols")).content == cached
     monkeypatch.setattr(read_model_module, "MAX_AGE_SEC", 0.0)
@@ -534,7 +545,7 @@ async def test_without_notices_every_request_reads_redis(
     monkeypatch.setattr(read_model_module, "MAX_AGE_SEC", 3600.0)
     key = SeriesKey("beta", "S06/USD", "1m")
     await same_answers(apps, ["/api/symbols", "/api/symbols/beta/S06-USD"])
-    snap = dict(world.writer.snaps[key], tier="QUIET")
+    snap = dict(stored(world.writer.snaps[key]), tier="QUIET")
     await world.redis.set(world.keys.symbol(key.token), json.dumps(snap))
     await same_answers(apps, ["/api/symbols", "/api/symbols?tier=QUIET", "/api/symbols/beta/S06-USD"])
 
@@ -572,5 +583,5 @@ async def test_requests_queued_behind_a_read_share_the_next_one(
     assert [a.content for a in answers] == [expected] * 12
     assert reads.ticket() - before <= 3  # one read in flight when they came, then one for all that queued
     key = SeriesKey("beta", "S09/USD", "1m")
-    await world.redis.set(world.keys.symbol(key.token), json.dumps(dict(world.writer.snaps[key], tier="LATE")))
+    await world.redis.set(world.keys.symbol(key.token), json.dumps(dict(stored(world.writer.snaps[key]), tier="LATE")))
     await same_answers(apps, ["/api/symbols?tier=LATE"])

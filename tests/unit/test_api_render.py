@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 from services.dashboard_api import core, read_model
 from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, SymbolSnapshot
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
+from shared.domain import snapshot
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.subjects import SeriesKey
 from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events
@@ -36,25 +37,29 @@ def fastapi_bytes(annotation: Any, value: Any) -> bytes:
 
 def snapshots() -> list[dict[str, Any]]:
     """An empty snapshot, a lived-in one (every block, tuning with its accumulators), and odd numbers."""
-    snap = new_snapshot(KEY, "CORE")
+    lived = new_snapshot(KEY, "CORE")
     now = int(time.time() * 1000)
     vols, hmms = ["low", "high", "crisis", "normal"] * 5, ["BULLISH", None, "BEARISH"] * 7
     bars = [Bar(vols[i], hmms[i]) for i in range(20)]
     events = regime_events(CONFIG, KEY, bars, recent_start(len(bars)))
     for ev in events:
+        up = None
         if isinstance(ev, VolRegimeEvent):
-            apply_vol(snap, ev, now)
+            up = apply_vol(lived, ev, now)
         elif isinstance(ev, HmmRegimeEvent):
-            apply_hmm(snap, ev, 0.5, now)
+            up = apply_hmm(lived, ev, 0.5, now)
         elif isinstance(ev, ScreenerDecision):
-            apply_decision(snap, ev, now)
-    apply_pipeline(snap, pipeline_status(KEY, events[-1].ts, 100), now)
+            up = apply_decision(lived, ev, now)
+        lived = up.snapshot if up is not None else lived
+    up = apply_pipeline(lived, pipeline_status(KEY, events[-1].ts, 100), now)
+    assert up is not None
+    snap = json.loads(snapshot.dumps(up.snapshot))  # as stored in Redis
     odd = json.loads(json.dumps(snap))
     odd["vol"] |= {"short": 1e-7, "long": 1e16, "ratio": -0.0}
     odd["screener"]["scores"] = {"trend": 5e-324, "carry": 1.7976931348623157e308, "x": 123456789.123456789}
     odd["price"]["close"] = 1  # an int where the model wants a float
     odd["tier"] = "Ünïcode ✓"
-    return [new_snapshot(KEY, "CORE"), snap, odd]
+    return [json.loads(snapshot.dumps(new_snapshot(KEY, "CORE"))), snap, odd]
 
 
 @pytest.mark.parametrize("snap", snapshots(), ids=["empty", "lived-in", "odd"])
@@ -98,8 +103,8 @@ def _points(snap: dict[str, Any]) -> list[dict[str, Any]]:
         "[]",
         "null",
         "{not json",
-        json.dumps({**new_snapshot(KEY, "CORE"), "vol_regime": "panic"}),
-        json.dumps({**new_snapshot(KEY, "CORE"), "vol": {"short": float("nan")}}),
+        json.dumps({**json.loads(snapshot.dumps(new_snapshot(KEY, "CORE"))), "vol_regime": "panic"}),
+        json.dumps({**json.loads(snapshot.dumps(new_snapshot(KEY, "CORE"))), "vol": {"short": float("nan")}}),
     ],
 )
 def test_what_the_models_reject_goes_to_the_reference_path(raw: str) -> None:

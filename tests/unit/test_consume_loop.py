@@ -355,7 +355,7 @@ def test_a_dead_letter_is_bounded_whatever_it_carries() -> None:
 def _mutations() -> Any:
     from hypothesis import strategies as st
 
-    base = {**{"kind": "candle", "v": 1}, **{k: getattr(candle(0), k) for k in Candle.__dataclass_fields__}}
+    base = {**{"kind": "candle", "v": 1}, **{k: getattr(candle(0), k) for k in Candle.__struct_fields__}}
     values = st.one_of(
         st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True),
         st.text(max_size=40), st.binary(max_size=40), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),

@@ -9,7 +9,6 @@ lengths, a size that doubles exactly on the bars that pay.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -235,8 +234,7 @@ def test_a_constant_size_is_flat_sizing_and_bars_without_a_decision_are_left_out
 # --- from events ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ConfirmedVolEvent(VolRegimeEvent):
+class ConfirmedVolEvent(VolRegimeEvent, frozen=True):
     """A vol event as the confirmed-labels work may carry it: the label in force plus the raw one."""
 
     raw_label: str | None = None

@@ -95,7 +95,7 @@ from shared.domain.config import parse_strategy_config
 from shared.domain.contracts import Candle
 universe = [{{"exchange": "demo", "symbol": "WALK/USD", "timeframe": "1m"}}]
 config = parse_strategy_config({{"universe": universe}}, env={{}})
-t0 = 1_700_000_000_000
+t0 = 1_700_000_040_000  # aligned to 1m: a Candle is checked when built
 bar = lambda i: Candle("demo", "WALK/USD", "1m", t0 + i * 60_000, 100.0, 110.0, 99.0, 100.0 + (i % 7), 5.0)
 candles = [bar(i) for i in range(120)]
 events = list(backtest(candles, config, now_ms=t0 + 121 * 60_000))

@@ -1,22 +1,24 @@
 """Seed 000 §5.3 (and seed 003 §2.6, §4): the per-symbol state the publisher builds, and its summaries.
 
 The publisher core re-uses the values it receives (never recomputes a regime), records
-transitions only on change, and every ``apply_*`` is idempotent by ts.
+transitions only on change, and every ``apply_*`` is idempotent by ts. Snapshots are read
+here as Redis stores them (their JSON), which is what the API serves.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import json
 import math
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 
 from services.state_publisher.core import (
     DAY_MS,
     RegimeStats,
+    Update,
     apply_decision,
     apply_hmm,
     apply_pipeline,
@@ -24,6 +26,7 @@ from services.state_publisher.core import (
     new_snapshot,
     summarize,
 )
+from shared.domain import snapshot
 from shared.domain.contracts import (
     HMM_LABELS,
     VOL_LABELS,
@@ -33,6 +36,7 @@ from shared.domain.contracts import (
     ScreenerDecision,
     VolRegimeEvent,
 )
+from shared.domain.snapshot import HmmBlock, Probabilities, SeriesSnapshot, Tuning, VolBlock
 from shared.domain.subjects import SeriesKey
 
 KEY = SeriesKey("kraken", "BTC/USD", "1m")
@@ -156,8 +160,43 @@ def pipeline(reported_at: int, samples: int = 500) -> PipelineStatus:
     )
 
 
-def fresh() -> dict[str, Any]:
-    return new_snapshot(KEY, "CORE")
+def stored(record: msgspec.Struct) -> Any:
+    """A record as Redis holds it: its JSON, parsed."""
+    return json.loads(snapshot.dumps(record))
+
+
+class Series:
+    """One series' snapshot as the writer keeps it: each update replaces it; ``snap[...]`` reads it as stored."""
+
+    def __init__(self) -> None:
+        self.snap: SeriesSnapshot = new_snapshot(KEY, "CORE")
+
+    def vol(self, ev: VolRegimeEvent, now: int) -> Update | None:
+        return self._took(apply_vol(self.snap, ev, now))
+
+    def hmm(self, ev: HmmRegimeEvent, blend_factor: float, now: int) -> Update | None:
+        return self._took(apply_hmm(self.snap, ev, blend_factor, now))
+
+    def decision(self, d: ScreenerDecision, now: int) -> Update | None:
+        return self._took(apply_decision(self.snap, d, now))
+
+    def pipeline(self, p: PipelineStatus, now: int) -> Update | None:
+        return self._took(apply_pipeline(self.snap, p, now))
+
+    def _took(self, update: Update | None) -> Update | None:
+        if update is not None:
+            self.snap = update.snapshot
+        return update
+
+    def stored(self) -> dict[str, Any]:
+        return stored(self.snap)
+
+    def __getitem__(self, field: str) -> Any:
+        return self.stored()[field]
+
+
+def fresh() -> Series:
+    return Series()
 
 
 # --- §5.3: vol_regime and vol.{short,long,ratio} for a known symbol -----------------------------------------
@@ -168,13 +207,13 @@ def test_new_snapshot_has_every_field_present_and_null() -> None:
     assert snap["series"] == "kraken:BTC/USD:1m"
     assert (snap["exchange"], snap["symbol"], snap["timeframe"], snap["tier"]) == ("kraken", "BTC/USD", "1m", "CORE")
     for field in ("price", "vol_regime", "vol", "hmm_regime", "screener", "hmm_data_pipeline", "updated_at"):
-        assert field in snap
+        assert field in snap.stored()
         assert snap[field] is None
 
 
 def test_vol_regime_and_vol_block_appear_for_a_known_symbol() -> None:
     snap = fresh()
-    assert apply_vol(snap, vol_event(0), NOW) is not None
+    assert snap.vol(vol_event(0), NOW) is not None
     assert snap["vol_regime"] == "high"
     assert snap["vol"]["short"] == 0.0123
     assert snap["vol"]["long"] == 0.0085
@@ -187,24 +226,24 @@ def test_vol_values_are_reused_from_the_event_not_recomputed() -> None:
     # 0.0123 / 0.0085 = 1.447..., not the event's 1.45: a publisher that recomputed the ratio would differ.
     ev = vol_event(0, vol_short=0.0123, vol_long=0.0085, ratio=1.45)
     snap = fresh()
-    apply_vol(snap, ev, NOW)
+    snap.vol(ev, NOW)
     assert snap["vol"]["ratio"] == ev.ratio != ev.vol_short / ev.vol_long
     assert (snap["vol"]["short"], snap["vol"]["long"]) == (ev.vol_short, ev.vol_long)
     assert (snap["vol"]["samples"], snap["vol"]["sufficient"]) == (ev.samples, ev.sufficient)
     # Even a label the ratio thresholds would not give is published as received.
     odd = vol_event(1, label="low", prev="high", ratio=1.45)
-    apply_vol(snap, odd, NOW)
+    snap.vol(odd, NOW)
     assert snap["vol_regime"] == "low"
 
 
 def test_vol_since_ts_marks_when_the_current_regime_began() -> None:
     snap = fresh()
-    apply_vol(snap, vol_event(0, "normal", None), NOW)
-    apply_vol(snap, vol_event(1, "normal", "normal"), NOW)
+    snap.vol(vol_event(0, "normal", None), NOW)
+    snap.vol(vol_event(1, "normal", "normal"), NOW)
     assert snap["vol"]["since_ts"] == ts(0)
-    apply_vol(snap, vol_event(2, "crisis", "normal"), NOW)
+    snap.vol(vol_event(2, "crisis", "normal"), NOW)
     assert snap["vol"]["since_ts"] == ts(2)
-    apply_vol(snap, vol_event(3, "crisis", "crisis"), NOW)
+    snap.vol(vol_event(3, "crisis", "crisis"), NOW)
     assert snap["vol"]["since_ts"] == ts(2)
 
 
@@ -216,16 +255,16 @@ def test_vol_transitions_are_recorded_only_on_change() -> None:
     sequence = [("normal", None), ("normal", "normal"), ("high", "normal"), ("high", "high"), ("crisis", "high")]
     transitions = []
     for i, (label, prev) in enumerate(sequence):
-        up = apply_vol(snap, vol_event(i, label, prev), NOW)
+        up = snap.vol(vol_event(i, label, prev), NOW)
         assert up is not None
         transitions += up.transitions
-    seen = [(t["from"], t["to"], t["ts"]) for t in transitions]
+    seen = [(t["from"], t["to"], t["ts"]) for t in map(stored, transitions)]
     assert seen == [("normal", "high", ts(2)), ("high", "crisis", ts(4))]
-    assert all(t["kind"] == "vol" for t in transitions)
+    assert all(stored(t)["kind"] == "vol" for t in transitions)
 
 
 def test_first_vol_event_is_not_a_transition() -> None:
-    up = apply_vol(fresh(), vol_event(0, "crisis", None), NOW)
+    up = fresh().vol(vol_event(0, "crisis", None), NOW)
     assert up is not None
     assert up.transitions == []
 
@@ -233,13 +272,13 @@ def test_first_vol_event_is_not_a_transition() -> None:
 def test_hmm_transitions_are_recorded_only_on_a_trained_change() -> None:
     snap = fresh()
     ups = [
-        apply_hmm(snap, hmm_event(0, "RANGING", (0.0, 1.0, 0.0), trained=False), 0.5, NOW),
-        apply_hmm(snap, hmm_event(1, "RANGING", (0.0, 1.0, 0.0), trained=False), 0.5, NOW),
-        apply_hmm(snap, hmm_event(2, "BULLISH"), 0.5, NOW),
-        apply_hmm(snap, hmm_event(3, "BULLISH"), 0.5, NOW),
-        apply_hmm(snap, hmm_event(4, "BEARISH", (0.7, 0.2, 0.1)), 0.5, NOW),
+        snap.hmm(hmm_event(0, "RANGING", (0.0, 1.0, 0.0), trained=False), 0.5, NOW),
+        snap.hmm(hmm_event(1, "RANGING", (0.0, 1.0, 0.0), trained=False), 0.5, NOW),
+        snap.hmm(hmm_event(2, "BULLISH"), 0.5, NOW),
+        snap.hmm(hmm_event(3, "BULLISH"), 0.5, NOW),
+        snap.hmm(hmm_event(4, "BEARISH", (0.7, 0.2, 0.1)), 0.5, NOW),
     ]
-    transitions = [t for up in ups if up is not None for t in up.transitions]
+    transitions = [stored(t) for up in ups if up is not None for t in up.transitions]
     assert [(t["from"], t["to"], t["ts"]) for t in transitions] == [
         ("RANGING", "BULLISH", ts(2)),
         ("BULLISH", "BEARISH", ts(4)),
@@ -253,7 +292,7 @@ def test_hmm_transitions_are_recorded_only_on_a_trained_change() -> None:
 def test_hmm_block_has_the_seed_fields() -> None:
     snap = fresh()
     ev = hmm_event(0, "BULLISH", (0.1, 0.2, 0.7))
-    apply_hmm(snap, ev, 0.5, NOW)
+    snap.hmm(ev, 0.5, NOW)
     block = snap["hmm_regime"]
     assert {"regime", "confidence", "bias_signal", "probabilities", "trained", "observation_count", "blend_factor"} <= (
         set(block)
@@ -271,7 +310,7 @@ def test_hmm_block_has_the_seed_fields() -> None:
 
 def test_untrained_hmm_block_says_so() -> None:
     snap = fresh()
-    apply_hmm(snap, hmm_event(0, "RANGING", (0.0, 1.0, 0.0), trained=False), 1.0, NOW)
+    snap.hmm(hmm_event(0, "RANGING", (0.0, 1.0, 0.0), trained=False), 1.0, NOW)
     block = snap["hmm_regime"]
     assert (block["trained"], block["regime"], block["bias_signal"], block["trained_at"]) == (False, "RANGING", 0, None)
     assert block["blend_factor"] == 1.0
@@ -280,45 +319,45 @@ def test_untrained_hmm_block_says_so() -> None:
 # --- idempotency --------------------------------------------------------------------------------------------
 
 
-def _built() -> dict[str, Any]:
+def _built() -> Series:
     snap = fresh()
-    apply_vol(snap, vol_event(5, "high", "normal"), NOW)
-    apply_hmm(snap, hmm_event(5), 0.5, NOW)
-    apply_decision(snap, decision(ts(5), "high", "BULLISH"), NOW)
-    apply_pipeline(snap, pipeline(NOW), NOW)
+    snap.vol(vol_event(5, "high", "normal"), NOW)
+    snap.hmm(hmm_event(5), 0.5, NOW)
+    snap.decision(decision(ts(5), "high", "BULLISH"), NOW)
+    snap.pipeline(pipeline(NOW), NOW)
     return snap
 
 
 @pytest.mark.parametrize("age", [0, 1], ids=["same", "older"])
 def test_reapplying_a_vol_event_changes_nothing(age: int) -> None:
     snap = _built()
-    before = copy.deepcopy(snap)
-    assert apply_vol(snap, vol_event(5 - age, "crisis", "high", ratio=3.0), NOW + 1) is None
-    assert snap == before
+    before = snap.stored()
+    assert snap.vol(vol_event(5 - age, "crisis", "high", ratio=3.0), NOW + 1) is None
+    assert snap.stored() == before
 
 
 @pytest.mark.parametrize("age", [0, 1], ids=["same", "older"])
 def test_reapplying_an_hmm_event_changes_nothing(age: int) -> None:
     snap = _built()
-    before = copy.deepcopy(snap)
-    assert apply_hmm(snap, hmm_event(5 - age, "BEARISH", (0.8, 0.1, 0.1)), 0.9, NOW + 1) is None
-    assert snap == before
+    before = snap.stored()
+    assert snap.hmm(hmm_event(5 - age, "BEARISH", (0.8, 0.1, 0.1)), 0.9, NOW + 1) is None
+    assert snap.stored() == before
 
 
 @pytest.mark.parametrize("age", [0, 1], ids=["same", "older"])
 def test_reapplying_a_decision_changes_nothing(age: int) -> None:
     snap = _built()
-    before = copy.deepcopy(snap)
-    assert apply_decision(snap, decision(ts(5 - age), "crisis", "BEARISH", close=50.0), NOW + 1) is None
-    assert snap == before
+    before = snap.stored()
+    assert snap.decision(decision(ts(5 - age), "crisis", "BEARISH", close=50.0), NOW + 1) is None
+    assert snap.stored() == before
 
 
 @pytest.mark.parametrize("age", [0, 1], ids=["same", "older"])
 def test_reapplying_a_pipeline_report_changes_nothing(age: int) -> None:
     snap = _built()
-    before = copy.deepcopy(snap)
-    assert apply_pipeline(snap, pipeline(NOW - age, samples=1), NOW + 1) is None
-    assert snap == before
+    before = snap.stored()
+    assert snap.pipeline(pipeline(NOW - age, samples=1), NOW + 1) is None
+    assert snap.stored() == before
 
 
 def test_redelivered_batch_gives_the_same_snapshot() -> None:
@@ -333,12 +372,12 @@ def test_redelivered_batch_gives_the_same_snapshot() -> None:
         snap = fresh()
         for kind, ev in batch:
             if kind == "vol":
-                apply_vol(snap, ev, NOW)
+                snap.vol(ev, NOW)
             elif kind == "hmm":
-                apply_hmm(snap, ev, 0.5, NOW)
+                snap.hmm(ev, 0.5, NOW)
             else:
-                apply_decision(snap, ev, NOW)
-        return snap
+                snap.decision(ev, NOW)
+        return snap.stored()
 
     assert run(events + events) == run(events)
     assert run(events + events[:9]) == run(events)
@@ -346,9 +385,9 @@ def test_redelivered_batch_gives_the_same_snapshot() -> None:
 
 def test_newer_events_do_update() -> None:
     snap = _built()
-    assert apply_vol(snap, vol_event(6, "crisis", "high", ratio=2.5), NOW) is not None
+    assert snap.vol(vol_event(6, "crisis", "high", ratio=2.5), NOW) is not None
     assert snap["vol_regime"] == "crisis"
-    assert apply_decision(snap, decision(ts(6), "crisis"), NOW) is not None
+    assert snap.decision(decision(ts(6), "crisis"), NOW) is not None
     assert snap["screener"]["ts"] == ts(6)
 
 
@@ -357,9 +396,9 @@ def test_newer_events_do_update() -> None:
 
 def test_decision_publishes_the_screener_block_and_history_point() -> None:
     snap = fresh()
-    apply_hmm(snap, hmm_event(0, "BULLISH", (0.1, 0.2, 0.7)), 0.5, NOW)
+    snap.hmm(hmm_event(0, "BULLISH", (0.1, 0.2, 0.7)), 0.5, NOW)
     d = decision(ts(0), "high", "BULLISH", tier="SATELLITE")
-    up = apply_decision(snap, d, NOW)
+    up = snap.decision(d, NOW)
     assert up is not None
     block = snap["screener"]
     assert block["effective_per_trade_nav_pct"] == d.effective_per_trade_nav_pct
@@ -372,14 +411,15 @@ def test_decision_publishes_the_screener_block_and_history_point() -> None:
         "size_skew_override": None,
     }
     assert snap["tier"] == "SATELLITE"
-    (point,) = up.history
+    (point,) = map(stored, up.history)
     assert point["vol"] == "high"
     assert point["p"] == [0.1, 0.2, 0.7]  # the HMM verdict the decision joined
 
 
-def test_snapshot_is_msgpack_safe() -> None:
+def test_snapshot_is_plain_data_that_reads_back_as_it_was() -> None:
     snap = _built()
-    assert msgpack.unpackb(msgpack.packb(snap, use_bin_type=True), raw=False) == snap
+    assert msgpack.unpackb(msgpack.packb(snap.stored(), use_bin_type=True), raw=False) == snap.stored()
+    assert snapshot.loads(snapshot.dumps(snap.snap), SeriesSnapshot) == snap.snap
 
 
 # --- vol_regime_summary -------------------------------------------------------------------------------------
@@ -387,13 +427,14 @@ def test_snapshot_is_msgpack_safe() -> None:
 
 def snapshot_with(
     label: str | None, short: float = 0.01, hmm: str | None = None, trained: bool = True
-) -> dict[str, Any]:
+) -> SeriesSnapshot:
     snap = new_snapshot(KEY, "CORE")
     if label is not None:
-        snap["vol_regime"] = label
-        snap["vol"] = {"short": short, "long": 0.01, "ratio": 1.0}
+        vol = VolBlock(short, 0.01, 1.0, 900, True, T0, T0)
+        snap = msgspec.structs.replace(snap, vol_regime=label, vol=vol)
     if hmm is not None:
-        snap["hmm_regime"] = {"regime": hmm, "trained": trained}
+        block = HmmBlock(hmm, 0.5, 0.0, Probabilities(0.2, 0.3, 0.5), trained, 40, 0.5, None, T0, T0)  # type: ignore[arg-type]
+        snap = msgspec.structs.replace(snap, hmm_regime=block)
     return snap
 
 
@@ -404,7 +445,7 @@ def test_vol_regime_summary_counts_symbols_per_regime() -> None:
         + [snapshot_with("high", 0.02), snapshot_with("high", 0.04)]
         + [snapshot_with(None)]  # a symbol with no verdict yet
     )
-    summary = summarize(sample, NOW)
+    summary = stored(summarize(sample, NOW))
     assert summary["vol_regime_summary"] == {"low": 3, "normal": 7, "high": 2, "crisis": 0}
     assert summary["symbols"] == 13
     assert summary["updated_at"] == NOW
@@ -423,13 +464,13 @@ def test_hmm_summary_counts_trained_regimes_and_untrained_symbols() -> None:
         snapshot_with("high", hmm="RANGING", trained=False),
         snapshot_with("low"),
     ]
-    summary = summarize(sample, NOW)
+    summary = stored(summarize(sample, NOW))
     assert summary["hmm_regime_summary"] == {"BEARISH": 1, "RANGING": 0, "BULLISH": 2}
     assert summary["hmm_untrained"] == 1
 
 
 def test_summary_of_no_symbols_is_all_zero() -> None:
-    summary = summarize([], NOW)
+    summary = stored(summarize([], NOW))
     assert summary["symbols"] == 0
     assert summary["vol_regime_summary"] == dict.fromkeys(VOL_LABELS, 0)
     assert summary["vol_regime_avg_vol_short"] == dict.fromkeys(VOL_LABELS)
@@ -440,9 +481,9 @@ def test_summary_of_published_snapshots_matches_their_labels() -> None:
     snaps = []
     for label in labels:
         snap = fresh()
-        apply_vol(snap, vol_event(0, label, None), NOW)
-        snaps.append(snap)
-    assert summarize(snaps, NOW)["vol_regime_summary"] == {"low": 1, "normal": 2, "high": 1, "crisis": 2}
+        snap.vol(vol_event(0, label, None), NOW)
+        snaps.append(snap.snap)
+    assert stored(summarize(snaps, NOW))["vol_regime_summary"] == {"low": 1, "normal": 2, "high": 1, "crisis": 2}
 
 
 # --- RegimeStats: flips, dwell, forward return --------------------------------------------------------------
@@ -468,7 +509,7 @@ def stats_of(sequence: list[tuple[str, float]]) -> RegimeStats:
 
 
 def test_regime_stats_on_a_hand_computed_sequence() -> None:
-    out = stats_of(SEQUENCE).dump()
+    out = stored(stats_of(SEQUENCE).dump())
     # Flips: low->high at bar 2, high->low at bar 5, low->normal at bar 6, over exactly one day.
     assert out["flips"] == 3
     assert out["span_days"] == pytest.approx(1.0)
@@ -488,7 +529,7 @@ def test_regime_stats_on_a_hand_computed_sequence() -> None:
 
 
 def test_regime_stats_without_span_has_no_flip_rate() -> None:
-    out = stats_of(SEQUENCE[:1]).dump()
+    out = stored(stats_of(SEQUENCE[:1]).dump())
     assert (out["flips"], out["flips_per_day"], out["span_days"]) == (0, None, 0.0)
 
 
@@ -503,7 +544,7 @@ def test_regime_stats_ignore_old_and_repeated_bars() -> None:
 def test_regime_stats_resume_identically_after_dump_and_load() -> None:
     whole = stats_of(SEQUENCE).dump()
     part = stats_of(SEQUENCE[:4]).dump()
-    wire = msgpack.unpackb(msgpack.packb(part, use_bin_type=True), raw=False)
+    wire = snapshot.loads(snapshot.dumps(part), Tuning)  # as stored in Redis and read back
     resumed = RegimeStats.load(wire, VOL_LABELS)
     for i, (label, close) in enumerate(SEQUENCE[4:], start=4):
         resumed.add(T0 + i * H4, label, close)
@@ -514,10 +555,10 @@ def test_decisions_feed_the_tuning_stats() -> None:
     snap = fresh()
     for i, (label, close) in enumerate(SEQUENCE):
         regime = "BULLISH" if i < 3 else "BEARISH"
-        apply_hmm(snap, dataclasses.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
-        apply_decision(snap, decision(T0 + i * H4, label, regime, close=close), NOW)
+        snap.hmm(msgspec.structs.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
+        snap.decision(decision(T0 + i * H4, label, regime, close=close), NOW)
     assert {k: v for k, v in snap["vol_tuning"].items() if k != "_acc"} == {
-        k: v for k, v in stats_of(SEQUENCE).dump().items() if k != "_acc"
+        k: v for k, v in stored(stats_of(SEQUENCE).dump()).items() if k != "_acc"
     }
     assert snap["hmm_tuning"]["flips"] == 1
     assert snap["hmm_tuning"]["bars"] == {"BEARISH": 4, "RANGING": 0, "BULLISH": 3}
@@ -525,31 +566,31 @@ def test_decisions_feed_the_tuning_stats() -> None:
 
 def test_decisions_without_hmm_leave_hmm_tuning_empty() -> None:
     snap = fresh()
-    apply_decision(snap, decision(ts(0), "normal", None), NOW)
+    snap.decision(decision(ts(0), "normal", None), NOW)
     assert snap["hmm_tuning"] is None
     assert snap["vol_tuning"]["bars"]["normal"] == 1
 
 
 def test_the_history_point_comes_from_the_decision_even_when_the_hmm_snapshot_moved_on() -> None:
     snap = fresh()
-    apply_hmm(snap, hmm_event(5, "BEARISH", (0.7, 0.2, 0.1)), 0.5, NOW)  # the HMM service ran ahead
-    update = apply_decision(snap, decision(ts(0), "normal", "BULLISH", probabilities=(0.1, 0.2, 0.7)), NOW)
+    snap.hmm(hmm_event(5, "BEARISH", (0.7, 0.2, 0.1)), 0.5, NOW)  # the HMM service ran ahead
+    update = snap.decision(decision(ts(0), "normal", "BULLISH", probabilities=(0.1, 0.2, 0.7)), NOW)
     assert update is not None
-    (point,) = update.history
+    (point,) = map(stored, update.history)
     assert (point["hmm"], point["p"]) == ("BULLISH", [0.1, 0.2, 0.7])
 
 
 def test_untrained_hmm_verdicts_stay_out_of_tuning_and_history() -> None:
     snap = fresh()
-    apply_hmm(snap, hmm_event(0, regime="RANGING", trained=False), 0.5, NOW)
-    update = apply_decision(snap, decision(ts(0), "normal", "RANGING", trained=False), NOW)
+    snap.hmm(hmm_event(0, regime="RANGING", trained=False), 0.5, NOW)
+    update = snap.decision(decision(ts(0), "normal", "RANGING", trained=False), NOW)
     assert update is not None
     assert snap["hmm_tuning"] is None
-    (point,) = update.history
+    (point,) = map(stored, update.history)
     assert point["hmm"] is None
     assert point["p"] is None
-    apply_hmm(snap, hmm_event(1, regime="BULLISH", trained=True), 0.5, NOW)
-    update = apply_decision(snap, decision(ts(1), "normal", "BULLISH"), NOW)
+    snap.hmm(hmm_event(1, regime="BULLISH", trained=True), 0.5, NOW)
+    update = snap.decision(decision(ts(1), "normal", "BULLISH"), NOW)
     assert update is not None
-    assert update.history[0]["hmm"] == "BULLISH"
+    assert update.history[0].hmm == "BULLISH"
     assert snap["hmm_tuning"]["bars"]["BULLISH"] == 1
