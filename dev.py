@@ -92,9 +92,9 @@ class PipReport:
             elif self.packages % 10 == 0:
                 self._line(f"  fetched {self.packages} packages (now {value})")
         elif kind == "installing":
-            self._line(f"  unpacking {value} packages into .venv")
+            self._line(f"  unpacking {_packages(value)} into .venv")
         elif kind == "installed":
-            self._line(f"  installed {value} packages")
+            self._line(f"  installed {_packages(value)}")
         else:
             self._line(value)
 
@@ -103,6 +103,10 @@ class PipReport:
             self.out.write("\n")
             self._inline = False
             self.out.flush()
+
+
+def _packages(n: str) -> str:
+    return f"{n} package" if n == "1" else f"{n} packages"
 
 
 def run_pip(args: Sequence[str], log: Path, out: TextIO, tty: bool) -> int:
@@ -138,9 +142,13 @@ def install_message(first: bool) -> str:
     return f"installing {FIRST_INSTALL}" if first else UPDATE_INSTALL
 
 
-def pip_commands(python: Path, root: Path) -> list[list[str]]:
+def pip_commands(python: Path, root: Path, first: bool) -> list[tuple[str, list[str]]]:
+    """The pip runs, each with what to say before it."""
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
-    return [[*pip, "--upgrade", "pip"], [*pip, "-e", f"{root}[dev,embedded,files]"]]
+    return [
+        ("updating pip in .venv (seconds)", [*pip, "--upgrade", "pip"]),
+        (install_message(first), [*pip, "-e", f"{root}[dev,embedded,files]"]),
+    ]
 
 
 def ensure_env(out: TextIO = sys.stdout, tty: bool | None = None) -> None:
@@ -152,9 +160,9 @@ def ensure_env(out: TextIO = sys.stdout, tty: bool | None = None) -> None:
     if not (BIN / "python").exists():
         say("creating .venv (a few seconds)", out)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    say(install_message(first), out)
     PIP_LOG.write_text("")
-    for args in pip_commands(BIN / "python", ROOT):
+    for message, args in pip_commands(BIN / "python", ROOT, first):
+        say(message, out)
         if run_pip(args, PIP_LOG, out, tty):
             sys.exit(1)
     STAMP.write_text(wanted)

@@ -104,18 +104,22 @@ async def connect(
                 connect_timeout=2,
                 drain_timeout=5,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                # nats-py applies this to the first connect too, and -1 would never return to our
+                # loop (which checks `stop` and `attempts`): one retry here, forever once connected.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=1,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
                 closed_cb=on_closed,
             )
+            nc.options["max_reconnect_attempts"] = -1
             return nc
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if (attempts and tried >= attempts) or (stop is not None and stop.is_set()):
                 raise
-            log.warning("nats not reachable at %s (%s); retrying", url, exc)
+            if tried == 1 or tried % 30 == 0:
+                log.warning("nats not reachable at %s (%s); retrying", url, exc or type(exc).__name__)
             await asyncio.sleep(1.0)
 
 

@@ -72,7 +72,8 @@ def test_the_first_install_says_what_and_how_long(dev: ModuleType) -> None:
 
 
 def test_pip_runs_without_quiet_and_without_its_progress_bar_noise(dev: ModuleType) -> None:
-    upgrade, install = dev.pip_commands(Path("/v/bin/python"), Path("/src"))
+    (_, upgrade), (said, install) = dev.pip_commands(Path("/v/bin/python"), Path("/src"), first=True)
+    assert said == dev.install_message(first=True)
     for cmd in (upgrade, install):
         assert "-q" not in cmd
         assert cmd[:4] == ["/v/bin/python", "-m", "pip", "install"]
