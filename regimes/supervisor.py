@@ -343,7 +343,8 @@ class Supervisor:
     def _banner(self, again: bool = False) -> None:
         info = self.info
         assert info is not None
-        say(f"ready{' again' if again else ''}: {len(self.opts.services)} services report healthy")
+        n = len(self.opts.services)
+        say(f"ready{' again' if again else ''}: {n}/{n} services report healthy")
         if info.api_url:
             say(f"  dashboard: {info.api_url}  (Ctrl-C stops everything)")
         env = {k: v for k, v in info.env().items() if k in ("NATS_URL", "REDIS_URL", "API_URL")}
