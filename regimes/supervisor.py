@@ -378,13 +378,18 @@ class Supervisor:
 
     # --- the state file and the pointer
 
-    def _record(self, data_dir: Path) -> None:
-        """Write our state file and point the user's pointer at it (remembering a live stack it named)."""
+    def _record(self, data_dir: Path, point: bool = True) -> None:
+        """Write our state file and (at start) point the user's pointer at it, remembering a live stack it named.
+
+        After a server restart only the state file changes: the pointer may name a stack started since.
+        """
         assert self.info is not None
         info = dataclasses.replace(self.info, servers={e.name: e.server.proc.pid for e in self.servers})
         self.info = info
         self.state_path = data_dir / stackfile.STATE_NAME
         stackfile.write_atomic(self.state_path, info.to_json())
+        if not point:
+            return
         if self.previous is None:
             target = stackfile.pointer_target(self.pointer)
             if target is not None and target != str(self.state_path):
@@ -455,7 +460,7 @@ class Supervisor:
             emb.next_try = None
             say(f"{emb.name} is back on port {server.port} (pid {emb.server.proc.pid}), data in {emb.data_dir}")
             if self.state_path is not None:
-                self._record(self.state_path.parent)
+                self._record(self.state_path.parent, point=False)
             if emb.server.url == (self.info.nats_url if self.info else None):
                 self._watch_health()
 

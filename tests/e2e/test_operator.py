@@ -247,7 +247,8 @@ def test_the_readme_bot_snippet_runs_verbatim_against_the_stack(up: Up, tmp_path
 
 
 def _latest_decision_ts(up: Up) -> int:
-    return max((s.get("screener") or {}).get("ts") or 0 for s in up.get("/api/symbols"))
+    """The newest decision of the demo market (live; the file imported above is history that never moves)."""
+    return max((s.get("screener") or {}).get("ts") or 0 for s in up.get("/api/symbols?exchange=demo"))
 
 
 def _ohlcv_messages(nats_url: str) -> int:
@@ -282,7 +283,10 @@ def test_a_sigkilled_nats_server_comes_back_and_the_stack_decides_again(up: Up) 
     assert _ohlcv_messages(state["nats_url"]) >= stored  # same data dir: JetStream kept the candles
     wait_for(lambda: "regimes | ready again: 6/6 services report healthy" in up.output(), 90, "the banner again")
     after = _latest_decision_ts(up)
-    wait_for(lambda: _latest_decision_ts(up) > after, 60, "a decision made after the restart")
+    try:
+        wait_for(lambda: _latest_decision_ts(up) > after, 60, "a decision made after the restart")
+    except AssertionError as exc:  # say which service stalled
+        raise AssertionError(f"{exc}\n{regimes(up.env, 'status').stdout}\n{up.output()[-4000:]}") from None
     assert up.proc.poll() is None
 
 

@@ -249,3 +249,37 @@ def test_exit_reasons_and_local_urls() -> None:
     assert exit_reason(1) == "exit status 1"
     assert local_url("http", "0.0.0.0", 8000) == "http://127.0.0.1:8000"
     assert local_url("http", "127.0.0.2", 8001) == "http://127.0.0.2:8001"
+
+
+# --- the command line on top
+
+
+def test_cli_find_reads_the_pointer_or_a_data_dir(tmp_path: Path) -> None:
+    import argparse
+
+    from regimes.cli import find
+
+    me = dataclasses.replace(STACK, pid=os.getpid(), pid_start=stackfile.process_start(os.getpid()))
+    state = tmp_path / "data" / "stack.json"
+    stackfile.write_atomic(state, me.to_json())
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "rt")}
+    args = argparse.Namespace(nats_url=None, data_dir=None)
+    with pytest.raises(NoStack):
+        find(args, env, tmp_path / "home")
+    stackfile.write_atomic(stackfile.pointer_path(env, tmp_path / "home"), stackfile.pointer_text(state))
+    assert find(args, env, tmp_path / "home").stack == me
+    assert find(argparse.Namespace(nats_url=None, data_dir=state.parent), {}, tmp_path / "home").stack == me
+
+
+@pytest.mark.parametrize("command", [["import", "WALK_USD-1m.csv"], ["backfill"], ["status"], ["env"]])
+def test_without_a_stack_a_command_refuses_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "REDIS_", "REGIMES_"))}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "regimes.cli", *command], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert "no running stack" in line
+    assert "regimes up" in line
