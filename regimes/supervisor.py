@@ -445,7 +445,9 @@ class Supervisor:
                 tail = server.tail(5)
                 say(f"{emb.name} (pid {server.proc.pid}) died: {exit_reason(code)}")
                 if tail:
-                    say(f"  its last log lines ({server.log}):\n{tail}")
+                    say(f"  its last log lines ({server.log}):")
+                    for line in tail.splitlines():
+                        say(f"    {line}")
                 self._plan_restart(emb, now, f"it died {len(emb.deaths)} times")
                 continue
             if now < emb.next_try or self.stopping:
