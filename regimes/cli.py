@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
     bt.add_argument("--out", type=Path, help="write the JSON lines here (default: stdout)")
 
-    bf = sub.add_parser("backfill", help="ask ingest for deeper history (the seed's /backfill_ohlcv)")
+    bf = sub.add_parser("backfill", help="ask ingest for deeper history of one series or all, with a progress bar")
     bf.add_argument("--series", help="exchange:symbol:timeframe (default: every series)")
     bf.add_argument("--target-candles", type=int, help="default HMM_TRAINING_CANDLES")
     bf.add_argument("--max-pages", type=int, help="default HMM_OHLCV_BACKFILL_MAX_PAGES")
