@@ -1,20 +1,34 @@
-"""The ``regimes`` command: run the stack, one service, or feed it candles from files."""
+"""The ``regimes`` command: run the stack, one service, or feed it candles from files.
+
+Every command that talks to a stack finds the one `regimes up` is running by
+itself (its state file, see :mod:`regimes.stackfile`); ``--nats-url`` or
+``NATS_URL`` choose another. With neither and no running stack it refuses
+with a one-line hint instead of trying a default address.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
+from regimes import stackfile
+from regimes.stackfile import NoStack, Resolved
 from regimes.supervisor import SERVICES, Supervisor, UpOptions
 from services.ohlcv_ingest.replay import interleave
 from shared.domain.config import StrategyConfig, load_strategy_config
+from shared.domain.contracts import Heartbeat
 from shared.domain.errors import ConfigError
 from shared.domain.vocab import TIMEFRAMES_MS
 from shared.infra.bus import now_ms
 from shared.infra.settings import Settings
+
+OPERATOR = "operator"  # the user a person at a shell is: imports, replays, backfills
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--namespace", default="", help="prefix for every subject, stream, bucket and Redis key")
     up.add_argument("--only", nargs="+", choices=SERVICES, help="start only these services")
 
-    run = sub.add_parser("run", help="run one service in the foreground (settings from the environment)")
+    run = sub.add_parser("run", help="run one service in the foreground against the running stack (or NATS_URL)")
     run.add_argument("service", choices=SERVICES)
+    _stack_args(run)
 
     for name, helptext in (
         ("replay", "publish candles from a file at a pace (CSV or freqtrade json/jsongz/feather/parquet)"),
@@ -47,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
         if name == "replay":
             sp.add_argument("--speed", type=float, default=60.0, help="x real time (default 60); 0: fastest")
+        _stack_args(sp)
 
     bt = sub.add_parser("backtest", help="the pure cores over candle files, no bus: the stack's events as JSON lines")
     bt.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
@@ -64,16 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
     ev.add_argument("--out", type=Path, required=True, help="directory for index.html and the per-series files")
 
-    bf = sub.add_parser("backfill", help="ask ingest for deeper history (the seed's /backfill_ohlcv)")
+    bf = sub.add_parser("backfill", help="ask ingest for deeper history of one series or all, with a progress bar")
     bf.add_argument("--series", help="exchange:symbol:timeframe (default: every series)")
     bf.add_argument("--target-candles", type=int, help="default HMM_TRAINING_CANDLES")
     bf.add_argument("--max-pages", type=int, help="default HMM_OHLCV_BACKFILL_MAX_PAGES")
     bf.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per series (default 300)")
+    _stack_args(bf)
+
+    st = sub.add_parser("status", help="where the running stack is and what its services report")
+    _stack_args(st)
+
+    en = sub.add_parser("env", help='the running stack\'s URLs and one user\'s credentials: eval "$(regimes env)"')
+    en.add_argument("--data-dir", type=Path, help="the stack whose data is in DIR (default: the last started)")
+    en.add_argument("--user", default=OPERATOR, help=f"whose credentials: bot, {OPERATOR} (default), or a service")
 
     # Users and their permissions: regimes/security.py (from shared/domain/access.py).
-    ev = sub.add_parser("env", help="print the exports a client needs to connect as one of the stack's users")
-    ev.add_argument("--user", required=True, help="bot, operator, or a service's name")
-    ev.add_argument("--data-dir", type=Path, required=True, help="the data directory `regimes up` printed")
     sec = sub.add_parser("secrets", help="generate every user's credentials and the servers' auth config")
     sec.add_argument("out", type=Path, nargs="?", default=Path("deploy/secrets"), help="default deploy/secrets")
     sec.add_argument("--namespace", default="", help="the stack's REGIMES_NAMESPACE")
@@ -81,6 +102,31 @@ def _parser() -> argparse.ArgumentParser:
     cc = sub.add_parser("check-config", help="validate a strategy config and print what it sets")
     cc.add_argument("path", type=Path, nargs="?", help="default: $STRATEGY_CONFIG or config/strategy_config.json")
     return p
+
+
+def _stack_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--nats-url", help="this NATS instead of the running stack's (default: $NATS_URL, else the stack)")
+    sp.add_argument("--data-dir", type=Path, help="the stack whose data is in DIR (default: the last started)")
+
+
+def _credentials(stack: stackfile.StackInfo, user: str, env: Mapping[str, str]) -> dict[str, str]:
+    """``user``'s credential settings for ``stack`` (none when it runs without generated credentials)."""
+    from regimes import security
+
+    secrets = security.Secrets(Path(stack.data_dir) / "secrets")
+    if not secrets.nats_auth.is_file():
+        return {}
+    return security.service_env(secrets, user, env.get("REDIS_URL"))
+
+
+def find(args: argparse.Namespace, env: Mapping[str, str], home: Path) -> Resolved:
+    """Where this command connects: flags, environment, then the running stack's state file."""
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        found = stackfile.read_state(data_dir / stackfile.STATE_NAME, stackfile.process_alive)
+    else:
+        found = stackfile.read_stack(stackfile.pointer_path(env, home), stackfile.process_alive)
+    return stackfile.resolve(getattr(args, "nats_url", None), env, found)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,18 +139,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.config is not None:
             _check(args.config)
-        raise SystemExit(Supervisor(opts).run())
-    if args.command == "run":
-        importlib.import_module(f"services.{args.service}.__main__").main()
-        return
-    if args.command in ("env", "secrets"):
+        raise SystemExit(Supervisor(opts, os.environ, Path.home()).run())
+    if args.command == "secrets":
         from regimes import security
 
         try:
-            if args.command == "env":
-                print(security.env_command(args.user, args.data_dir), end="")
-            else:
-                print(security.secrets_command(args.out, args.namespace))
+            print(security.secrets_command(args.out, args.namespace))
         except ConfigError as exc:
             print(f"regimes: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -117,33 +157,119 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  vol windows: {cfg.vol.short_window_bars}/{cfg.vol.long_window_bars} bars")
         print(f"  HMM: {'on' if cfg.hmm.enabled else 'off'}, blend {cfg.hmm.blend_with_trend}")
         return
+    if args.command == "backtest":
+        from regimes import backtest, feed
+
+        try:
+            cfg = _check(args.config or Settings.from_env().strategy_config)
+            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
+        except (ConfigError, feed.FeedError) as exc:
+            print(f"regimes: {exc}", file=sys.stderr)
+            raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
+        raise SystemExit(backtest.run(candles, cfg, now_ms(), args.out))
+    if args.command == "evaluate":
+        from regimes import feed, report
+
+        try:
+            cfg = _check(args.config or Settings.from_env().strategy_config)
+            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
+        except (ConfigError, feed.FeedError) as exc:
+            print(f"regimes: {exc}", file=sys.stderr)
+            raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
+        raise SystemExit(report.main(candles, cfg, now_ms(), args.out))
+    try:
+        where = find(args, os.environ, Path.home())
+    except NoStack as exc:
+        print(f"regimes: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.command == "env":
+        # What a shell should use now: the running stack, whatever an older `eval` left in the environment.
+        if where.running is None:
+            print(f"regimes: no running stack: {stackfile.START_HINT}", file=sys.stderr)
+            raise SystemExit(1)
+        try:
+            running = where.running.env()
+            print(stackfile.export_line({**running, **_credentials(where.running, args.user, running)}))
+        except ConfigError as exc:
+            print(f"regimes: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        return
+    env = where.env(os.environ)
+    if where.stack is not None and "NATS_USER" not in os.environ:
+        # A command on the running stack connects as the operator (a service run by hand: as itself).
+        env.update(_credentials(where.stack, args.service if args.command == "run" else OPERATOR, env))
+    if args.command == "run":
+        os.environ.update(env)  # the service reads its settings from the environment, like in a container
+        importlib.import_module(f"services.{args.service}.__main__").main()
+        return
+    raise SystemExit(_bus_command(args, where, env))
+
+
+def _bus_command(args: argparse.Namespace, where: Resolved, env: Mapping[str, str]) -> int:
+    import nats.errors
+
     from regimes import feed  # file and control commands need NATS; imported late to keep `up` light
 
     try:
-        if args.command == "backtest":
-            from regimes import backtest
-
-            cfg = _check(args.config or Settings.from_env().strategy_config)
-            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
-            raise SystemExit(backtest.run(candles, cfg, now_ms(), args.out))
-        if args.command == "evaluate":
-            from regimes import report
-
-            cfg = _check(args.config or Settings.from_env().strategy_config)
-            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
-            raise SystemExit(report.main(candles, cfg, now_ms(), args.out))
+        settings = Settings.from_env(env)
+        if args.command == "status":
+            return _status(where, asyncio.run(feed.health(settings)))
         if args.command in ("replay", "import"):
             speed = None if args.command == "import" or not args.speed else args.speed
-            code = asyncio.run(feed.publish_files(args.paths, args.exchange, args.symbol, args.timeframe, speed))
-        else:
-            code = asyncio.run(feed.backfill(args.series, args.target_candles, args.max_pages, args.timeout))
+            return asyncio.run(
+                feed.publish_files(args.paths, args.exchange, args.symbol, args.timeframe, speed, settings)
+            )
+        return asyncio.run(feed.backfill(args.series, args.target_candles, args.max_pages, args.timeout, settings))
     except ConfigError as exc:
         print(f"regimes: {exc}", file=sys.stderr)
-        code = 2
+        return 2
     except feed.FeedError as exc:
         print(f"regimes: {exc}", file=sys.stderr)
-        code = 1
-    raise SystemExit(code)
+        return 1
+    except (nats.errors.NoServersError, nats.errors.TimeoutError, OSError, TimeoutError) as exc:
+        hint = where.mismatch()
+        more = f"; {hint}" if hint else ""
+        print(f"regimes: cannot reach NATS at {where.nats_url} ({where.nats_source}): {exc or type(exc).__name__}"
+              f"{more}", file=sys.stderr)
+        return 1
+
+
+def _status(where: Resolved, health: list[Heartbeat]) -> int:
+    stack = where.stack
+    if stack is not None:
+        up = _duration(time.time() - stack.started_at)
+        print(f"stack: pid {stack.pid}, up {up}, data in {stack.data_dir}")
+        servers = ", ".join(f"{name} pid {pid}" for name, pid in stack.servers.items())
+        if servers:
+            print(f"  servers: {servers}")
+    else:
+        print(f"NATS from {where.nats_source} (not a stack `regimes up` recorded)")
+        if hint := where.mismatch():
+            print(f"  note: {hint}")
+    print("  " + "  ".join(f"{k}={v}" for k, v in {
+        "NATS_URL": where.nats_url, "REDIS_URL": where.redis_url, "API_URL": where.api_url,
+    }.items() if v))
+    if not health:
+        print("services: none reporting")
+        return 0
+    print("services:")
+    now = time.time() * 1000
+    for rec in health:
+        seen = _duration((now - rec.last_seen) / 1000)
+        print(
+            f"  {rec.service:<16} {rec.replica}  pid {rec.pid}  seen {seen} ago  "
+            f"handled {rec.handled}  skipped {rec.skipped}  dead-lettered {rec.dead_lettered}"
+        )
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _check(path: Path) -> StrategyConfig:

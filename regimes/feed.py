@@ -1,6 +1,7 @@
-"""The CLI's bus-side commands: publish candle files (replay/import) and ask ingest to backfill.
+"""The CLI's bus-side commands: publish candle files (replay/import), ask ingest to backfill, read health.
 
-Settings come from the environment like a service's (NATS_URL, REGIMES_NAMESPACE, STRATEGY_CONFIG).
+The CLI builds the settings (the environment, filled in from the running
+stack's state file) and passes them in; without them, the environment alone.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from shared.domain.contracts import (
     BackfillRequest,
     Candle,
     ContractError,
+    Heartbeat,
     candles_in,
     decode_json,
     encode_json,
 )
 from shared.domain.subjects import Names
-from shared.infra.bus import PUBLISH_WINDOW, candle_messages, connect, ensure_streams, publish_candles, publish_messages
+from shared.infra.bus import (
+    PUBLISH_WINDOW,
+    candle_messages,
+    connect,
+    ensure_streams,
+    publish_candles,
+    publish_messages,
+    read_health,
+)
 from shared.infra.settings import Settings
 
 
@@ -81,11 +91,16 @@ def load_files(paths: list[Path], exchange: str, symbol: str | None, timeframe: 
 
 
 async def publish_files(
-    paths: list[Path], exchange: str, symbol: str | None, timeframe: str | None, speed: float | None
+    paths: list[Path],
+    exchange: str,
+    symbol: str | None,
+    timeframe: str | None,
+    speed: float | None,
+    settings: Settings | None = None,
 ) -> int:
     """Publish the files' candles in time order; ``speed`` x real time, None as fast as possible."""
     candles = interleave(*load_files(paths, exchange, symbol, timeframe))
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     config = load_strategy_config(settings.strategy_config)
     nc = await connect(settings.nats_url, "regimes-feed", attempts=3, credentials=settings.nats_credentials)
     try:
@@ -129,9 +144,11 @@ async def _replay(js: JetStreamContext, names: Names, candles: list[Candle], spe
     return new
 
 
-async def backfill(series: str | None, target: int | None, max_pages: int | None, timeout: float) -> int:
+async def backfill(
+    series: str | None, target: int | None, max_pages: int | None, timeout: float, settings: Settings | None = None
+) -> int:
     """Ask ingest (``control.backfill``) for deeper history, series by series, with a progress bar."""
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     config = load_strategy_config(settings.strategy_config)
     wanted = [s.key.id for s in config.universe if series in (None, s.key.id)]
     if not wanted:
@@ -163,3 +180,12 @@ async def backfill(series: str | None, target: int | None, max_pages: int | None
     finally:
         await nc.drain()
     return 1 if failures else 0
+
+
+async def health(settings: Settings) -> list[Heartbeat]:
+    """Every service's latest heartbeat (KV ``health``), for ``regimes status``."""
+    nc = await connect(settings.nats_url, "regimes-status", attempts=3, credentials=settings.nats_credentials)
+    try:
+        return await read_health(nc.jetstream(), settings.names)
+    finally:
+        await nc.close()

@@ -74,7 +74,7 @@ class FreqtradeFile(NamedTuple):
     path: Path
     symbol: str  # ccxt form: "BTC/USDT", futures "ETH/USDT:USDT"
     timeframe: str
-    fmt: str  # one of FREQTRADE_FORMATS
+    fmt: str  # one of FORMATS (freqtrade writes all but csv; a csv named its way is read too)
 
 
 # --- reading -------------------------------------------------------------------
@@ -318,10 +318,12 @@ def _validate(path: str | Path, ts: np.ndarray, values: np.ndarray, tf_ms: int) 
 
 # --- freqtrade names -------------------------------------------------------------
 
-# pair-timeframe[-candletype].ext, as freqtrade writes them (timeframe "1M" is "1Mo" on disk).
+# pair-timeframe[-candletype].ext, as freqtrade writes them (timeframe "1M" is "1Mo" on disk). A CSV named
+# the same way (`WALK_USD-1m.csv`, what people export from freqtrade's dataframes) is read too; the
+# extension is matched in any case, since Windows tools like to write `.CSV`.
 _FT_NAME = re.compile(
     r"^(?P<pair>[A-Za-z0-9_-]+?)-(?P<tf>\d+(?:Mo|[a-zA-Z]))(?:-(?P<kind>[A-Za-z_]+))?"
-    r"\.(?P<ext>json\.gz|json|feather|parquet)$"
+    r"\.(?P<ext>(?i:json\.gz|json|feather|parquet|csv))$"
 )
 # Candle types that are not the traded price (freqtrade's CandleType values).
 _NON_PRICE = frozenset({"mark", "index", "premiumindex", "funding_rate"})
@@ -332,7 +334,8 @@ def parse_freqtrade_filename(name: str) -> tuple[str, str, str]:
 
     ``BTC_USDT-1h.feather`` -> ``("BTC/USDT", "1h", "feather")``;
     ``ETH_USDT_USDT-1h-futures.feather`` -> ``("ETH/USDT:USDT", "1h", "feather")``;
-    ``BTC_USDT-5m.json.gz`` -> ``("BTC/USDT", "5m", "jsongz")``.
+    ``BTC_USDT-5m.json.gz`` -> ``("BTC/USDT", "5m", "jsongz")``;
+    ``WALK_USD-1m.csv`` -> ``("WALK/USD", "1m", "csv")``.
     The symbol is rebuilt as freqtrade does: the first ``_`` is the ``/``, the
     next one the ``:`` of a settle currency. ValueError for names that are not
     price OHLCV (trades, mark, index, funding rate) or not freqtrade's pattern.
@@ -352,14 +355,18 @@ def parse_freqtrade_filename(name: str) -> tuple[str, str, str]:
     if kind == "futures" and ":" not in symbol:
         raise ValueError(f"{name!r}: a futures file needs BASE_QUOTE_SETTLE, got {pair!r}")
     timeframe = m["tf"].replace("Mo", "M")
-    fmt = {"json.gz": "jsongz"}.get(m["ext"], m["ext"])
+    ext = m["ext"].lower()
+    fmt = {"json.gz": "jsongz"}.get(ext, ext)
     return symbol, timeframe, fmt
 
 
 def freqtrade_filename(symbol: str, timeframe: str, fmt: str) -> str:
-    """The file name freqtrade uses for ``symbol`` (``ETH/USDT:USDT`` -> ``ETH_USDT_USDT-1h-futures.feather``)."""
-    if fmt not in FREQTRADE_FORMATS:
-        raise ValueError(f"unknown freqtrade format {fmt!r}; expected one of {list(FREQTRADE_FORMATS)}")
+    """The file name freqtrade uses for ``symbol`` (``ETH/USDT:USDT`` -> ``ETH_USDT_USDT-1h-futures.feather``).
+
+    ``fmt`` may also be ``csv``: the name :func:`parse_freqtrade_filename` reads back.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown candle file format {fmt!r}; expected one of {list(FORMATS)}")
     pair = re.sub(r"[/ .@$+:]", "_", symbol)
     kind = "-futures" if ":" in symbol else ""
     ext = "json.gz" if fmt == "jsongz" else fmt
@@ -370,7 +377,7 @@ def find_freqtrade_files(datadir: str | Path) -> list[FreqtradeFile]:
     """The price OHLCV files of a freqtrade data directory (e.g. ``user_data/data/binance``), sorted by path.
 
     Looks in ``datadir`` and its ``futures/`` subdirectory, as freqtrade
-    stores them. Files that are not price OHLCV (trades, mark, index, funding
+    stores them; CSV files named freqtrade's way count too. Files that are not price OHLCV (trades, mark, index, funding
     rate), or whose timeframe the stack does not carry, are left out.
     """
     root = Path(datadir)

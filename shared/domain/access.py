@@ -175,6 +175,7 @@ def roles(names: Names) -> dict[str, Role]:
             "regimes import / replay / backfill: publishes candles, asks for backfills, provisions the streams",
             publish=(names.ohlcv_all, names.control("backfill")),
             provisions=(ohlcv, regimes, telemetry, dlq),
+            buckets=(Bucket(names.bucket("health"), lists=True),),  # read only: `regimes status`, readiness
         ),
     ]
     return {r.name: r for r in out}

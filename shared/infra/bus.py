@@ -49,6 +49,31 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class _Client(NATS):
+    """A nats-py client that knows whether *we* closed it.
+
+    nats-py calls the disconnected callback both when the server goes away and
+    when we drain or close the connection at the end of a run; only the first
+    deserves a warning. Server-side closes go through nats-py's private
+    ``_close``, never through these two methods.
+    """
+
+    closed_by_us = False
+
+    async def close(self) -> None:
+        self.closed_by_us = True
+        await super().close()
+
+    async def drain(self) -> None:
+        self.closed_by_us = True
+        await super().drain()
+
+
+def disconnect_level(closed_by_us: bool, stopping: bool) -> int:
+    """How loud a disconnect is: a close we asked for (or one during our own stop) is routine, anything else is not."""
+    return logging.INFO if closed_by_us or stopping else logging.WARNING
+
+
 async def connect(
     url: str,
     name: str,
@@ -68,10 +93,12 @@ async def connect(
     protocol violation, say), ``closed`` is set: a service treats that as fatal
     and exits non-zero, so its supervisor restarts it instead of it idling.
     """
+    nc = _Client()  # a fresh one per attempt; the callbacks look it up when they run
 
     async def on_disconnect() -> None:
-        if stop is None or not stop.is_set():
-            log.warning("nats disconnected", extra={"fields": {"url": url}})
+        level = disconnect_level(nc.closed_by_us, stop is not None and stop.is_set())
+        text = "nats connection closed" if level < logging.WARNING else "nats disconnected"
+        log.log(level, text, extra={"fields": {"url": url}})
 
     async def on_closed() -> None:
         if closed is not None:
@@ -86,25 +113,32 @@ async def connect(
     tried = 0
     while True:
         tried += 1
+        nc = _Client()
         try:
-            return await nats.connect(
+            await nc.connect(
                 servers=url.split(","),
                 name=name,
                 connect_timeout=2,
                 drain_timeout=5,
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                # nats-py applies this to the first connect too, and -1 would never return to our
+                # loop (which checks `stop` and `attempts`): one retry here, forever once connected.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=1,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
                 closed_cb=on_closed,
-                **(credentials or {}),
+                user=(credentials or {}).get("user"),
+                password=(credentials or {}).get("password"),
             )
+            nc.options["max_reconnect_attempts"] = -1
+            return nc
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if (attempts and tried >= attempts) or (stop is not None and stop.is_set()):
                 raise
-            log.warning("nats not reachable at %s (%s); retrying", url, exc)
+            if tried == 1 or tried % 30 == 0:
+                log.warning("nats not reachable at %s (%s); retrying", url, exc or type(exc).__name__)
             await asyncio.sleep(1.0)
 
 

@@ -81,6 +81,7 @@ def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, 
     port = free_port()
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "REDIS_", "API_"))}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "runtime")  # the stack's pointer goes here, not into the user's
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [
@@ -123,6 +124,9 @@ def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, 
         pids = [s["pid"] for s in status["services"]]
         assert len(set(pids)) == 6
         assert wait_for(lambda: get(port, "/readyz")["ready"], 30, "readiness")
+        state = json.loads((data / "stack.json").read_text())
+        assert state["pid"] == up.pid
+        assert state["api_url"] == f"http://127.0.0.1:{port}"
     finally:
         up.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal delivers
         code = up.wait(60)
@@ -132,6 +136,9 @@ def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, 
     assert "stopped" in output
     assert not [p for p in pids if alive(p)], "a service outlived `regimes up`"
     assert processes_mentioning(str(data)) == [], "a nats-server or redis-server outlived `regimes up`"
+    assert not (data / "stack.json").exists(), "the state file outlived a clean stop"
+    assert (data / "nats" / "jetstream").is_dir(), "a --data-dir of the user's own is kept"
+    assert not (tmp_path / "runtime" / "regimes" / "stack.json").exists()
 
 
 def test_up_reports_a_taken_port_with_the_flag_that_changes_it(tmp_path: Path) -> None:

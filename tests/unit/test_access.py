@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from regimes import cli
-from regimes.security import Secrets, write_endpoints, write_secrets
+from regimes import cli, stackfile
+from regimes.security import Secrets, write_secrets
 from shared.domain.access import CLIENTS, SERVICES, nats_permissions, roles
 from shared.domain.subjects import Names, SeriesKey
 
@@ -169,18 +171,21 @@ def test_generated_files_hold_hashes_only_and_keep_passwords(tmp_path: Path) -> 
 
 def test_regimes_env_prints_what_a_user_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = write_secrets(tmp_path / "secrets", Names(""), cost=4)
-    write_endpoints(out, "nats://127.0.0.1:4333", "redis://127.0.0.1:6390/0")
+    me = os.getpid()  # a stack `regimes up` recorded in this data dir, "running" as this process
+    info = stackfile.StackInfo(
+        pid=me, pid_start=stackfile.process_start(me), nats_url="nats://127.0.0.1:4333",
+        redis_url="redis://127.0.0.1:6390/0", api_url=None, namespace="", data_dir=str(tmp_path),
+    )
+    (tmp_path / stackfile.STATE_NAME).write_text(info.to_json())
     cli.main(["env", "--user", "dashboard_api", "--data-dir", str(tmp_path)])
-    printed = capsys.readouterr().out
-    assert printed.splitlines() == [
-        "export NATS_URL=nats://127.0.0.1:4333",
-        "export NATS_USER=dashboard_api",
-        f"export NATS_PASSWORD_FILE={out.nats_password('dashboard_api')}",
-        "export REDIS_URL=redis://dashboard_api@127.0.0.1:6390/0",
-        f"export REDIS_PASSWORD_FILE={out.redis_password('dashboard_api')}",
-    ]
+    printed = dict(kv.split("=", 1) for kv in shlex.split(capsys.readouterr().out)[1:])  # export K=V ...
+    assert printed["NATS_URL"] == "nats://127.0.0.1:4333"
+    assert printed["NATS_USER"] == "dashboard_api"
+    assert printed["NATS_PASSWORD_FILE"] == str(out.nats_password("dashboard_api"))
+    assert printed["REDIS_URL"] == "redis://dashboard_api@127.0.0.1:6390/0"
+    assert printed["REDIS_PASSWORD_FILE"] == str(out.redis_password("dashboard_api"))
     cli.main(["env", "--user", "bot", "--data-dir", str(tmp_path)])
-    assert "REDIS" not in capsys.readouterr().out  # the bot has no Redis user
+    assert "REDIS_PASSWORD_FILE" not in capsys.readouterr().out  # the bot has no Redis user
     with pytest.raises(SystemExit) as exc:
         cli.main(["env", "--user", "root", "--data-dir", str(tmp_path)])
     assert exc.value.code == 2

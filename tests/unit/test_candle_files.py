@@ -168,6 +168,12 @@ def test_feather_and_parquet_without_pyarrow_say_how_to_install_it(
         ("1000PEPE_USDT_USDT-15m-futures.parquet", ("1000PEPE/USDT:USDT", "15m", "parquet")),
         ("XBT_EUR-1d.parquet", ("XBT/EUR", "1d", "parquet")),
         ("BTC_USDT-1Mo.feather", ("BTC/USDT", "1M", "feather")),
+        # CSVs named freqtrade's way, and extensions in capitals
+        ("WALK_USD-1m.csv", ("WALK/USD", "1m", "csv")),
+        ("BTC_USDT-5m.csv", ("BTC/USDT", "5m", "csv")),
+        ("BTC_USDT_USDT-1h-futures.csv", ("BTC/USDT:USDT", "1h", "csv")),
+        ("BTC_USDT-1h.CSV", ("BTC/USDT", "1h", "csv")),
+        ("BTC_USDT-1h.JSON.GZ", ("BTC/USDT", "1h", "jsongz")),
     ],
 )
 def test_parse_freqtrade_filename(name: str, expected: tuple[str, str, str]) -> None:
@@ -180,9 +186,13 @@ def test_parse_freqtrade_filename(name: str, expected: tuple[str, str, str]) -> 
         "BTC_USDT-trades.json",
         "ETH_USDT_USDT-1h-mark.feather",
         "ETH_USDT_USDT-8h-funding_rate.feather",
-        "BTC_USDT-1h.csv",
+        "ETH_USDT_USDT-1h-mark.csv",
         "notes.txt",
         "BTC-1h.feather",
+        "BTC-1h.csv",  # no quote currency
+        "BTC_USDT.csv",  # no timeframe
+        "BTC_USDT-1h.csv.bak",
+        "BTC_USDT-1h.txt",
     ],
 )
 def test_parse_freqtrade_filename_refuses_what_is_not_price_ohlcv(name: str) -> None:
@@ -190,7 +200,10 @@ def test_parse_freqtrade_filename_refuses_what_is_not_price_ohlcv(name: str) -> 
         parse_freqtrade_filename(name)
 
 
-@pytest.mark.parametrize(("symbol", "fmt"), [("BTC/USDT", "json"), ("ETH/USDT:USDT", "jsongz"), ("SOL/USD", "parquet")])
+@pytest.mark.parametrize(
+    ("symbol", "fmt"),
+    [("BTC/USDT", "json"), ("ETH/USDT:USDT", "jsongz"), ("SOL/USD", "parquet"), ("WALK/USD", "csv")],
+)
 def test_freqtrade_filename_is_the_inverse_of_parsing(symbol: str, fmt: str) -> None:
     assert parse_freqtrade_filename(freqtrade_filename(symbol, "4h", fmt)) == (symbol, "4h", fmt)
 
@@ -200,6 +213,7 @@ def test_find_freqtrade_files_lists_spot_and_futures_price_files_only(tmp_path: 
     for name in [
         "BTC_USDT-1h.feather",
         "ETH_USDT-5m.json.gz",
+        "WALK_USD-1m.csv",
         "BTC_USDT-trades.json",
         "BTC_USDT-1w.feather",  # a timeframe the stack does not carry
         "README.md",
@@ -211,6 +225,7 @@ def test_find_freqtrade_files_lists_spot_and_futures_price_files_only(tmp_path: 
     assert find_freqtrade_files(tmp_path) == [
         FreqtradeFile(tmp_path / "BTC_USDT-1h.feather", "BTC/USDT", "1h", "feather"),
         FreqtradeFile(tmp_path / "ETH_USDT-5m.json.gz", "ETH/USDT", "5m", "jsongz"),
+        FreqtradeFile(tmp_path / "WALK_USD-1m.csv", "WALK/USD", "1m", "csv"),
         FreqtradeFile(tmp_path / "futures" / "ETH_USDT_USDT-1h-futures.feather", "ETH/USDT:USDT", "1h", "feather"),
     ]
 
@@ -221,6 +236,20 @@ def test_find_freqtrade_files_then_read_them(tmp_path: Path) -> None:
     write_freqtrade(tmp_path / "futures" / freqtrade_filename("ETH/USDT:USDT", "1h", "parquet"), candles, "parquet")
     (found,) = find_freqtrade_files(tmp_path)
     assert read_candles(found.path, "binance", found.symbol, found.timeframe) == candles
+
+
+def test_a_csv_named_the_freqtrade_way_needs_no_symbol_or_timeframe(tmp_path: Path) -> None:
+    from regimes import feed
+
+    candles = [Candle("file", "WALK/USD", "1m", T0 + i * 60_000, 10.0, 11.0, 9.0, 10.5, 1.0) for i in range(5)]
+    write_csv(tmp_path / "WALK_USD-1m.csv", candles)
+    assert feed.load_files([tmp_path / "WALK_USD-1m.csv"], "file", None, None) == [candles]
+    # the flags still win over the name
+    (renamed,) = feed.load_files([tmp_path / "WALK_USD-1m.csv"], "file", "WALK/EUR", None)
+    assert {c.symbol for c in renamed} == {"WALK/EUR"}
+    write_csv(tmp_path / "walk.csv", candles)
+    with pytest.raises(feed.FeedError, match="give --symbol and --timeframe"):
+        feed.load_files([tmp_path / "walk.csv"], "file", None, None)
 
 
 # --- bad files ------------------------------------------------------------------------

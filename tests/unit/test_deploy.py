@@ -166,6 +166,10 @@ def test_dashboard_is_published_and_healthchecked(compose: dict[str, Any]) -> No
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
 
 
+def test_nats_is_published_for_bots_on_loopback_only(compose: dict[str, Any]) -> None:
+    assert compose["services"]["nats"]["ports"] == ["127.0.0.1:4222:4222"]  # no credentials yet: not on 0.0.0.0
+
+
 def test_prometheus_scrapes_every_metrics_port(compose: dict[str, Any]) -> None:
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
