@@ -38,8 +38,8 @@ def new_snapshot(key: SeriesKey, tier: str) -> dict[str, Any]:
         "tier": tier,
         "price": None,  # {"close", "ts"}
         "vol_regime": None,
-        "vol": None,  # {"short", "long", "ratio", "samples", "sufficient", "ts", "since_ts"}
-        "hmm_regime": None,  # seed 003 §2.6 block
+        "vol": None,  # {"short", "long", "ratio", "samples", "sufficient", "ts", "since_ts", "raw_label", ...}
+        "hmm_regime": None,  # seed 003 §2.6 block, plus the raw verdict and the training depth
         "screener": None,
         "hmm_data_pipeline": None,
         "hmm_tuning": None,
@@ -81,6 +81,8 @@ def apply_vol(snap: dict[str, Any], ev: VolRegimeEvent, now: int) -> Update | No
         "sufficient": ev.sufficient,
         "ts": ev.ts,
         "since_ts": since,
+        "raw_label": ev.raw_label,
+        "pending_label": ev.pending_label,
     }
     snap["price"] = {"close": ev.close, "ts": ev.ts}
     snap["updated_at"] = now
@@ -108,6 +110,11 @@ def apply_hmm(snap: dict[str, Any], ev: HmmRegimeEvent, blend_factor: float, now
         "trained_at": ev.trained_at,
         "ts": ev.ts,
         "since_ts": prev["since_ts"] if prev and prev["regime"] == ev.regime else ev.ts,
+        "raw_regime": ev.raw_regime,
+        "raw_confidence": ev.raw_confidence,
+        "depth_tier": ev.depth_tier,
+        "training_candles": ev.training_candles,
+        "label_agreement": ev.label_agreement,
     }
     snap["updated_at"] = now
     if prev is not None and prev["regime"] != ev.regime and ev.trained:
