@@ -326,7 +326,9 @@ def test_labels_follow_known_segments(data: tuple[np.ndarray, np.ndarray, np.nda
 
 def test_state_invariants_over_updates(data: tuple[np.ndarray, np.ndarray, np.ndarray], model: TrainedModel) -> None:
     closes, volumes, _ = data
-    det = RegimeDetector({**CFG, "HMM_BIAS_GAIN": 1.5, "HMM_CONFIDENCE_THRESHOLD": 0.3})
+    # The filter's own verdict: no confirmation lag, no training-depth factor (both have tests of their own).
+    plain = {"HMM_CONFIRM_BARS": 1, "HMM_DEPTH_SCALING": False}
+    det = RegimeDetector({**CFG, **plain, "HMM_BIAS_GAIN": 1.5, "HMM_CONFIDENCE_THRESHOLD": 0.3})
     assert det.install(model, closes[:1200], volumes[:1200])
     assert det.state.observation_count == 0
     seen_zero = seen_bias = 0
