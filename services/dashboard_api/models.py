@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.domain.vocab import HmmLabel, VolLabel
+from shared.domain.vocab import DepthTier, HmmLabel, VolLabel
 
 
 class Price(BaseModel):
@@ -26,6 +26,10 @@ class VolBlock(BaseModel):
     sufficient: bool = Field(description="false: fewer returns than the long window (regime defaults to normal)")
     ts: int
     since_ts: int = Field(description="ms the current regime began")
+    raw_label: VolLabel | None = Field(
+        None, description="plain threshold label of ratio; vol_regime is it after hysteresis and confirm_bars"
+    )
+    pending_label: VolLabel | None = Field(None, description="label waiting for confirmation, if any")
 
 
 class Probabilities(BaseModel):
@@ -47,6 +51,17 @@ class HmmBlock(BaseModel):
     trained_at: int | None
     ts: int
     since_ts: int
+    raw_regime: HmmLabel | None = Field(
+        None, description="the filter's top label this bar; regime follows it after HMM_CONFIRM_BARS bars"
+    )
+    raw_confidence: float | None = Field(None, description="confidence before the training-depth factor")
+    depth_tier: DepthTier | None = Field(
+        None, description="training depth: shallow < 1000 candles <= moderate < 2000 <= deep; null untrained"
+    )
+    training_candles: int | None = Field(None, description="candles in the model's training window")
+    label_agreement: float | None = Field(
+        None, description="share of the training window where the previous and this model's labels agree"
+    )
 
 
 class GridBiasModel(BaseModel):

@@ -13,7 +13,7 @@ from typing import Any
 
 from services.hmm_regime.core import SeriesHmm, adopt, apply_candle, is_newer, training_due
 from services.hmm_regime.trainer import Trainer
-from shared.domain.contracts import Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
+from shared.domain.contracts import HMM_EVENTS_PER_BATCH, Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
 from shared.domain.hmm import HMM_AVAILABLE
 from shared.infra.bus import Out
 from shared.infra.consume import Consumer, Hold, StateStore
@@ -68,8 +68,12 @@ async def build(rt: Runtime) -> list[Any]:
         store.mark(msg.key)
         if isinstance(msg, Candle):
             return [Out(rt.names.hmm(msg.key), events[0], f"hmm.{msg.msg_id}")]
-        out = batch_of(events)
-        return [Out(rt.names.hmm(msg.key), out, f"hmm.{out.span}")]
+        # An HMM event is larger than a candle: a candle batch's events go out in batches of HMM_EVENTS_PER_BATCH.
+        outs = []
+        for i in range(0, len(events), HMM_EVENTS_PER_BATCH):
+            out = batch_of(events[i : i + HMM_EVENTS_PER_BATCH])
+            outs.append(Out(rt.names.hmm(msg.key), out, f"hmm.{out.span}"))
+        return outs
 
     consumer = Consumer(
         rt.bus, rt.names.stream_ohlcv, [rt.names.ohlcv_all], rt.durable(),

@@ -35,6 +35,7 @@ from shared.domain.hmm import (
     usable_rows,
 )
 from shared.domain.subjects import SeriesKey, timeframe_ms
+from shared.domain.vocab import depth_tier
 
 Row = tuple[int, float, float]  # (ts ms, close, volume)
 
@@ -152,7 +153,10 @@ def apply_candle(state: SeriesHmm, candle: Candle) -> HmmRegimeEvent | None:
     state.last_ts = candle.ts
     state.seen += 1
     verdict = det.update(candle.close, candle.volume)
-    trained = det.trained and det.model is not None
+    model = det.model if det.trained else None
+    trained = model is not None
+    raw_regime = verdict.raw_regime if verdict.raw_regime is not None else verdict.regime
+    raw_confidence = verdict.raw_confidence if verdict.raw_confidence is not None else verdict.confidence
     return HmmRegimeEvent(
         exchange=candle.exchange,
         symbol=candle.symbol,
@@ -164,5 +168,10 @@ def apply_candle(state: SeriesHmm, candle: Candle) -> HmmRegimeEvent | None:
         bias_signal=float(verdict.bias_signal),
         observation_count=int(verdict.observation_count),
         trained=trained,
-        trained_at=det.model.trained_at if trained and det.model is not None else None,
+        trained_at=model.trained_at if model is not None else None,
+        raw_regime=raw_regime.name,  # type: ignore[arg-type]
+        raw_confidence=float(raw_confidence),
+        depth_tier=depth_tier(model.training_candles) if model is not None else None,
+        training_candles=model.training_candles if model is not None else None,
+        label_agreement=model.label_agreement if model is not None else None,
     )

@@ -70,7 +70,9 @@ def apply_vol(snap: SeriesSnapshot, ev: VolRegimeEvent, now: int) -> Update | No
     if prev is not None and ev.ts <= prev.ts:
         return None
     since = prev.since_ts if prev is not None and snap.vol_regime == ev.label else ev.ts
-    vol = VolBlock(ev.vol_short, ev.vol_long, ev.ratio, ev.samples, ev.sufficient, ev.ts, since)
+    vol = VolBlock(
+        ev.vol_short, ev.vol_long, ev.ratio, ev.samples, ev.sufficient, ev.ts, since, ev.raw_label, ev.pending_label
+    )
     after = replace(snap, vol_regime=ev.label, vol=vol, price=Price(ev.close, ev.ts), updated_at=now)
     up = Update(after, kinds={"vol"})
     if ev.changed and ev.prev_label is not None:
@@ -85,7 +87,8 @@ def apply_hmm(snap: SeriesSnapshot, ev: HmmRegimeEvent, blend_factor: float, now
     since = prev.since_ts if prev is not None and prev.regime == ev.regime else ev.ts
     block = HmmBlock(
         ev.regime, ev.confidence, ev.bias_signal, Probabilities(*ev.probabilities), ev.trained,
-        ev.observation_count, blend_factor, ev.trained_at, ev.ts, since,
+        ev.observation_count, blend_factor, ev.trained_at, ev.ts, since, ev.raw_regime, ev.raw_confidence,
+        ev.depth_tier, ev.training_candles, ev.label_agreement,
     )  # fmt: skip
     up = Update(replace(snap, hmm_regime=block, updated_at=now), kinds={"hmm"})
     if prev is not None and prev.regime != ev.regime and ev.trained:

@@ -6,53 +6,80 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.domain.contracts import Candle, VolRegimeEvent
-from shared.domain.vol import VolRegime, VolRegimeConfig, VolTracker
+from shared.domain.vocab import VolLabel
+from shared.domain.vol import VolLabelFilter, VolRegime, VolRegimeConfig, VolTracker
 
 _NO_DATA = VolRegime("normal", 0.0, 0.0, 1.0)
 
 
 @dataclass
 class SeriesVol:
-    """One series' vol state: the incremental tracker plus what the last candle left."""
+    """One series' vol state: the incremental tracker, the label filter, and what the last candle left.
+
+    ``label`` is the label in force (confirmed), the one events carry as ``label``.
+    """
 
     tracker: VolTracker
+    filter: VolLabelFilter
     last_ts: int | None = None  # open time of the last candle applied, ms
-    label: str | None = None
+    label: VolLabel | None = None
 
     @classmethod
     def new(cls, cfg: VolRegimeConfig) -> SeriesVol:
-        return cls(VolTracker(cfg))
+        return cls(VolTracker(cfg), VolLabelFilter(cfg))
 
     def dump(self) -> dict[str, Any]:
-        return {"last_ts": self.last_ts, "label": self.label, "tracker": self.tracker.to_state()}
+        return {
+            "last_ts": self.last_ts,
+            "label": self.label,
+            "tracker": self.tracker.to_state(),
+            "confirm": self.filter.to_state(),
+        }
 
     @classmethod
     def load(cls, cfg: VolRegimeConfig, raw: dict[str, Any]) -> SeriesVol:
-        """ValueError when the stored tracker does not fit ``cfg`` (the windows changed)."""
-        return cls(VolTracker.from_state(cfg, raw["tracker"]), raw["last_ts"], raw["label"])
+        """ValueError when the stored tracker does not fit ``cfg`` (the windows changed) or the filter is malformed.
+
+        State stored before the label filter existed resumes with its last label in force.
+        """
+        tracker = VolTracker.from_state(cfg, raw["tracker"])
+        if "confirm" in raw:
+            label_filter = VolLabelFilter.from_state(cfg, raw["confirm"])
+        else:
+            label_filter = VolLabelFilter(cfg)
+            if tracker.sufficient and raw["label"] is not None:
+                label_filter.update(VolRegime(raw["label"], 0.0, 0.0, 1.0))  # in force as it is: nothing to band
+        return cls(tracker, label_filter, raw["last_ts"], raw["label"])
 
 
 def apply_candle(state: SeriesVol, candle: Candle, cfg: VolRegimeConfig) -> VolRegimeEvent | None:
-    """Advance ``state`` by ``candle``; None (state untouched) for a candle not newer than the last."""
+    """Advance ``state`` by ``candle``; None (state untouched) for a candle not newer than the last.
+
+    ``raw_label`` is the tracker's plain threshold label; ``label`` the one in force after the
+    hysteresis band and confirmation (:class:`VolLabelFilter`), fed once the long window is full.
+    """
     if state.last_ts is not None and candle.ts <= state.last_ts:
         return None
     regime = state.tracker.push_close(candle.close) or _NO_DATA
+    sufficient = state.tracker.sufficient
+    label = state.filter.update(regime) if sufficient else regime.label
     prev = state.label
     state.last_ts = candle.ts
-    state.label = regime.label
-    samples = state.tracker.samples
+    state.label = label
     return VolRegimeEvent(
         exchange=candle.exchange,
         symbol=candle.symbol,
         timeframe=candle.timeframe,
         ts=candle.ts,
         close=candle.close,
-        label=regime.label,
+        label=label,
         vol_short=regime.vol_short,
         vol_long=regime.vol_long,
         ratio=regime.ratio,
-        prev_label=prev,  # type: ignore[arg-type]
-        changed=prev is not None and prev != regime.label,
-        samples=samples,
-        sufficient=samples >= cfg.long_window_bars,
+        prev_label=prev,
+        changed=prev is not None and prev != label,
+        samples=state.tracker.samples,
+        sufficient=sufficient,
+        raw_label=regime.label,
+        pending_label=state.filter.pending if sufficient else None,
     )

@@ -29,7 +29,7 @@ T = TypeVar("T")
 _DECODER = msgspec.msgpack.Decoder(c.Message)
 
 
-def _plain_scalar(obj: Any) -> Any:
+def plain_scalar(obj: Any) -> Any:
     """numpy scalars (a float64 from the vol math, say) as the Python number msgpack would have written."""
     item = getattr(obj, "item", None)
     if callable(item):
@@ -37,7 +37,7 @@ def _plain_scalar(obj: Any) -> Any:
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
-_ENCODER = msgspec.msgpack.Encoder(enc_hook=_plain_scalar)
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=plain_scalar)
 
 
 # --- encoding ---------------------------------------------------------------------------------------------------

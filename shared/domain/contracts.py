@@ -30,7 +30,7 @@ import msgspec.inspect
 
 from shared.domain.errors import ContractError
 from shared.domain.subjects import SeriesKey, check_exchange, encode_symbol, timeframe_ms
-from shared.domain.vocab import HMM_LABELS, SCORE_COMPONENTS, VOL_LABELS, HmmLabel, VolLabel
+from shared.domain.vocab import HMM_LABELS, SCORE_COMPONENTS, VOL_LABELS, DepthTier, HmmLabel, VolLabel
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -227,6 +227,9 @@ class VolRegimeEvent(_PerSeries, tag="vol_regime", frozen=True):
     changed: bool  # label != prev_label (False for the first)
     samples: int  # log returns seen so far for this series
     sufficient: bool  # whether samples covered the long window (else the seed's "normal with zeros")
+    # label, prev_label and changed are the confirmed label (hysteresis band + confirm_bars), what the stack acts on.
+    raw_label: VolLabel | None = None  # the plain threshold label of ratio this bar; None in events before it
+    pending_label: VolLabel | None = None  # cleared the band, waiting to lead confirm_bars bars; None: nothing waits
     v: int = SCHEMA_VERSION
 
     def _rules(self) -> None:
@@ -248,6 +251,13 @@ class HmmRegimeEvent(_PerSeries, tag="hmm_regime", frozen=True):
     observation_count: int  # candles the detector has filtered since it was trained
     trained: bool  # False: the model is not trained yet and the verdict is the neutral default
     trained_at: int | None  # ms UTC of the last successful training, None if never
+    # regime, confidence and bias_signal are what the stack acts on: the confirmed regime (HMM_CONFIRM_BARS),
+    # depth-scaled confidence and bias (HMM_DEPTH_SCALING). Absent (None) in events written before them.
+    raw_regime: HmmLabel | None = None  # the filter's top label this bar, before confirmation
+    raw_confidence: float | None = None  # top minus second probability before the depth factor, in [0, 1]
+    depth_tier: DepthTier | None = None  # shallow / moderate / deep by training_candles; None untrained
+    training_candles: int | None = None  # candles in the model's training window, bars
+    label_agreement: float | None = None  # previous vs this model's Viterbi labels on its window, 0..1; None first
     v: int = SCHEMA_VERSION
 
     def _rules(self) -> None:
@@ -460,6 +470,7 @@ class ScreenerDecisionBatch(_EventBatch, tag="screener_decision_batch", frozen=T
 
 
 DECISIONS_PER_BATCH = 64  # a decision is about 0.8 kB: 64 keep a batch well under MAX_PAYLOAD_BYTES
+HMM_EVENTS_PER_BATCH = 100  # an HMM event is up to ~0.45 kB (a 64-character symbol): 100 stay under it too
 _BATCH_OF: dict[type[Any], type[Any]] = {
     VolRegimeEvent: VolRegimeBatch,
     HmmRegimeEvent: HmmRegimeBatch,

@@ -35,6 +35,11 @@ class RegimeState:
     rather than uniform, so the published probabilities agree with the published
     regime and still sum to 1. Confidence 0 keeps the bias at 0 whatever the
     threshold.
+
+    ``regime``, ``confidence`` and ``bias_signal`` are what the stack acts on:
+    the confirmed regime (see HMM_CONFIRM_BARS) and the depth-scaled confidence
+    and bias (see HMM_DEPTH_SCALING); ``raw_regime``/``raw_confidence`` keep the
+    filter's own verdict of the bar.
     """
 
     regime: Regime = Regime.RANGING
@@ -42,6 +47,9 @@ class RegimeState:
     confidence: float = 0.0  # top probability minus the second, fraction in [0, 1]
     bias_signal: float = 0.0  # (p_bull - p_bear) × HMM_BIAS_GAIN, in [-1, 1]; 0 under the threshold
     observation_count: int = 0  # candles taken in by update() since the last train/install/restore
+    # The filter's own verdict before confirmation and depth scaling (None: the same as regime / confidence).
+    raw_regime: Regime | None = None  # the label on top this bar; ``regime`` follows it after HMM_CONFIRM_BARS
+    raw_confidence: float | None = None  # top minus second before the training-depth factor
 
 
 GRID_BIAS_MAX_ADJUST: Final[float] = 0.30  # at |bias| = 1: favoured side spacing × 0.7, other side × 1.3

@@ -19,9 +19,10 @@ from typing import Any, TypeVar, Union
 
 import msgspec
 
+from shared.domain.codec import plain_scalar
 from shared.domain.contracts import GridBias
 from shared.domain.errors import ContractError
-from shared.domain.vocab import HmmLabel, VolLabel
+from shared.domain.vocab import DepthTier, HmmLabel, VolLabel
 
 T = TypeVar("T")
 
@@ -39,6 +40,8 @@ class VolBlock(msgspec.Struct, frozen=True):
     sufficient: bool  # false: fewer returns than the long window (regime defaults to normal)
     ts: int
     since_ts: int  # ms the current regime began
+    raw_label: VolLabel | None = None  # the ratio's plain threshold label; the regime is it after hysteresis, confirm
+    pending_label: VolLabel | None = None  # the label waiting for confirmation, if any
 
 
 class Probabilities(msgspec.Struct, frozen=True):
@@ -60,6 +63,11 @@ class HmmBlock(msgspec.Struct, frozen=True):
     trained_at: int | None  # ms UTC of the last training, None if never
     ts: int
     since_ts: int  # ms the current regime began
+    raw_regime: HmmLabel | None = None  # the filter's top label this bar; regime follows it after HMM_CONFIRM_BARS
+    raw_confidence: float | None = None  # before the training-depth factor
+    depth_tier: DepthTier | None = None  # None: untrained
+    training_candles: int | None = None  # candles in the model's training window
+    label_agreement: float | None = None  # fraction of the window where the previous and this model's labels agree
 
 
 class ScreenerBlock(msgspec.Struct, frozen=True):
@@ -198,7 +206,7 @@ class Summary(msgspec.Struct, frozen=True):
 
 def dumps(record: msgspec.Struct) -> str:
     """The JSON text of a record as stored in Redis: ``json.dumps`` of its plain form, the bytes it always had."""
-    return json.dumps(msgspec.to_builtins(record))
+    return json.dumps(msgspec.to_builtins(record, enc_hook=plain_scalar))
 
 
 def loads(text: str | bytes, cls: type[T] | Any) -> T:

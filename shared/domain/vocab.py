@@ -1,4 +1,4 @@
-"""Every word of the product, defined once: regime labels, sizing tiers, score components, timeframes.
+"""Every word of the product, defined once: regime labels, training depths, sizing tiers, components, timeframes.
 
 Messages, the config, the API models and the page (through ``/api/config``)
 read these; nothing else spells them out.
@@ -13,6 +13,23 @@ VOL_LABELS: Final[tuple[VolLabel, ...]] = get_args(VolLabel)  # calmest first
 
 HmmLabel = Literal["BEARISH", "RANGING", "BULLISH"]
 HMM_LABELS: Final[tuple[HmmLabel, ...]] = get_args(HmmLabel)  # the order of every probability triple
+
+# How much history an HMM was trained on, in candles of its training window (bars):
+# shallow < DEPTH_MODERATE_CANDLES <= moderate < DEPTH_DEEP_CANDLES <= deep.
+DepthTier = Literal["shallow", "moderate", "deep"]
+DEPTH_TIERS: Final[tuple[DepthTier, ...]] = get_args(DepthTier)  # shallowest first
+DEPTH_MODERATE_CANDLES: Final[int] = 1000
+DEPTH_DEEP_CANDLES: Final[int] = 2000
+
+
+def depth_tier(training_candles: int) -> DepthTier:
+    """The training-depth tier of a model fitted on ``training_candles`` candles (bars)."""
+    if training_candles < DEPTH_MODERATE_CANDLES:
+        return "shallow"
+    if training_candles < DEPTH_DEEP_CANDLES:
+        return "moderate"
+    return "deep"
+
 
 Tier = Literal["CORE", "SATELLITE", "TACTICAL", "ALT-EXT"]
 TIERS: Final[tuple[Tier, ...]] = get_args(Tier)

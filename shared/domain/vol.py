@@ -27,15 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from shared.domain.confirm import Confirmation
 from shared.domain.errors import ConfigError, check_known
 from shared.domain.vocab import VolLabel
 
 __all__ = [
     "STATE_VERSION",
     "VolInputs",
+    "VolLabelFilter",
     "VolRegime",
     "VolRegimeConfig",
     "VolTracker",
+    "banded_label",
     "classify_vol_regime",
     "compute_ewma_vol",
     "label_for_ratio",
@@ -44,6 +47,7 @@ __all__ = [
 _CONFIG_KEY = "vol_regimes.defaults"
 _WINDOW_KEYS = ("short_window_bars", "long_window_bars", "short_halflife_bars", "long_halflife_bars")
 _RATIO_KEYS = ("low", "normal", "high")
+_FILTER_KEYS = ("confirm_bars", "hysteresis")
 
 # Module-level aliases of C functions: a global load instead of a global plus an attribute
 # load in the per-bar path. Immutable, so not state.
@@ -101,6 +105,12 @@ class VolRegimeConfig:
     Windows and halflives are in bars. The ratio thresholds are dimensionless boundaries of
     ``vol_short / vol_long``: ``< ratio_low`` low, ``< ratio_normal`` normal,
     ``< ratio_high`` high, otherwise crisis.
+
+    What the stack acts on is that label through two filters (:class:`VolLabelFilter`):
+    ``hysteresis`` (a fraction of each threshold, in [0, 0.5)): leaving the regime in force
+    takes crossing its threshold by that fraction (up: ``ratio >= threshold × (1 + h)``; down:
+    ``ratio < threshold × (1 − h)``); ``confirm_bars`` (bars, ≥ 1): the new label must then
+    lead that many bars in a row. 0 and 1 switch them off (the seed's plain thresholds).
     """
 
     short_window_bars: int = 168
@@ -110,6 +120,8 @@ class VolRegimeConfig:
     ratio_low: float = 0.6
     ratio_normal: float = 1.2
     ratio_high: float = 1.8
+    confirm_bars: int = 3
+    hysteresis: float = 0.01
 
     def __post_init__(self) -> None:
         for name in _WINDOW_KEYS:
@@ -137,6 +149,12 @@ class VolRegimeConfig:
                 f"{_CONFIG_KEY}.ratio_low_high.high",
                 f"must be > normal ({self.ratio_normal!r}), got {self.ratio_high!r}",
             )
+        if not _is_int(self.confirm_bars) or not 1 <= self.confirm_bars <= 1000:
+            raise ConfigError(
+                f"{_CONFIG_KEY}.confirm_bars", f"must be an integer in [1, 1000], got {self.confirm_bars!r}"
+            )
+        if not _is_real(self.hysteresis) or not 0.0 <= self.hysteresis < 0.5:
+            raise ConfigError(f"{_CONFIG_KEY}.hysteresis", f"must be a fraction in [0, 0.5), got {self.hysteresis!r}")
 
     @classmethod
     def from_strategy_config(cls, strategy_config: Mapping[str, Any]) -> VolRegimeConfig:
@@ -151,7 +169,7 @@ class VolRegimeConfig:
         defaults = block.get("defaults", {})
         if not isinstance(defaults, Mapping):
             raise ConfigError(_CONFIG_KEY, f"must be an object, got {type(defaults).__name__}")
-        check_known(defaults, _CONFIG_KEY, (*_WINDOW_KEYS, "ratio_low_high"))
+        check_known(defaults, _CONFIG_KEY, (*_WINDOW_KEYS, "ratio_low_high", *_FILTER_KEYS))
         kwargs: dict[str, Any] = {}
         for name in _WINDOW_KEYS:
             if name in defaults:
@@ -169,6 +187,11 @@ class VolRegimeConfig:
                 if not _is_real(value):
                     raise ConfigError(f"{_CONFIG_KEY}.ratio_low_high.{name}", f"must be a finite number, got {value!r}")
                 kwargs[f"ratio_{name}"] = float(value)
+        if "confirm_bars" in defaults:
+            kwargs["confirm_bars"] = defaults["confirm_bars"]  # checked by __post_init__, naming the key
+        if "hysteresis" in defaults:
+            value = defaults["hysteresis"]
+            kwargs["hysteresis"] = float(value) if _is_real(value) else value
         return cls(**kwargs)
 
 
@@ -184,6 +207,81 @@ def label_for_ratio(ratio: float, cfg: VolRegimeConfig) -> VolLabel:
     if ratio < cfg.ratio_high:
         return "high"
     return "crisis"
+
+
+_ORDER: dict[str, int] = {"low": 0, "normal": 1, "high": 2, "crisis": 3}
+_BY_ORDER: tuple[VolLabel, ...] = ("low", "normal", "high", "crisis")
+
+
+def banded_label(ratio: float, current: VolLabel | None, cfg: VolRegimeConfig) -> VolLabel:
+    """The label of ``ratio`` seen from the regime in force, ``current``, with the hysteresis band.
+
+    Leaving ``current`` upward into a regime takes ``ratio >= its lower threshold × (1 + h)``,
+    downward ``ratio < its upper threshold × (1 − h)`` (``h = cfg.hysteresis``); a ratio that
+    crosses several thresholds lands in the furthest regime it clears by the band. Without a
+    regime in force, or with h = 0, this is :func:`label_for_ratio`.
+    """
+    plain = label_for_ratio(ratio, cfg)
+    if current is None or plain == current or cfg.hysteresis == 0.0:
+        return plain
+    # Lower threshold of each regime above low, in order: normal, high, crisis.
+    lower = (cfg.ratio_low, cfg.ratio_normal, cfg.ratio_high)
+    h = cfg.hysteresis
+    at = _ORDER[current]
+    if _ORDER[plain] > at:
+        while at < 3 and ratio >= lower[at] * (1.0 + h):
+            at += 1
+    else:
+        while at > 0 and ratio < lower[at - 1] * (1.0 - h):
+            at -= 1
+    return _BY_ORDER[at]
+
+
+class VolLabelFilter:
+    """The vol label the stack acts on: :func:`banded_label` then :class:`Confirmation`, bar by bar.
+
+    Fed only once the tracker is ``sufficient``: before that the label is the seed's "normal
+    with zeros" default, and the first sufficient bar's label is taken as it is.
+    """
+
+    __slots__ = ("_cfg", "_confirm")
+
+    def __init__(self, cfg: VolRegimeConfig) -> None:
+        self._cfg = cfg
+        self._confirm = Confirmation(cfg.confirm_bars)
+
+    @property
+    def label(self) -> VolLabel | None:
+        """The label in force; None before the first update."""
+        return self._confirm.label  # type: ignore[return-value]
+
+    @property
+    def pending(self) -> VolLabel | None:
+        """The label that cleared the band and waits for confirmation; None when nothing waits."""
+        return self._confirm.candidate  # type: ignore[return-value]
+
+    def reset(self) -> None:
+        self._confirm.reset()
+
+    def update(self, regime: VolRegime) -> VolLabel:
+        """This bar's classification in, the label in force out."""
+        # No ratio to band in a flat market (vol_long 0): the classifier's own default goes in as it is.
+        candidate = banded_label(regime.ratio, self.label, self._cfg) if regime.vol_long > 0.0 else regime.label
+        return self._confirm.update(candidate)  # type: ignore[return-value]
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain values; :meth:`from_state` resumes bit for bit (the band and N come from the config)."""
+        return self._confirm.to_state()
+
+    @classmethod
+    def from_state(cls, cfg: VolRegimeConfig, state: Mapping[str, Any]) -> VolLabelFilter:
+        """ValueError when ``state`` is malformed."""
+        out = cls(cfg)
+        try:
+            out._confirm.load(state, _BY_ORDER)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"vol label filter state is malformed: {exc!r}") from None
+        return out
 
 
 def _as_returns(returns: np.ndarray) -> np.ndarray:

@@ -51,6 +51,8 @@ SEED_HMM_TABLE: dict[str, Any] = {
 }
 # The one documented deviation: 0 selects the exact forward filter (one O(K^2) step per candle).
 DEVIATIONS = {"HMM_INFERENCE_WINDOW": 0}
+# Keys beyond the seed's (issue 10), after its table: confirmed transitions and training-depth scaling.
+ADDED_HMM_KEYS: dict[str, Any] = {"HMM_CONFIRM_BARS": 3, "HMM_DEPTH_SCALING": True}
 
 
 def raises_naming(key: str, fn: Callable[[], Any]) -> ConfigError:
@@ -416,13 +418,13 @@ def test_load_strategy_config_names_the_file_setting(tmp_path: Path) -> None:
 # --- HMM keys (seed 003 §7) ---------------------------------------------------------------------------------
 
 
-def test_hmm_keys_are_exactly_the_seed_table() -> None:
-    assert list(HmmConfig.keys()) == list(SEED_HMM_TABLE)
+def test_hmm_keys_are_exactly_the_seed_table_then_the_added_keys() -> None:
+    assert list(HmmConfig.keys()) == [*SEED_HMM_TABLE, *ADDED_HMM_KEYS]
 
 
-@pytest.mark.parametrize("key", list(SEED_HMM_TABLE))
+@pytest.mark.parametrize("key", [*SEED_HMM_TABLE, *ADDED_HMM_KEYS])
 def test_hmm_default_equals_the_seed_table(key: str) -> None:
-    expected = DEVIATIONS.get(key, SEED_HMM_TABLE[key])
+    expected = DEVIATIONS.get(key, {**SEED_HMM_TABLE, **ADDED_HMM_KEYS}[key])
     got = HmmConfig.from_keys({}, {}).as_keys()[key]
     assert got == expected
     assert type(got) is type(expected)
@@ -459,6 +461,8 @@ ENV_SPELLINGS: dict[str, tuple[str, Any]] = {
     "HMM_MIN_TRAIN_SAMPLES": ("200", 200),
     "HMM_BIAS_GAIN": ("2.5", 2.5),
     "HMM_BLEND_WITH_TREND": ("1.0", 1.0),
+    "HMM_CONFIRM_BARS": ("5", 5),
+    "HMM_DEPTH_SCALING": ("off", False),
 }
 
 
@@ -498,6 +502,9 @@ def test_strategy_config_resolves_hmm_keys_with_the_environment() -> None:
         ("HMM_OHLCV_SYNC_INTERVAL_SEC", "0"),
         ("HMM_RETRAIN_INTERVAL_SEC", "nan"),
         ("HMM_INFERENCE_WINDOW", "-1"),
+        ("HMM_CONFIRM_BARS", "0"),
+        ("HMM_CONFIRM_BARS", "2.5"),
+        ("HMM_DEPTH_SCALING", "sometimes"),
     ],
 )
 def test_bad_hmm_env_value_names_the_key(key: str, raw: str) -> None:
@@ -514,6 +521,10 @@ def test_bad_hmm_env_value_names_the_key(key: str, raw: str) -> None:
         ("HMM_BIAS_GAIN", False),
         ("HMM_BLEND_WITH_TREND", 2),
         ("HMM_COVARIANCE_TYPE", None),
+        ("HMM_CONFIRM_BARS", 0),
+        ("HMM_CONFIRM_BARS", 1001),
+        ("HMM_CONFIRM_BARS", True),
+        ("HMM_DEPTH_SCALING", 1),
     ],
 )
 def test_bad_hmm_file_value_names_the_key_in_its_section(key: str, value: Any) -> None:

@@ -45,6 +45,12 @@ VOL = VolRegimeEvent("kraken", "BTC/USD", "1m", T, 100.5, "high", 0.0123, 0.0085
 VOL_FIRST = VolRegimeEvent("kraken", "BTC/USD", "1m", T, 100.5, "normal", 0.0, 0.0, 1.0, None, False, 0, False)
 HMM = HmmRegimeEvent("kraken", "BTC/USD", "1m", T, "BULLISH", (0.1, 0.2, 0.7), 0.5, 0.6, 42, True, T - 1000)
 HMM_UNTRAINED = HmmRegimeEvent("kraken", "BTC/USD", "1m", T, "RANGING", (0.0, 1.0, 0.0), 0.0, 0.0, 3, False, None)
+# With the issue-10 fields: the raw label beside the confirmed one, training depth and label agreement.
+VOL_CONFIRMING = msgspec.structs.replace(VOL, label="normal", changed=False, raw_label="high", pending_label="high")
+HMM_CONFIRMING = msgspec.structs.replace(
+    HMM, regime="RANGING", raw_regime="BULLISH", raw_confidence=0.625, depth_tier="moderate",
+    training_candles=1500, label_agreement=0.9375,
+)  # fmt: skip
 SCORE = ScoreEvent("carry", "kraken", "BTC/USD", "1m", T, -0.25)
 DECISION = ScreenerDecision(
     exchange="kraken",
@@ -105,10 +111,12 @@ DEAD = DeadLetter("vol_regime", "price <= 0", "ohlcv.kraken.BTC-USD.1m", b"\x81\
 CANDLES = CandleBatch.of([msgspec.structs.replace(CANDLE, ts=T + i * 60_000) for i in range(3)])
 VOLS = batch_of([VOL_FIRST, msgspec.structs.replace(VOL, ts=T + 60_000)])
 HMMS = batch_of([HMM, msgspec.structs.replace(HMM, ts=T + 60_000)])
+HMMS_CONFIRMING = batch_of([HMM_CONFIRMING, msgspec.structs.replace(HMM_CONFIRMING, ts=T + 60_000)])
+VOLS_CONFIRMING = batch_of([VOL_CONFIRMING, msgspec.structs.replace(VOL_CONFIRMING, ts=T + 60_000)])
 DECISIONS = batch_of([DECISION, msgspec.structs.replace(DECISION, ts=T + 60_000)])
 SAMPLES = [
     CANDLE, VOL, VOL_FIRST, HMM, HMM_UNTRAINED, SCORE, DECISION, DECISION_NO_HMM, PIPELINE, PIPELINE_EMPTY, DEAD,
-    CANDLES, VOLS, HMMS, DECISIONS,
+    CANDLES, VOLS, HMMS, DECISIONS, VOL_CONFIRMING, HMM_CONFIRMING, HMMS_CONFIRMING, VOLS_CONFIRMING,
 ]  # fmt: skip
 
 
@@ -156,6 +164,37 @@ def test_integer_prices_decode_as_floats() -> None:
 
 def test_candle_msg_id_is_its_idempotency_key() -> None:
     assert CANDLE.msg_id == f"kraken.BTC-USD.1m.{T}"
+
+
+@pytest.mark.parametrize(
+    ("msg", "added"),
+    [
+        (VOL_CONFIRMING, ("raw_label", "pending_label")),
+        (HMM_CONFIRMING, ("raw_regime", "raw_confidence", "depth_tier", "training_candles", "label_agreement")),
+    ],
+    ids=["vol", "hmm"],
+)
+def test_events_written_before_the_confirmation_and_depth_fields_still_decode(msg: Any, added: tuple[str, ...]) -> None:
+    plain = {k: v for k, v in to_plain(msg).items() if k not in added}
+    old = decode(msgpack.packb(plain))
+    assert all(getattr(old, name) is None for name in added)
+    assert old == msgspec.structs.replace(msg, **dict.fromkeys(added))
+
+
+def test_a_full_batch_of_the_largest_events_fits_the_payload_limit() -> None:
+    from shared.domain.contracts import HMM_EVENTS_PER_BATCH
+
+    # The longest exchange id and symbol a series may have, every optional field set, floats at full width.
+    key = {"exchange": "x" * 32, "symbol": "S" * 31 + "/" + "Q" * 32}
+    vol = msgspec.structs.replace(VOL_CONFIRMING, **key, close=1 / 3, vol_short=1 / 7, vol_long=1 / 9, ratio=1 / 11)
+    hmm = msgspec.structs.replace(
+        HMM_CONFIRMING, **key, probabilities=(1 / 3, 1 / 6, 1 / 2), confidence=1 / 7, bias_signal=-1 / 9,
+        raw_confidence=1 / 11, label_agreement=1 / 13, observation_count=2**40, training_candles=10**6,
+    )  # fmt: skip
+    for event, n in ((vol, MAX_BATCH_BARS), (hmm, HMM_EVENTS_PER_BATCH)):
+        batch = batch_of([msgspec.structs.replace(event, ts=T + i * 60_000) for i in range(n)])
+        assert len(encode(batch)) <= MAX_PAYLOAD_BYTES, type(event).__name__
+        assert decode(encode(batch)) == batch
 
 
 def test_missing_version_means_the_current_one() -> None:

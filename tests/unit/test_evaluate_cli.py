@@ -136,7 +136,9 @@ def test_the_page_shows_every_block_of_the_evaluation(evaluated: dict[str, Any])
         assert f"</i>{label}</td>" in page, label
     for h in ("1 bar ahead", "5 bars ahead", "20 bars ahead"):
         assert h in page
-    assert "carry no raw label" in page  # today's events: the comparison says what it is waiting for
+    # The events carry raw labels beside the confirmed ones: the page compares them.
+    assert "Suppressed is the share of raw flips confirmation removed" in page
+    assert "carry no raw label" not in page
     index = (evaluated["out"] / "index.html").read_text()
     assert 'href="file_BTC-USD_1m.html"' in index
     assert f"{BARS:,} candles" in index

@@ -66,11 +66,28 @@ def _applied(update: Update | None) -> SeriesSnapshot:
 
 
 REPLAYED = _replay()
+# Fields added since the recording (confirmed regimes and training depth): new keys at the end of their blocks,
+# null for events that do not carry them; everything recorded must still come out byte for byte around them.
+ADDED = {
+    "vol": ("raw_label", "pending_label"),
+    "hmm_regime": ("raw_regime", "raw_confidence", "depth_tier", "training_candles", "label_agreement"),
+}
+
+
+def as_recorded(text: str) -> str:
+    """A stored snapshot without the fields added since the recording (their order is kept: JSON as written)."""
+    snap = json.loads(text)
+    for block, keys in ADDED.items():
+        if snap.get(block) is not None:
+            assert list(snap[block])[-len(keys) :] == list(keys), f"{block}: added fields at the end"
+            for key in keys:
+                del snap[block][key]
+    return json.dumps(snap)
 
 
 def test_stored_records_read_back_as_they_were_written() -> None:
     for text in [*RECORDED["after_event"].values(), *RECORDED["after_pipeline"]]:
-        assert snapshot.dumps(snapshot.loads(text, SeriesSnapshot)) == text
+        assert as_recorded(snapshot.dumps(snapshot.loads(text, SeriesSnapshot))) == text
     for text in RECORDED["transitions"]:
         assert snapshot.dumps(snapshot.loads(text, Transition)) == text  # type: ignore[arg-type]
     for text in RECORDED["history"]:
@@ -83,8 +100,8 @@ def test_a_new_series_is_stored_as_recorded() -> None:
 
 
 def test_the_snapshot_after_each_kind_of_event_is_stored_as_recorded() -> None:
-    assert REPLAYED["after_event"] == RECORDED["after_event"]
-    assert REPLAYED["after_pipeline"] == RECORDED["after_pipeline"]
+    assert {i: as_recorded(t) for i, t in REPLAYED["after_event"].items()} == RECORDED["after_event"]
+    assert [as_recorded(t) for t in REPLAYED["after_pipeline"]] == RECORDED["after_pipeline"]
 
 
 def test_history_points_and_transitions_are_stored_as_recorded() -> None:

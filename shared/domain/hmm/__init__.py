@@ -32,7 +32,7 @@ failure), so the bot degrades to trend-only behaviour.
 from __future__ import annotations
 
 from shared.domain.config import COVARIANCE_TYPES, HmmConfig
-from shared.domain.hmm.detector import RegimeDetector
+from shared.domain.hmm.detector import RegimeDetector, depth_factor
 from shared.domain.hmm.features import (
     FEATURE_NAMES,
     N_FEATURES,
@@ -42,7 +42,7 @@ from shared.domain.hmm.features import (
     FeatureExtractor,
     usable_rows,
 )
-from shared.domain.hmm.fit import HMM_AVAILABLE, as_hmmlearn, fit_model
+from shared.domain.hmm.fit import HMM_AVAILABLE, WARM_START_MARGIN_NATS, as_hmmlearn, fit_model, label_agreement
 from shared.domain.hmm.model import HMM_RANDOM_SEED, TrainedModel, validate_model
 from shared.domain.hmm.snapshot import SNAPSHOT_KEY, restore_from_snapshot, serialize_for_snapshot
 from shared.domain.sizing import (  # the seed's names live here too
@@ -66,6 +66,7 @@ __all__ = [
     "SNAPSHOT_KEY",
     "STALE_GAP_BARS",
     "WARMUP_BARS",
+    "WARM_START_MARGIN_NATS",
     "FeatureExtractor",
     "HmmConfig",
     "Regime",
@@ -75,7 +76,9 @@ __all__ = [
     "as_hmmlearn",
     "compute_blended_idle_target",
     "compute_grid_bias",
+    "depth_factor",
     "fit_model",
+    "label_agreement",
     "restore_from_snapshot",
     "serialize_for_snapshot",
     "usable_rows",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from shared.domain.config import HmmConfig
+from shared.domain.confirm import Confirmation
 from shared.domain.hmm import fit
 from shared.domain.hmm.features import FeatureExtractor, as_series, usable_rows
 from shared.domain.hmm.kernel import FilterState, Kernel
@@ -18,6 +20,18 @@ from shared.domain.hmm.model import TrainedModel, validate_model
 from shared.domain.sizing import Regime, RegimeState
 
 log = logging.getLogger(__name__)
+
+
+def depth_factor(training_candles: int, cfg: HmmConfig) -> float:
+    """How much a model trained on ``training_candles`` candles is trusted, in (0, 1].
+
+    ``sqrt(min(1, training_candles / HMM_TRAINING_CANDLES))``: a model on a full window
+    counts in full, one on a quarter of it (500 of 2,000 candles) at half. 1.0 when
+    HMM_DEPTH_SCALING is off. Confidence and bias are multiplied by it.
+    """
+    if not cfg.depth_scaling:
+        return 1.0
+    return math.sqrt(min(1.0, max(0, training_candles) / cfg.training_candles))
 
 
 class RegimeDetector:
@@ -31,6 +45,22 @@ class RegimeDetector:
     The shaping keys (HMM_N_STATES, HMM_COVARIANCE_TYPE, HMM_INFERENCE_WINDOW)
     are fixed at construction; gain and thresholds are read from ``cfg`` on
     every candle, so they can be tuned at runtime.
+
+    Each candle's verdict is the filter's, then (see :meth:`_present`):
+
+    - confirmed: ``regime`` changes only once the filter's own top label
+      (``raw_regime``) has led for HMM_CONFIRM_BARS bars in a row
+      (:class:`Confirmation`; it carries over retrains, and the first trained
+      verdict is taken as it is);
+    - depth-scaled: ``confidence = raw_confidence × depth_factor`` and
+      ``bias = (p_bull − p_bear) × HMM_BIAS_GAIN × depth_factor``, clipped to
+      [−1, 1], 0 when the scaled confidence is under HMM_CONFIDENCE_THRESHOLD;
+    - and a bias never leans against the confirmed regime (a bearish bias
+      while the confirmed regime is BULLISH is 0, and the mirror), so what the
+      screener blends follows the confirmed regime.
+
+    With HMM_CONFIRM_BARS = 1 and a full-window model (or HMM_DEPTH_SCALING
+    off) this is the filter's verdict unchanged.
     """
 
     def __init__(self, config: HmmConfig | Mapping[str, Any] | None = None, *, fast_path: bool = True) -> None:
@@ -42,6 +72,8 @@ class RegimeDetector:
         self._kernel: Kernel | None = None
         self._window = self.cfg.inference_window
         self._filter = self.new_filter()
+        self._confirm = Confirmation(self.cfg.confirm_bars)
+        self._depth = 1.0
 
     @property
     def trained(self) -> bool:
@@ -62,6 +94,16 @@ class RegimeDetector:
     def fast_path(self) -> bool:
         """Whether small models use the plain-float kernel (False forces numpy; results agree to rounding)."""
         return self._fast_path
+
+    @property
+    def confirmation(self) -> Confirmation:
+        """The confirmation state of the regime (read it; it is restored with the rest by :meth:`load`)."""
+        return self._confirm
+
+    @property
+    def depth_factor(self) -> float:
+        """The installed model's :func:`depth_factor` (1.0 untrained)."""
+        return self._depth
 
     @property
     def window(self) -> int:
@@ -132,11 +174,14 @@ class RegimeDetector:
                 row = extractor.step_values(close, volume)
                 if row is not None:
                     self._observe(kernel, flt, row)
-            state = RegimeState() if not has_posterior(flt) else self._verdict(kernel, flt, 0)
+            raw = RegimeState() if not has_posterior(flt) else self._verdict(kernel, flt, 0)
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             log.error("HMM model refused: replaying history failed: %s", exc)
             return False
-        self.load(model, kernel, extractor, flt, state)
+        self.load(model, kernel, extractor, flt, raw)
+        if has_posterior(flt):
+            # The replayed bars were reported under the old model already: shown, not fed to the confirmation.
+            self.state = self._present(raw, feed=False)
         log.info(
             "HMM model installed: %d states, %s, %d samples, log-likelihood %.3f, labels %s",
             model.n_states,
@@ -191,17 +236,17 @@ class RegimeDetector:
                 # Work on copies: a failure must leave the window as it was.
                 trial = FilterState(None, deque(flt.window, self._window), deque(flt.window_log_e, self._window))
                 self._observe(kernel, trial, row)
-                state = self._verdict(kernel, trial, count)
+                raw = self._verdict(kernel, trial, count)
                 self._filter = trial
             else:
                 z = kernel.standardise(row)
                 alpha = kernel.forward(flt.alpha, kernel.log_emission(z))
-                state = kernel.verdict(alpha, self.cfg.bias_gain, self._threshold, count)
+                raw = kernel.verdict(alpha, self.cfg.bias_gain, self._threshold, count)
                 flt.alpha = alpha
         except Exception:  # seed §5: whatever breaks inside inference, the bot keeps the last valid state
             log.exception("HMM inference failed; returning the last valid state")
             return self.state
-        self.state = state
+        self.state = state = self._present(raw, feed=True)
         return state
 
     # ---- internals
@@ -209,6 +254,30 @@ class RegimeDetector:
     @property
     def _threshold(self) -> float:
         return self.cfg.confidence_threshold
+
+    def _present(self, raw: RegimeState, feed: bool) -> RegimeState:
+        """The filter's verdict as the stack acts on it: confirmed regime, depth-scaled confidence and bias.
+
+        ``feed``: this verdict is a new bar's, so it counts toward confirmation.
+        """
+        raw_regime = raw.regime
+        if feed:
+            regime = Regime[self._confirm.update(raw_regime.name)]
+        else:
+            regime = raw_regime if self._confirm.label is None else Regime[self._confirm.label]
+        f = self._depth
+        confidence = raw.confidence * f
+        bias = 0.0
+        if confidence >= self._threshold:
+            bear, _, bull = raw.probabilities
+            bias = (bull - bear) * self.cfg.bias_gain * f
+            bias = 1.0 if bias > 1.0 else (-1.0 if bias < -1.0 else bias)
+            # Never lean against the confirmed regime while the filter's own label is still challenging it.
+            if (regime is Regime.BULLISH and bias < 0.0) or (regime is Regime.BEARISH and bias > 0.0):
+                bias = 0.0
+        return RegimeState(
+            regime, raw.probabilities, confidence, bias, raw.observation_count, raw_regime, raw.confidence
+        )
 
     def new_filter(self) -> FilterState:
         n = self.window
@@ -240,16 +309,21 @@ class RegimeDetector:
         extractor: FeatureExtractor,
         flt: FilterState,
         state: RegimeState,
+        confirmation: Confirmation | None = None,
     ) -> None:
         """Take over a consistent set of parts, as :meth:`install` or a snapshot restore builds them.
 
         ``model`` and ``kernel`` None leave the detector untrained (warm features only).
+        ``confirmation`` None keeps the detector's own (a retrain does not restart confirmation).
         """
         self.model = model
         self._kernel = kernel if model is not None else None
         self.features = extractor
         self._filter = flt
         self.state = state
+        if confirmation is not None:
+            self._confirm = confirmation
+        self._depth = depth_factor(model.training_candles, self.cfg) if model is not None else 1.0
 
 
 def has_posterior(flt: FilterState) -> bool:

@@ -11,7 +11,7 @@ from typing import Any, Final
 import numpy as np
 
 from shared.domain.config import COVARIANCE_TYPES
-from shared.domain.hmm.features import N_FEATURES
+from shared.domain.hmm.features import N_FEATURES, WARMUP_BARS
 from shared.domain.hmm.stored import finite_float, is_int, number_array
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ class TrainedModel:
     - ``label_order``: ``label_order[i]`` is the Regime value of state ``i``.
     - ``trained_at``: ms UTC; ``n_samples``: feature rows fitted; ``log_likelihood``:
       total log-likelihood of the training rows under the model (nats).
+    - ``warm_started``: whether EM started from the previous model (else from k-means).
+    - ``label_agreement``: fraction (0..1) of the training rows where the previous
+      model's Viterbi labels equal this one's; None for a first training.
     """
 
     covariance_type: str
@@ -48,6 +51,8 @@ class TrainedModel:
     trained_at: int
     n_samples: int
     log_likelihood: float
+    warm_started: bool = False
+    label_agreement: float | None = None
 
     def __post_init__(self) -> None:
         # Read-only copies: a model may be shared by detectors and threads, and must not change under them.
@@ -60,6 +65,11 @@ class TrainedModel:
     @property
     def n_states(self) -> int:
         return int(self.startprob.shape[0])
+
+    @property
+    def training_candles(self) -> int:
+        """Candles in the training window (bars): the feature rows plus the extractor's warm-up."""
+        return self.n_samples + WARMUP_BARS - 1
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         """Raw feature rows (n, 4) → standardised rows, as the model was trained on."""
@@ -82,6 +92,8 @@ class TrainedModel:
             "trained_at": int(self.trained_at),
             "n_samples": int(self.n_samples),
             "log_likelihood": float(self.log_likelihood),
+            "warm_started": bool(self.warm_started),
+            "label_agreement": None if self.label_agreement is None else float(self.label_agreement),
         }
 
     @classmethod
@@ -100,6 +112,15 @@ class TrainedModel:
         for key in ("trained_at", "n_samples"):
             if not is_int(data[key]):
                 raise ValueError(f"{key} must be an int")
+        # Absent in models stored before warm starts: such a model was fitted fresh, with no agreement recorded.
+        warm = data.get("warm_started", False)
+        if not isinstance(warm, bool):
+            raise ValueError("warm_started must be a bool")
+        agreement = data.get("label_agreement")
+        if agreement is not None:
+            agreement = finite_float(agreement, "label_agreement")
+            if not 0.0 <= agreement <= 1.0:
+                raise ValueError(f"label_agreement {agreement} outside [0, 1]")
         return cls(
             covariance_type=ct,
             startprob=number_array(data["startprob"], (k,)),
@@ -112,6 +133,8 @@ class TrainedModel:
             trained_at=int(data["trained_at"]),
             n_samples=int(data["n_samples"]),
             log_likelihood=finite_float(data["log_likelihood"], "log_likelihood"),
+            warm_started=warm,
+            label_agreement=agreement,
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Final
 import numpy as np
 
 from shared.domain.config import HmmConfig
+from shared.domain.confirm import Confirmation
 from shared.domain.hmm.detector import RegimeDetector
 from shared.domain.hmm.features import FEATURE_SPEC, N_FEATURES, FeatureExtractor
 from shared.domain.hmm.kernel import FilterState, Kernel
@@ -39,7 +40,9 @@ def serialize_for_snapshot(detector: RegimeDetector) -> dict[str, Any]:
     (:meth:`TrainedModel.to_dict` or None), ``features`` (``spec`` + extractor
     ``state``), ``filter`` (``alpha``: K floats or None; ``window``: list of
     standardised 4-float rows, oldest first), ``state`` (RegimeState with the
-    regime by name).
+    regimes by name), ``confirm`` (the regime's confirmation: ``label``,
+    ``candidate`` by name or None, ``run`` in bars). Snapshots written before
+    ``confirm`` and the raw verdict existed restore with the stored regime in force.
     """
     flt = detector.filter_state
     st = detector.state
@@ -59,7 +62,10 @@ def serialize_for_snapshot(detector: RegimeDetector) -> dict[str, Any]:
             "confidence": float(st.confidence),
             "bias_signal": float(st.bias_signal),
             "observation_count": int(st.observation_count),
+            "raw_regime": None if st.raw_regime is None else Regime(st.raw_regime).name,
+            "raw_confidence": None if st.raw_confidence is None else float(st.raw_confidence),
         },
+        "confirm": detector.confirmation.to_state(),
     }
     return {SNAPSHOT_KEY: body}
 
@@ -79,13 +85,13 @@ def restore_from_snapshot(detector: RegimeDetector, snapshot: Mapping[str, Any])
     except (KeyError, TypeError, ValueError, IndexError, FloatingPointError, np.linalg.LinAlgError) as exc:
         log.warning("HMM snapshot refused: %s: %s", type(exc).__name__, exc)
         return False
-    model, kernel, extractor, flt, state = parsed
+    model, kernel, extractor, flt, state, confirmation = parsed
     if model is None or kernel is None:
         # The snapshotted detector had no model: so has this one now (it must retrain), warm features kept.
-        detector.load(None, None, extractor, flt, state)
+        detector.load(None, None, extractor, flt, state, confirmation)
         log.info("HMM snapshot restored (untrained: feature warm-up only)")
         return True
-    detector.load(model, kernel, extractor, flt, state)
+    detector.load(model, kernel, extractor, flt, state, confirmation)
     log.info(
         "HMM snapshot restored: model trained at %d ms, %d observations", model.trained_at, state.observation_count
     )
@@ -94,7 +100,7 @@ def restore_from_snapshot(detector: RegimeDetector, snapshot: Mapping[str, Any])
 
 def _parse_snapshot(
     detector: RegimeDetector, body: Any
-) -> tuple[TrainedModel | None, Kernel | None, FeatureExtractor, FilterState, RegimeState]:
+) -> tuple[TrainedModel | None, Kernel | None, FeatureExtractor, FilterState, RegimeState, Confirmation]:
     if not isinstance(body, Mapping):
         raise TypeError("snapshot body is not a map")
     if body["format"] != SNAPSHOT_FORMAT:
@@ -113,8 +119,14 @@ def _parse_snapshot(
     if not isinstance(trained, bool):
         raise TypeError("trained must be a bool")
     flt = detector.new_filter()
+    confirmation = Confirmation(detector.cfg.confirm_bars)
     if not trained:
-        return None, None, extractor, flt, replace(RegimeState(), observation_count=state.observation_count)
+        neutral = replace(RegimeState(), observation_count=state.observation_count)
+        return None, None, extractor, flt, neutral, confirmation
+    if "confirm" in body:
+        confirmation.load(body["confirm"], tuple(r.name for r in Regime))
+    else:  # written before confirmation: the regime it last reported is the one in force
+        confirmation.update(state.regime.name)
     model = TrainedModel.from_dict(body["model"])
     reason = validate_model(model, detector.cfg.n_states, detector.cfg.covariance_type)
     if reason is not None:
@@ -143,7 +155,7 @@ def _parse_snapshot(
         z = tuple(float(x) for x in row)
         flt.window.append(z)
         flt.window_log_e.append(kernel.log_emission(z))
-    return model, kernel, extractor, flt, state
+    return model, kernel, extractor, flt, state, confirmation
 
 
 def _parse_state(raw: Mapping[str, Any]) -> RegimeState:
@@ -162,7 +174,21 @@ def _parse_state(raw: Mapping[str, Any]) -> RegimeState:
     bias = finite_float(raw["bias_signal"], "bias_signal")
     if not -1.0 <= bias <= 1.0:
         raise ValueError("bias_signal outside [-1, 1]")
-    return RegimeState(regime, (p[0], p[1], p[2]), finite_float(raw["confidence"], "confidence"), bias, int(count))
+    raw_regime = raw.get("raw_regime")
+    if raw_regime is not None and not (isinstance(raw_regime, str) and raw_regime in Regime.__members__):
+        raise ValueError(f"state raw_regime {raw_regime!r} is not a regime name")
+    raw_confidence = raw.get("raw_confidence")
+    if raw_confidence is not None:
+        raw_confidence = finite_float(raw_confidence, "raw_confidence")
+    return RegimeState(
+        regime,
+        (p[0], p[1], p[2]),
+        finite_float(raw["confidence"], "confidence"),
+        bias,
+        int(count),
+        None if raw_regime is None else Regime[raw_regime],
+        raw_confidence,
+    )
 
 
 def _shaping(cfg: HmmConfig) -> dict[str, Any]:
