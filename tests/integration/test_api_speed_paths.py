@@ -51,7 +51,7 @@ from shared.infra.bus import kv_bucket, read_health
 from shared.infra.redis_keys import RedisKeys
 from shared.infra.settings import Settings
 from shared.infra.telemetry import Metrics
-from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events, vol_event
+from tests.factories import RATIO, VOL_LONG, Bar, pipeline_status, recent_start, regime_events, vol_event
 from tests.harness import eventually, small_config
 
 TIERS = ("CORE", "SATELLITE", "TACTICAL", "ALT-EXT")
@@ -116,7 +116,7 @@ def fill(writer: SnapshotWriter, config: StrategyConfig) -> None:
                     up.merge(u)
             if i % 4 != 3:
                 last = max(e.ts for e in events)
-                apply_pipeline(snap, pipeline_status(key, last, 9000 - i, gaps=i % 3), now)
+                apply_pipeline(snap, pipeline_status(9000 - i, key=key, last_ts=last, gaps=i % 3), now)
         writer.snaps[key] = snap
         writer.pending[key] = up
 
@@ -471,8 +471,10 @@ async def test_malformed_snapshots_fail_or_pass_exactly_as_before(
 async def change_vol(world: World, key: SeriesKey, label: str) -> None:
     """One batch the way state_publisher writes it: snapshot, history, summary and change notice in one MULTI."""
     snap = world.writer.snaps[key]
-    ts = snap["vol"]["ts"] + 60_000
-    event = vol_event(key, ts, label, snap["price"]["close"], snap["vol_regime"])
+    at, close = snap["vol"]["ts"] + 60_000, snap["price"]["close"]
+    event = vol_event(
+        label=label, prev=snap["vol_regime"], key=key, ts=at, close=close, ratio=RATIO[label], vol_long=VOL_LONG
+    )
     update = apply_vol(snap, event, int(time.time() * 1000))
     assert update is not None
     world.writer.pending[key] = update

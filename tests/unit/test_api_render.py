@@ -22,7 +22,7 @@ from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, S
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.subjects import SeriesKey
-from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events
+from tests.factories import Bar, pipeline_status, recent_start, regime_events
 from tests.harness import small_config
 
 KEY = SeriesKey("test", "BTC/USD", "1m")
@@ -48,7 +48,7 @@ def snapshots() -> list[dict[str, Any]]:
             apply_hmm(snap, ev, 0.5, now)
         elif isinstance(ev, ScreenerDecision):
             apply_decision(snap, ev, now)
-    apply_pipeline(snap, pipeline_status(KEY, events[-1].ts, 100), now)
+    apply_pipeline(snap, pipeline_status(100, key=KEY, last_ts=events[-1].ts), now)
     odd = json.loads(json.dumps(snap))
     odd["vol"] |= {"short": 1e-7, "long": 1e16, "ratio": -0.0}
     odd["screener"]["scores"] = {"trend": 5e-324, "carry": 1.7976931348623157e308, "x": 123456789.123456789}

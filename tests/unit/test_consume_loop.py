@@ -19,14 +19,10 @@ from shared.infra.bus import Out
 from shared.infra.consume import Consumer, Hold, Repositioned
 from shared.infra.ownership import Everything, Owner
 from shared.infra.telemetry import Metrics
+from tests.factories import T0, candle
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
 OTHER = SeriesKey("test", "BBB/USD", "1m")
-T0 = 1_700_000_040_000
-
-
-def candle(i: int, key: SeriesKey = KEY) -> Candle:
-    return Candle(key.exchange, key.symbol, "1m", T0 + 60_000 * i, 10.0, 11.0, 9.0, 10.5, 1.0)
 
 
 @dataclass
@@ -150,26 +146,31 @@ async def test_outputs_are_published_then_state_flushed_then_the_position_commit
     rig = Rig()
     c = rig.consumer(echo)
     c._next_delivery = 1
-    await c.process(msgs_of(candle(0), candle(1)))
-    assert rig.journal == [f"publish id{candle(0).ts}", f"publish id{candle(1).ts}", "flush", "commit 2"]
+    await c.process(msgs_of(candle(0, key=KEY), candle(1, key=KEY)))
+    assert rig.journal == [
+        f"publish id{candle(0, key=KEY).ts}",
+        f"publish id{candle(1, key=KEY).ts}",
+        "flush",
+        "commit 2",
+    ]
 
 
 async def test_a_bad_message_and_a_handler_bug_are_dead_lettered_and_the_rest_goes_on() -> None:
     rig = Rig()
 
     async def buggy(c: Candle, seq: int) -> list[Out]:
-        if c.ts == candle(1).ts:
+        if c.ts == candle(1, key=KEY).ts:
             raise AttributeError("'NoneType' object has no attribute 'x'")
         return await echo(c, seq)
 
     c = rig.consumer(buggy)
     c._next_delivery = 1
-    await c.process(msgs_of(b"\xc1junk", candle(1), candle(2)))
+    await c.process(msgs_of(b"\xc1junk", candle(1, key=KEY), candle(2, key=KEY)))
     reasons = [r for r, _ in rig.bus.letters]
     assert reasons[0].startswith("not msgpack")
     assert reasons[1] == "handler error: AttributeError: 'NoneType' object has no attribute 'x'"
     assert rig.bus.letters[0][1] == b"\xc1junk"  # the original bytes, untouched
-    assert f"publish id{candle(2).ts}" in rig.journal
+    assert f"publish id{candle(2, key=KEY).ts}" in rig.journal
     assert rig.journal[-1] == "commit 3"  # refused messages are behind the position: never seen again
 
 
@@ -177,7 +178,7 @@ async def test_a_payload_for_another_series_than_its_subject_is_dead_lettered() 
     rig = Rig()
     c = rig.consumer(echo)
     c._next_delivery = 1
-    spoof = FakeMsg(encode(candle(0, OTHER)), 1, subject="ohlcv.test.AAA-USD.1m")
+    spoof = FakeMsg(encode(candle(0, key=OTHER)), 1, subject="ohlcv.test.AAA-USD.1m")
     await c.process([spoof])
     assert rig.bus.letters[0][0] == "subject names series test:AAA/USD:1m but the payload is for test:BBB/USD:1m"
     assert not any(j.startswith("publish") for j in rig.journal)
@@ -194,7 +195,7 @@ async def test_a_candle_dated_in_the_future_or_before_the_floor_is_dead_lettered
     rig = Rig()
     c = rig.consumer(echo)
     c._next_delivery = 1
-    bad = Candle("test", "AAA/USD", "1m", ts, 10.0, 11.0, 9.0, 10.5, 1.0)
+    bad = candle(key=KEY, ts=ts)
     await c.process(msgs_of(bad))
     assert reason in rig.bus.letters[0][0]
 
@@ -208,7 +209,7 @@ async def test_a_bus_failure_inside_a_handler_fails_the_batch_and_commits_nothin
     c = rig.consumer(kv_down)
     c._next_delivery = 1
     with pytest.raises(nats.errors.TimeoutError):
-        await c.process(msgs_of(candle(0)))
+        await c.process(msgs_of(candle(0, key=KEY)))
     assert rig.bus.letters == []
     assert not any(j.startswith("commit") for j in rig.journal)
 
@@ -221,12 +222,12 @@ async def test_stale_messages_count_as_skipped_and_series_of_other_replicas_are_
 
     c = rig.consumer(stale)
     c._next_delivery = 1
-    await c.process(msgs_of(candle(0)))
+    await c.process(msgs_of(candle(0, key=KEY)))
     assert rig.bus.metrics.count("svc", "skipped") == 1
     others = frozenset({1 - partition_of(KEY, 2)})
     c2 = rig.consumer(echo, owner=Holding(2, others))
     c2._next_delivery = 1
-    await c2.process(msgs_of(candle(0)))
+    await c2.process(msgs_of(candle(0, key=KEY)))
     assert rig.bus.metrics.count("svc", "not_owned") == 1
     assert rig.bus.metrics.count("svc", "handled") == 0
 
@@ -237,19 +238,19 @@ async def test_a_held_series_waits_in_order_while_others_go_on_and_the_position_
     seen: list[tuple[str, int]] = []
 
     async def training(c: Candle, seq: int) -> list[Out] | Hold:
-        if c.key == KEY and c.ts == candle(1).ts and not ready.done():
+        if c.key == KEY and c.ts == candle(1, key=KEY).ts and not ready.done():
             return Hold(ready)
         seen.append((c.symbol, c.ts))
         return await echo(c, seq)
 
     c = rig.consumer(training)
     c._next_delivery = 1
-    await c.process(msgs_of(candle(0), candle(1), candle(1, OTHER), candle(2)))
-    assert seen == [("AAA/USD", candle(0).ts), ("BBB/USD", candle(1).ts)]
+    await c.process(msgs_of(candle(0, key=KEY), candle(1, key=KEY), candle(1, key=OTHER), candle(2, key=KEY)))
+    assert seen == [("AAA/USD", candle(0, key=KEY).ts), ("BBB/USD", candle(1, key=KEY).ts)]
     assert rig.position.value == 1  # stops short of the first held message (seq 2)
     ready.set_result(None)
     await c.process([])
-    assert seen[2:] == [("AAA/USD", candle(1).ts), ("AAA/USD", candle(2).ts)]
+    assert seen[2:] == [("AAA/USD", candle(1, key=KEY).ts), ("AAA/USD", candle(2, key=KEY).ts)]
     assert rig.position.value == 4
 
 
@@ -258,10 +259,10 @@ async def test_the_position_stays_below_what_a_core_keeps_in_memory_only() -> No
     water: list[int] = [2]
     c = rig.consumer(echo, low_water=lambda: water[0] if water else None)
     c._next_delivery = 1
-    await c.process(msgs_of(candle(0), candle(1), candle(2)))
+    await c.process(msgs_of(candle(0, key=KEY), candle(1, key=KEY), candle(2, key=KEY)))
     assert rig.position.value == 1
     water.clear()
-    await c.process(msgs_of(candle(3), start=4))
+    await c.process(msgs_of(candle(3, key=KEY), start=4))
     assert rig.position.value == 4
 
 
@@ -269,7 +270,7 @@ async def test_a_hole_in_the_deliveries_makes_the_loop_start_over_from_its_posit
     rig = Rig()
     c = rig.consumer(echo)
     c._next_delivery = 1
-    first, _lost, third = msgs_of(candle(0), candle(1), candle(2))
+    first, _lost, third = msgs_of(candle(0, key=KEY), candle(1, key=KEY), candle(2, key=KEY))
     await c.process([first])
     with pytest.raises(Repositioned):
         await c.process([third])
@@ -278,15 +279,15 @@ async def test_a_hole_in_the_deliveries_makes_the_loop_start_over_from_its_posit
 async def test_a_failed_batch_is_applied_again_from_the_committed_position_before_anything_newer() -> None:
     journal: list[str] = []
     stop = asyncio.Event()
-    stream = msgs_of(candle(0), candle(1), candle(2))
+    stream = msgs_of(candle(0, key=KEY), candle(1, key=KEY), candle(2, key=KEY))
     rig = Rig(journal)
     failures = [1]
 
     async def flaky(c: Candle, seq: int) -> list[Out]:
-        if c.ts == candle(1).ts and failures:
+        if c.ts == candle(1, key=KEY).ts and failures:
             failures.pop()
             raise nats.errors.TimeoutError
-        if c.ts == candle(2).ts:
+        if c.ts == candle(2, key=KEY).ts:
             stop.set()
         return await echo(c, seq)
 
@@ -315,7 +316,7 @@ async def test_a_failed_batch_is_applied_again_from_the_committed_position_befor
     await asyncio.wait_for(c.run(stop), 10)
     published = [j for j in journal if j.startswith("publish")]
     # The failed batch (candles 0 and 1) is replayed whole from position 0, before candle 2.
-    assert published == [f"publish id{candle(i).ts}" for i in (0, 1, 2)]
+    assert published == [f"publish id{candle(i, key=KEY).ts}" for i in (0, 1, 2)]
     assert "discard" in journal
     assert rig.position.loads == 2
     assert rig.position.value == 3
@@ -355,7 +356,7 @@ def test_a_dead_letter_is_bounded_whatever_it_carries() -> None:
 def _mutations() -> Any:
     from hypothesis import strategies as st
 
-    base = {**{"kind": "candle", "v": 1}, **{k: getattr(candle(0), k) for k in Candle.__dataclass_fields__}}
+    base = {**{"kind": "candle", "v": 1}, **{k: getattr(candle(0, key=KEY), k) for k in Candle.__dataclass_fields__}}
     values = st.one_of(
         st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True, allow_infinity=True),
         st.text(max_size=40), st.binary(max_size=40), st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),

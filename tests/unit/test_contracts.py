@@ -23,9 +23,6 @@ from shared.domain.contracts import (
     DeadLetter,
     GridBias,
     HmmRegimeEvent,
-    PipelineStatus,
-    ScoreEvent,
-    ScreenerDecision,
     VolRegimeEvent,
     as_messages,
     batch_of,
@@ -37,65 +34,47 @@ from shared.domain.contracts import (
     to_plain,
 )
 from shared.domain.subjects import SeriesKey
+from tests.factories import T0 as T  # a multiple of one minute
+from tests.factories import candle, decision, hmm_event, pipeline_status, score_event, vol_event
 
-T = 1_700_000_040_000  # a multiple of every timeframe up to 1h
+BTC = SeriesKey("kraken", "BTC/USD", "1m")
 
-CANDLE = Candle("kraken", "BTC/USD", "1m", T, 100.0, 101.5, 99.5, 100.5, 12.25)
-VOL = VolRegimeEvent("kraken", "BTC/USD", "1m", T, 100.5, "high", 0.0123, 0.0085, 1.45, "normal", True, 900, True)
-VOL_FIRST = VolRegimeEvent("kraken", "BTC/USD", "1m", T, 100.5, "normal", 0.0, 0.0, 1.0, None, False, 0, False)
-HMM = HmmRegimeEvent("kraken", "BTC/USD", "1m", T, "BULLISH", (0.1, 0.2, 0.7), 0.5, 0.6, 42, True, T - 1000)
-HMM_UNTRAINED = HmmRegimeEvent("kraken", "BTC/USD", "1m", T, "RANGING", (0.0, 1.0, 0.0), 0.0, 0.0, 3, False, None)
-SCORE = ScoreEvent("carry", "kraken", "BTC/USD", "1m", T, -0.25)
-DECISION = ScreenerDecision(
-    exchange="kraken",
-    symbol="ETH/USDT:USDT",
-    timeframe="5m",
-    ts=T,
-    close=2500.0,
-    tier="SATELLITE",
-    vol_regime="crisis",
-    vol_short=0.03,
-    vol_long=0.01,
-    vol_ratio=3.0,
-    sizing_multiplier=0.4,
-    base_per_trade_nav_pct=0.02,
-    effective_per_trade_nav_pct=0.008,
-    capped=False,
+CANDLE = candle(key=BTC, ts=T, open=100.0, high=101.5, low=99.5, close=100.5, volume=12.25)
+VOL = vol_event(
+    label="high", prev="normal", key=BTC, ts=T, close=100.5, vol_short=0.0123, vol_long=0.0085, ratio=1.45,
+    changed=True, samples=900, sufficient=True,
+)  # fmt: skip
+VOL_FIRST = vol_event(
+    label="normal", prev=None, key=BTC, ts=T, close=100.5, vol_short=0.0, vol_long=0.0, ratio=1.0,
+    changed=False, samples=0, sufficient=False,
+)  # fmt: skip
+HMM = hmm_event(
+    regime="BULLISH", probabilities=(0.1, 0.2, 0.7), key=BTC, ts=T, confidence=0.5, bias_signal=0.6,
+    observation_count=42, trained=True, trained_at=T - 1000,
+)  # fmt: skip
+HMM_UNTRAINED = hmm_event(
+    regime="RANGING", probabilities=(0.0, 1.0, 0.0), key=BTC, ts=T, confidence=0.0, bias_signal=0.0,
+    observation_count=3, trained=False, trained_at=None,
+)  # fmt: skip
+SCORE = score_event("carry", -0.25, key=BTC, ts=T)
+DECISION = decision(
+    vol_regime="crisis", hmm_regime="BEARISH", key=SeriesKey("kraken", "ETH/USDT:USDT", "5m"), ts=T, close=2500.0,
+    tier="SATELLITE", vol_short=0.03, vol_long=0.01, vol_ratio=3.0, sizing_multiplier=0.4,
+    base_per_trade_nav_pct=0.02, effective_per_trade_nav_pct=0.008, capped=False,
     weights={"trend": 0.48, "carry": 0.12, "expectancy": 0.2, "router": 0.2},
-    scores={"trend": 0.5, "carry": 0.1, "expectancy": 0.0, "router": 0.0},
-    defaulted=("expectancy", "router"),
-    hybrid_score=0.252,
-    trend_score=0.5,
-    hmm_regime="BEARISH",
-    hmm_bias=-0.4,
-    hmm_confidence=0.3,
-    blend_factor=0.5,
-    dynamic_idle_target=0.42,
-    grid_bias=GridBias("short_bias", 0.88, 1.12, -0.2),
-)
+    scores={"trend": 0.5, "carry": 0.1, "expectancy": 0.0, "router": 0.0}, defaulted=("expectancy", "router"),
+    hybrid_score=0.252, trend_score=0.5, hmm_bias=-0.4, hmm_confidence=0.3, blend_factor=0.5,
+    dynamic_idle_target=0.42, grid_bias=GridBias("short_bias", 0.88, 1.12, -0.2), hmm_trained=False,
+    hmm_probabilities=None,
+)  # fmt: skip
 DECISION_NO_HMM = dataclasses.replace(
     DECISION, hmm_regime=None, defaulted=(), grid_bias=GridBias("symmetric", 1.0, 1.0, None)
 )
-PIPELINE = PipelineStatus(
-    exchange="kraken",
-    symbol="BTC/USD",
-    timeframe="1h",
-    source="exchange",
-    interval_min=60,
-    sync_interval_sec=60.0,
-    samples=300,
-    coverage_pct=15.0,
-    last_ts=T,
-    freshness_sec=12.5,
-    freshness_limit_sec=10800.0,
-    freshness_ok=True,
-    gaps=2,
-    backfill_last_at=T,
-    backfill_last_rows=720,
-    backfill_last_message="backfilled 720 candles",
-    last_error=None,
-    reported_at=T + 5,
-)
+PIPELINE = pipeline_status(
+    300, key=SeriesKey("kraken", "BTC/USD", "1h"), last_ts=T, now=T + 5, source="exchange", interval_min=60,
+    sync_interval_sec=60.0, coverage_pct=15.0, freshness_sec=12.5, freshness_limit_sec=10800.0, freshness_ok=True,
+    gaps=2, backfill_last_at=T, backfill_last_rows=720, backfill_last_message="backfilled 720 candles", last_error=None,
+)  # fmt: skip
 PIPELINE_EMPTY = dataclasses.replace(
     PIPELINE, last_ts=None, freshness_sec=None, freshness_ok=False, backfill_last_at=None,
     backfill_last_rows=None, backfill_last_message=None, last_error="timeout",
@@ -184,8 +163,11 @@ def test_any_valid_candle_round_trips(
     open_ = min(high, max(low, low + u * (high - low)))
     close = min(high, max(low, low + w * (high - low)))
     tf_ms = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000, "1d": 86_400_000}[timeframe]
-    candle = Candle("binance", "ETH/USDT", timeframe, bar * tf_ms, open_, high, low, close, volume)
-    assert decode(encode(candle)) == candle
+    built = candle(
+        key=SeriesKey("binance", "ETH/USDT", timeframe), ts=bar * tf_ms, open=open_, high=high, low=low, close=close,
+        volume=volume,
+    )  # fmt: skip
+    assert decode(encode(built)) == built
 
 
 # --- bad payloads ------------------------------------------------------------------------------------------
@@ -501,7 +483,8 @@ def test_encoding_is_exactly_the_msgpack_of_the_plain_map(msg: Any) -> None:
 
 def test_encoding_matches_the_plain_map_for_every_event_of_a_backtest() -> None:
     from regimes.backtest import backtest
-    from tests.harness import candles_from_returns, small_config
+    from tests.factories import candles_from_returns
+    from tests.harness import small_config
 
     key = SeriesKey("kraken", "BTC/USD", "1m")
     rng = np.random.default_rng(3)

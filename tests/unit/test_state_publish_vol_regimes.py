@@ -7,7 +7,6 @@ transitions only on change, and every ``apply_*`` is idempotent by ts.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Any
 
@@ -24,136 +23,10 @@ from services.state_publisher.core import (
     new_snapshot,
     summarize,
 )
-from shared.domain.contracts import (
-    HMM_LABELS,
-    VOL_LABELS,
-    GridBias,
-    HmmRegimeEvent,
-    PipelineStatus,
-    ScreenerDecision,
-    VolRegimeEvent,
-)
-from shared.domain.subjects import SeriesKey
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS
+from tests.factories import KEY, T0, decision, hmm_event, pipeline_status, ts, vol_event
 
-KEY = SeriesKey("kraken", "BTC/USD", "1m")
-TF_MS = 60_000
-T0 = 1_700_000_040_000
 NOW = T0 + 10 * DAY_MS
-
-
-def ts(i: int) -> int:
-    return T0 + i * TF_MS
-
-
-def vol_event(
-    i: int,
-    label: str = "high",
-    prev: str | None = "high",
-    vol_short: float = 0.0123,
-    vol_long: float = 0.0085,
-    ratio: float = 1.45,
-    close: float = 101.5,
-) -> VolRegimeEvent:
-    return VolRegimeEvent(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        ts=ts(i),
-        close=close,
-        label=label,  # type: ignore[arg-type]
-        vol_short=vol_short,
-        vol_long=vol_long,
-        ratio=ratio,
-        prev_label=prev,  # type: ignore[arg-type]
-        changed=prev is not None and prev != label,
-        samples=800 + i,
-        sufficient=True,
-    )
-
-
-def hmm_event(
-    i: int,
-    regime: str = "BULLISH",
-    probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
-    trained: bool = True,
-) -> HmmRegimeEvent:
-    top, second = sorted(probabilities, reverse=True)[:2]
-    return HmmRegimeEvent(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        ts=ts(i),
-        regime=regime,  # type: ignore[arg-type]
-        probabilities=probabilities,
-        confidence=top - second,
-        bias_signal=probabilities[2] - probabilities[0],
-        observation_count=40 + i,
-        trained=trained,
-        trained_at=T0 - DAY_MS if trained else None,
-    )
-
-
-def decision(
-    t: int,
-    vol: str = "normal",
-    hmm: str | None = "RANGING",
-    close: float = 100.0,
-    tier: str = "CORE",
-    trained: bool = True,
-    probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
-) -> ScreenerDecision:
-    return ScreenerDecision(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        ts=t,
-        close=close,
-        tier=tier,
-        vol_regime=vol,  # type: ignore[arg-type]
-        vol_short=0.01,
-        vol_long=0.01,
-        vol_ratio=1.0,
-        sizing_multiplier=1.0,
-        base_per_trade_nav_pct=0.02,
-        effective_per_trade_nav_pct=0.02,
-        capped=False,
-        weights={"trend": 0.4, "carry": 0.25, "expectancy": 0.2, "router": 0.15},
-        scores={"trend": 0.1, "carry": 0.0, "expectancy": 0.0, "router": 0.0},
-        defaulted=("carry", "expectancy", "router"),
-        hybrid_score=0.04,
-        trend_score=0.1,
-        hmm_regime=hmm,  # type: ignore[arg-type]
-        hmm_bias=0.0,
-        hmm_confidence=0.0,
-        blend_factor=0.5,
-        dynamic_idle_target=0.39,
-        grid_bias=GridBias("symmetric", 1.0, 1.0, None),
-        hmm_trained=hmm is not None and trained,
-        hmm_probabilities=probabilities if hmm is not None else None,
-    )
-
-
-def pipeline(reported_at: int, samples: int = 500) -> PipelineStatus:
-    return PipelineStatus(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        source="exchange",
-        interval_min=1,
-        sync_interval_sec=60.0,
-        samples=samples,
-        coverage_pct=25.0,
-        last_ts=ts(samples),
-        freshness_sec=12.0,
-        freshness_limit_sec=180.0,
-        freshness_ok=True,
-        gaps=0,
-        backfill_last_at=None,
-        backfill_last_rows=None,
-        backfill_last_message=None,
-        last_error=None,
-        reported_at=reported_at,
-    )
 
 
 def fresh() -> dict[str, Any]:
@@ -174,7 +47,8 @@ def test_new_snapshot_has_every_field_present_and_null() -> None:
 
 def test_vol_regime_and_vol_block_appear_for_a_known_symbol() -> None:
     snap = fresh()
-    assert apply_vol(snap, vol_event(0), NOW) is not None
+    ev = vol_event(0, "high", "high", vol_short=0.0123, vol_long=0.0085, ratio=1.45, close=101.5)
+    assert apply_vol(snap, ev, NOW) is not None
     assert snap["vol_regime"] == "high"
     assert snap["vol"]["short"] == 0.0123
     assert snap["vol"]["long"] == 0.0085
@@ -185,7 +59,7 @@ def test_vol_regime_and_vol_block_appear_for_a_known_symbol() -> None:
 
 def test_vol_values_are_reused_from_the_event_not_recomputed() -> None:
     # 0.0123 / 0.0085 = 1.447..., not the event's 1.45: a publisher that recomputed the ratio would differ.
-    ev = vol_event(0, vol_short=0.0123, vol_long=0.0085, ratio=1.45)
+    ev = vol_event(0, "high", "high", vol_short=0.0123, vol_long=0.0085, ratio=1.45)
     snap = fresh()
     apply_vol(snap, ev, NOW)
     assert snap["vol"]["ratio"] == ev.ratio != ev.vol_short / ev.vol_long
@@ -252,7 +126,7 @@ def test_hmm_transitions_are_recorded_only_on_a_trained_change() -> None:
 
 def test_hmm_block_has_the_seed_fields() -> None:
     snap = fresh()
-    ev = hmm_event(0, "BULLISH", (0.1, 0.2, 0.7))
+    ev = hmm_event(0, "BULLISH", (0.1, 0.2, 0.7), observation_count=40)
     apply_hmm(snap, ev, 0.5, NOW)
     block = snap["hmm_regime"]
     assert {"regime", "confidence", "bias_signal", "probabilities", "trained", "observation_count", "blend_factor"} <= (
@@ -284,8 +158,8 @@ def _built() -> dict[str, Any]:
     snap = fresh()
     apply_vol(snap, vol_event(5, "high", "normal"), NOW)
     apply_hmm(snap, hmm_event(5), 0.5, NOW)
-    apply_decision(snap, decision(ts(5), "high", "BULLISH"), NOW)
-    apply_pipeline(snap, pipeline(NOW), NOW)
+    apply_decision(snap, decision(5, "high", "BULLISH"), NOW)
+    apply_pipeline(snap, pipeline_status(last_ts=ts(500), now=NOW), NOW)
     return snap
 
 
@@ -309,7 +183,7 @@ def test_reapplying_an_hmm_event_changes_nothing(age: int) -> None:
 def test_reapplying_a_decision_changes_nothing(age: int) -> None:
     snap = _built()
     before = copy.deepcopy(snap)
-    assert apply_decision(snap, decision(ts(5 - age), "crisis", "BEARISH", close=50.0), NOW + 1) is None
+    assert apply_decision(snap, decision(5 - age, "crisis", "BEARISH", close=50.0), NOW + 1) is None
     assert snap == before
 
 
@@ -317,7 +191,7 @@ def test_reapplying_a_decision_changes_nothing(age: int) -> None:
 def test_reapplying_a_pipeline_report_changes_nothing(age: int) -> None:
     snap = _built()
     before = copy.deepcopy(snap)
-    assert apply_pipeline(snap, pipeline(NOW - age, samples=1), NOW + 1) is None
+    assert apply_pipeline(snap, pipeline_status(1, last_ts=ts(1), now=NOW - age), NOW + 1) is None
     assert snap == before
 
 
@@ -327,7 +201,7 @@ def test_redelivered_batch_gives_the_same_snapshot() -> None:
         label = VOL_LABELS[i % 4]
         events += [("vol", vol_event(i, label, VOL_LABELS[(i - 1) % 4] if i else None))]
         events += [("hmm", hmm_event(i, HMM_LABELS[i % 3], ((0.7, 0.2, 0.1), (0.1, 0.8, 0.1), (0.1, 0.2, 0.7))[i % 3]))]
-        events += [("dec", decision(ts(i), label, HMM_LABELS[i % 3], close=100.0 + i))]
+        events += [("dec", decision(i, label, HMM_LABELS[i % 3], close=100.0 + i))]
 
     def run(batch: list[tuple[str, Any]]) -> dict[str, Any]:
         snap = fresh()
@@ -348,7 +222,7 @@ def test_newer_events_do_update() -> None:
     snap = _built()
     assert apply_vol(snap, vol_event(6, "crisis", "high", ratio=2.5), NOW) is not None
     assert snap["vol_regime"] == "crisis"
-    assert apply_decision(snap, decision(ts(6), "crisis"), NOW) is not None
+    assert apply_decision(snap, decision(6, "crisis", "RANGING"), NOW) is not None
     assert snap["screener"]["ts"] == ts(6)
 
 
@@ -358,7 +232,7 @@ def test_newer_events_do_update() -> None:
 def test_decision_publishes_the_screener_block_and_history_point() -> None:
     snap = fresh()
     apply_hmm(snap, hmm_event(0, "BULLISH", (0.1, 0.2, 0.7)), 0.5, NOW)
-    d = decision(ts(0), "high", "BULLISH", tier="SATELLITE")
+    d = decision(0, "high", "BULLISH", tier="SATELLITE", hmm_probabilities=(0.1, 0.2, 0.7))
     up = apply_decision(snap, d, NOW)
     assert up is not None
     block = snap["screener"]
@@ -514,8 +388,8 @@ def test_decisions_feed_the_tuning_stats() -> None:
     snap = fresh()
     for i, (label, close) in enumerate(SEQUENCE):
         regime = "BULLISH" if i < 3 else "BEARISH"
-        apply_hmm(snap, dataclasses.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
-        apply_decision(snap, decision(T0 + i * H4, label, regime, close=close), NOW)
+        apply_hmm(snap, hmm_event(regime=regime, ts=T0 + i * H4), 0.5, NOW)
+        apply_decision(snap, decision(ts=T0 + i * H4, vol_regime=label, hmm_regime=regime, close=close), NOW)
     assert {k: v for k, v in snap["vol_tuning"].items() if k != "_acc"} == {
         k: v for k, v in stats_of(SEQUENCE).dump().items() if k != "_acc"
     }
@@ -525,7 +399,7 @@ def test_decisions_feed_the_tuning_stats() -> None:
 
 def test_decisions_without_hmm_leave_hmm_tuning_empty() -> None:
     snap = fresh()
-    apply_decision(snap, decision(ts(0), "normal", None), NOW)
+    apply_decision(snap, decision(0, "normal", None), NOW)
     assert snap["hmm_tuning"] is None
     assert snap["vol_tuning"]["bars"]["normal"] == 1
 
@@ -533,7 +407,7 @@ def test_decisions_without_hmm_leave_hmm_tuning_empty() -> None:
 def test_the_history_point_comes_from_the_decision_even_when_the_hmm_snapshot_moved_on() -> None:
     snap = fresh()
     apply_hmm(snap, hmm_event(5, "BEARISH", (0.7, 0.2, 0.1)), 0.5, NOW)  # the HMM service ran ahead
-    update = apply_decision(snap, decision(ts(0), "normal", "BULLISH", probabilities=(0.1, 0.2, 0.7)), NOW)
+    update = apply_decision(snap, decision(0, "normal", "BULLISH", hmm_probabilities=(0.1, 0.2, 0.7)), NOW)
     assert update is not None
     (point,) = update.history
     assert (point["hmm"], point["p"]) == ("BULLISH", [0.1, 0.2, 0.7])
@@ -542,14 +416,14 @@ def test_the_history_point_comes_from_the_decision_even_when_the_hmm_snapshot_mo
 def test_untrained_hmm_verdicts_stay_out_of_tuning_and_history() -> None:
     snap = fresh()
     apply_hmm(snap, hmm_event(0, regime="RANGING", trained=False), 0.5, NOW)
-    update = apply_decision(snap, decision(ts(0), "normal", "RANGING", trained=False), NOW)
+    update = apply_decision(snap, decision(0, "normal", "RANGING", hmm_trained=False), NOW)
     assert update is not None
     assert snap["hmm_tuning"] is None
     (point,) = update.history
     assert point["hmm"] is None
     assert point["p"] is None
     apply_hmm(snap, hmm_event(1, regime="BULLISH", trained=True), 0.5, NOW)
-    update = apply_decision(snap, decision(ts(1), "normal", "BULLISH"), NOW)
+    update = apply_decision(snap, decision(1, "normal", "BULLISH"), NOW)
     assert update is not None
     assert update.history[0]["hmm"] == "BULLISH"
     assert snap["hmm_tuning"]["bars"]["BULLISH"] == 1
