@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.ohlcv_ingest.exchange import make_exchange
-
-TF_MS = 60_000
+from tests.factories import TF_MS
 
 
 class NoNetwork:

@@ -13,10 +13,9 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
-import numpy as np
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
@@ -63,39 +62,6 @@ def small_config(series: Iterable[tuple[str, str]], **overrides: Any) -> Strateg
     for key, value in overrides.items():
         raw[key] = value
     return parse_strategy_config(raw, {})
-
-
-def candles_from_returns(
-    key: SeriesKey, returns: Sequence[float], start_ts: int = 1_700_000_040_000, price: float = 100.0
-) -> list[Candle]:
-    """Closes following ``returns`` (log), one bar per minute, OHLC consistent."""
-    out = []
-    close = price
-    ts = start_ts
-    for r in [0.0, *returns]:
-        prev, close = close, close * float(np.exp(r))
-        hi, lo = max(prev, close) * 1.0005, min(prev, close) * 0.9995
-        out.append(Candle(key.exchange, key.symbol, key.timeframe, ts, prev, hi, lo, close, 10.0))
-        ts += 60_000
-    return out
-
-
-def regime_returns(kind: str, rng: np.random.Generator, n_calm: int = 40, n_tail: int = 4) -> np.ndarray:
-    """Return series whose last bars put the 32/8-bar test config in ``kind`` (crisis, low, normal).
-
-    Alternating signs give each stretch an exact volatility; ``rng`` adds only a
-    little texture, so the verdict does not depend on the seed.
-    """
-
-    def stretch(sigma: float, n: int) -> np.ndarray:
-        signs = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
-        return sigma * signs * (1.0 + 0.05 * rng.standard_normal(n))
-
-    if kind == "crisis":
-        return np.concatenate([stretch(0.001, n_calm), stretch(0.04, n_tail)])
-    if kind == "low":
-        return np.concatenate([stretch(0.02, n_calm), stretch(0.0005, n_tail * 2)])
-    return stretch(0.002, n_calm + n_tail)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:

@@ -11,22 +11,16 @@ fresh browser context that records console errors and page errors.
 from __future__ import annotations
 
 import asyncio
-import math
 import shutil
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
 import pytest
 
-from services.screener.core import SeriesScreen, decide
-from shared.domain.config import StrategyConfig
 from shared.domain.contracts import (
-    HMM_LABELS,
     HmmRegimeEvent,
     PipelineStatus,
     ScreenerDecision,
@@ -53,11 +47,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-BAR_MS = 60_000
-# Vol ratio a constructed bar gets for its label (thresholds of the test config: 0.6 / 1.2 / 1.8).
-RATIO = {"low": 0.45, "normal": 0.95, "high": 1.45, "crisis": 2.3}
-# The state that takes most of the rest of the mass, after the one a bar is in.
-RUNNER_UP = {"BULLISH": "RANGING", "BEARISH": "RANGING", "RANGING": "BULLISH"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -192,138 +181,6 @@ async def dashboard_stack(
         await st.start(service)
     await api_up(st)
     return st
-
-
-# --------------------------------------------------------------------------- constructed regimes
-
-
-@dataclass(frozen=True)
-class Bar:
-    """The regimes one constructed bar is in."""
-
-    vol: str  # low / normal / high / crisis
-    hmm: str | None = None  # BEARISH / RANGING / BULLISH; None: no HMM verdict for the bar
-    confidence: float = 0.6  # of the HMM state the bar heads to
-    trained: bool = True
-
-
-def stretch(n: int, vol: str, hmm: str | None = None, confidence: float = 0.6, trained: bool = True) -> list[Bar]:
-    return [Bar(vol, hmm, confidence, trained)] * n
-
-
-def recent_start(n_bars: int) -> int:
-    """Open time of the first of ``n_bars`` one-minute bars whose last closed a moment ago."""
-    return (int(time.time() * 1000) // BAR_MS - n_bars) * BAR_MS
-
-
-def _target_probabilities(regime: str, confidence: float) -> np.ndarray:
-    third = 0.25 * (1.0 - confidence)
-    top = (1.0 + confidence - third) / 2.0
-    out = np.full(3, third)
-    out[HMM_LABELS.index(regime)] = top
-    out[HMM_LABELS.index(RUNNER_UP[regime])] = top - confidence
-    return out
-
-
-def hmm_event(
-    key: SeriesKey, ts: int, probs: Sequence[float], *, trained: bool = True, count: int = 1
-) -> HmmRegimeEvent:
-    """The verdict a detector with these filtered probabilities publishes (gain 1, threshold 0.15)."""
-    p = np.asarray(probs, dtype=float)
-    p = p / p.sum()
-    top, second = sorted(p, reverse=True)[:2]
-    confidence = float(top - second)
-    bias = float(np.clip(p[2] - p[0], -1.0, 1.0)) if confidence >= 0.15 else 0.0
-    return HmmRegimeEvent(
-        key.exchange,
-        key.symbol,
-        key.timeframe,
-        ts,
-        regime=HMM_LABELS[int(np.argmax(p))] if trained else "RANGING",
-        probabilities=(float(p[0]), float(p[1]), 1.0 - float(p[0]) - float(p[1])) if trained else (0.0, 1.0, 0.0),
-        confidence=confidence if trained else 0.0,
-        bias_signal=bias if trained else 0.0,
-        observation_count=count,
-        trained=trained,
-        trained_at=ts - 3_600_000 if trained else None,
-    )
-
-
-def vol_event(
-    key: SeriesKey, ts: int, label: str, close: float, prev: str | None, ratio: float | None = None, samples: int = 64
-) -> VolRegimeEvent:
-    ratio = RATIO[label] if ratio is None else ratio
-    vol_long = 0.004
-    return VolRegimeEvent(
-        key.exchange,
-        key.symbol,
-        key.timeframe,
-        ts,
-        close,
-        label,
-        vol_short=ratio * vol_long,
-        vol_long=vol_long,
-        ratio=ratio,
-        prev_label=prev,
-        changed=prev is not None and prev != label,
-        samples=samples,
-        sufficient=True,
-    )
-
-
-def regime_events(
-    config: StrategyConfig, key: SeriesKey, bars: Sequence[Bar], start_ts: int, price: float = 100.0, seed: int = 0
-) -> list[Any]:
-    """Per bar, in publishing order: its vol verdict, its HMM verdict (if any) and the decision the
-    real screener core makes of the two. Prices drift with the HMM regime; probabilities ease
-    towards each bar's target, so the history looks like a detector's."""
-    rng = np.random.default_rng(seed)
-    screen = SeriesScreen()
-    out: list[Any] = []
-    prev: str | None = None
-    close = price
-    probs = np.array([0.2, 0.6, 0.2])
-    for i, bar in enumerate(bars):
-        ts = start_ts + i * BAR_MS
-        ratio = RATIO[bar.vol] * (1.0 + 0.04 * float(rng.standard_normal()))
-        sigma = ratio * 0.004
-        drift = {"BULLISH": 0.35, "BEARISH": -0.35}.get(bar.hmm or "", 0.0) * sigma
-        close *= math.exp(drift + sigma * float(rng.standard_normal()))
-        vol = vol_event(key, ts, bar.vol, close, prev, ratio=ratio, samples=64 + i)
-        prev = bar.vol
-        hmm = None
-        if bar.hmm is not None:
-            if bar.trained:
-                probs = 0.7 * probs + 0.3 * _target_probabilities(bar.hmm, bar.confidence)
-            hmm = hmm_event(key, ts, probs, trained=bar.trained, count=i + 1)
-        decision = decide(screen, vol, hmm, config)
-        screen.last_decided_ts = ts
-        out.extend(e for e in (vol, hmm, decision) if e is not None)
-    return out
-
-
-def pipeline_status(key: SeriesKey, last_ts: int | None, samples: int, **changes: Any) -> PipelineStatus:
-    now = int(time.time() * 1000)
-    freshness = None if last_ts is None else max(0.0, (now - last_ts - BAR_MS) / 1000)
-    fields: dict[str, Any] = {
-        "source": "replay",
-        "interval_min": 1,
-        "sync_interval_sec": 60.0,
-        "samples": samples,
-        "coverage_pct": 100.0 * samples / (14 * 1440),
-        "last_ts": last_ts,
-        "freshness_sec": freshness,
-        "freshness_limit_sec": 180.0,
-        "freshness_ok": freshness is not None and freshness <= 180.0,
-        "gaps": 0,
-        "backfill_last_at": now - 900_000,
-        "backfill_last_rows": samples,
-        "backfill_last_message": f"backfilled {samples} bars",
-        "last_error": None,
-        "reported_at": now,
-    }
-    fields.update(changes)
-    return PipelineStatus(key.exchange, key.symbol, key.timeframe, **fields)
 
 
 def _subject(st: Stack, event: Any) -> tuple[str, str]:

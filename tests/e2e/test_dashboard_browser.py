@@ -23,23 +23,21 @@ import pytest
 
 from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import HMM_LABELS, HYBRID_COMPONENTS, TIERS, VOL_LABELS
-from tests.e2e.conftest import (
-    DESKTOP,
-    PHONE,
+from tests.e2e.conftest import DESKTOP, PHONE, OpenDashboard, api_get, api_up, dashboard_stack, publish_events
+from tests.factories import (
+    RATIO,
+    VOL_LONG,
     Bar,
-    OpenDashboard,
-    api_get,
-    api_up,
-    dashboard_stack,
-    hmm_event,
+    candles_from_returns,
+    hmm_verdict,
     pipeline_status,
-    publish_events,
     recent_start,
     regime_events,
+    regime_returns,
     stretch,
     vol_event,
 )
-from tests.harness import StackFactory, candles_from_returns, eventually, regime_returns, small_config
+from tests.harness import StackFactory, eventually, small_config
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -138,7 +136,7 @@ async def constructed_market(make_stack: StackFactory) -> Any:
     last_ts = max(e.ts for e in events)
     stale = {"freshness_sec": 420.0, "freshness_ok": False, "last_error": "gateway timeout (504)"}
     for i, k in enumerate(MARKET):
-        events.append(pipeline_status(k, last_ts, samples=4_000 + 500 * i, **(stale if k == ADA else {})))
+        events.append(pipeline_status(4_000 + 500 * i, key=k, last_ts=last_ts, **(stale if k == ADA else {})))
     await publish_events(st, events)
     return st
 
@@ -327,7 +325,9 @@ async def test_page_recovers_by_itself_after_the_api_restarts(
 
     snap = await st.snapshot(k)
     assert snap is not None
-    await publish_events(st, [vol_event(k, snap["vol"]["ts"] + 60_000, "crisis", 101.0, prev="normal")])
+    at, ratio = snap["vol"]["ts"] + 60_000, RATIO["crisis"]
+    crisis = vol_event(label="crisis", prev="normal", key=k, ts=at, close=101.0, ratio=ratio, vol_long=VOL_LONG)
+    await publish_events(st, [crisis])
     await expect(badge).to_have_text("C")
     assert await dash.never_reloaded()
     # While the API was down the browser logged its failed reconnects (and the page a refresh that
@@ -347,7 +347,8 @@ async def test_missing_fields_render_a_dash_and_missing_hmm_says_so(
     universe = [("NIL/USD", "CORE"), ("VOL/USD", "SATELLITE"), ("UNT/USD", "CORE")]
     st = await dashboard_stack(make_stack, universe)
     start = recent_start(8)
-    events = [vol_event(vol_only, start, "high", 50.0, prev=None)]  # a vol verdict and nothing else
+    # A vol verdict and nothing else.
+    events = [vol_event(label="high", key=vol_only, ts=start, close=50.0, ratio=RATIO["high"], vol_long=VOL_LONG)]
     events += regime_events(st.config, untrained, stretch(8, "normal", "RANGING", trained=False), start)
     await publish_events(st, events)
     dash = await open_dashboard(st)
@@ -550,7 +551,7 @@ async def test_organism_follows_regime_confidence_and_bias_and_morphs_smoothly(
           requestAnimationFrame(sample);
         }}"""
     )
-    await publish_events(st, [hmm_event(bull, start + 30 * 60_000, [0.9, 0.08, 0.02], count=31)])
+    await publish_events(st, [hmm_verdict((0.9, 0.08, 0.02), key=bull, ts=start + 30 * 60_000, observation_count=31)])
     await expect(org[bull]).to_have_attribute("data-regime", "BEARISH")
     await dash.page.wait_for_function("() => window.__bullShare.at(-1) < 12")
     shares = await dash.page.evaluate("window.__bullShare")
@@ -672,7 +673,7 @@ async def test_symbol_charts_say_when_the_hmm_trains_tick_round_times_and_name_e
     }
     events = events_for(st.config, bars)
     last_ts = max(e.ts for e in events)
-    events += [pipeline_status(late, last_ts, samples=4_000), pipeline_status(never, last_ts, samples=420)]
+    events += [pipeline_status(4_000, key=late, last_ts=last_ts), pipeline_status(420, key=never, last_ts=last_ts)]
     await publish_events(st, events)
     needed = st.config.hmm.training_candles
 

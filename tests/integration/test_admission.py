@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from shared.domain.contracts import MESSAGE_TYPES, Candle, DeadLetter, events_in
+from shared.domain.contracts import MESSAGE_TYPES, DeadLetter, events_in
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import read_subject
+from tests.factories import candle
 from tests.harness import StackFactory, eventually, small_config
 
-T0 = 1_700_000_040_000
 KEYS = [SeriesKey("test", f"N{i}/USD", "1m") for i in range(6)]
-
-
-def bar(key: SeriesKey, i: int) -> Candle:
-    return Candle(key.exchange, key.symbol, "1m", T0 + 60_000 * i, 10.0, 11.0, 9.0, 10.0 + 0.01 * i, 1.0)
 
 
 async def test_only_the_first_max_series_get_regimes_and_the_rest_are_dead_lettered_with_the_reason(
@@ -23,7 +19,7 @@ async def test_only_the_first_max_series_get_regimes_and_the_rest_are_dead_lette
     order = [(KEYS[j], i) for i in range(4) for j in range(len(KEYS)) if i >= j // 2]
     await st.start("vol_regime", max_series=3)
     await st.start("hmm_regime", max_series=3)
-    await st.publish(bar(k, i) for k, i in order)
+    await st.publish(candle(i, 10.0 + 0.01 * i, key=k) for k, i in order)
     kinds = tuple(MESSAGE_TYPES.values())
 
     async def regimes() -> dict[str, set[str]]:
@@ -51,10 +47,10 @@ async def test_only_the_first_max_series_get_regimes_and_the_rest_are_dead_lette
 async def test_a_restarted_service_keeps_refusing_what_it_refused(make_stack: StackFactory) -> None:
     st = await make_stack(small_config([("N0/USD", "CORE")]))
     await st.start("vol_regime", max_series=2)
-    await st.publish(bar(k, 0) for k in KEYS[:4])
+    await st.publish(candle(0, 10.0, key=k) for k in KEYS[:4])
     await st.stop("vol_regime")
     await st.start("vol_regime", max_series=2)
-    await st.publish(bar(k, 1) for k in KEYS[:4])
+    await st.publish(candle(1, 10.01, key=k) for k in KEYS[:4])
 
     async def vol_symbols() -> set[str]:
         msgs = await read_subject(st.js, st.names.stream_regimes, st.names.vol_all, keep_last=0,

@@ -54,7 +54,7 @@ from shared.infra.bus import kv_bucket, read_health
 from shared.infra.redis_keys import RedisKeys
 from shared.infra.settings import Settings
 from shared.infra.telemetry import Metrics
-from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events, vol_event
+from tests.factories import RATIO, VOL_LONG, Bar, pipeline_status, recent_start, regime_events, vol_event
 from tests.harness import eventually, small_config
 
 TIERS = ("CORE", "SATELLITE", "TACTICAL", "ALT-EXT")
@@ -125,7 +125,7 @@ def fill(writer: SnapshotWriter, config: StrategyConfig) -> None:
                     snap = u.snapshot
             if i % 4 != 3:
                 last = max(e.ts for e in events)
-                u = apply_pipeline(snap, pipeline_status(key, last, 9000 - i, gaps=i % 3), now)
+                u = apply_pipeline(snap, pipeline_status(9000 - i, key=key, last_ts=last, gaps=i % 3), now)
                 snap = u.snapshot if u is not None else snap
         writer.snaps[key] = snap
         writer.pending[key] = up
@@ -482,7 +482,9 @@ async def change_vol(world: World, key: SeriesKey, label: str) -> None:
     assert snap.vol is not None
     assert snap.price is not None
     ts = snap.vol.ts + 60_000
-    event = vol_event(key, ts, label, snap.price.close, snap.vol_regime)
+    event = vol_event(
+        label=label, prev=snap.vol_regime, key=key, ts=ts, close=snap.price.close, ratio=RATIO[label], vol_long=VOL_LONG
+    )
     update = apply_vol(snap, event, int(time.time() * 1000))
     assert update is not None
     world.writer.snaps[key] = update.snapshot

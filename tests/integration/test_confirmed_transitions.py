@@ -20,7 +20,8 @@ from shared.domain.contracts import (
     events_in,
 )
 from shared.domain.subjects import SeriesKey
-from tests.harness import SMALL_VOL, StackFactory, candles_from_returns, eventually, small_config
+from tests.factories import candles_from_returns
+from tests.harness import SMALL_VOL, StackFactory, eventually, small_config
 
 CONFIRM = 3  # bars, for both regimes
 VOL_KEY = SeriesKey("test", "CRI/USD", "1m")

@@ -40,7 +40,8 @@ from shared.domain.config import StrategyConfig, parse_strategy_config
 from shared.domain.contracts import MESSAGE_TYPES, Candle, DeadLetter, ScreenerDecision, encode, events_in, to_plain
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.bus import connect, ensure_streams, now_ms, read_subject
-from tests.harness import SMALL_VOL, candles_from_returns
+from tests.factories import candle, candles_from_returns
+from tests.harness import SMALL_VOL
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("REGIMES_SOAK") == "1"
@@ -94,7 +95,7 @@ def hostile(names: Names) -> list[Message]:
     bar = {"open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 1.0}
     future = msgpack.packb({**good, **bar, "ts": 6_000_000_000_000})  # 2160
     nan = msgpack.packb({**good, **bar, "close": math.nan, "ts": 1_700_000_040_000})
-    spoof = encode(Candle("test", "SPOOF/USD", "1m", 1_700_003_040_000, 10.0, 11.0, 9.0, 10.5, 1.0))
+    spoof = encode(candle(key=SeriesKey("test", "SPOOF/USD", "1m"), ts=1_700_003_040_000, **bar))
     huge = msgpack.packb({**good, **bar, "ts": 1_700_000_040_000, "pad": "x" * 900_000})
     return [
         Message(subject, b"\xc1 not msgpack", None),

@@ -9,7 +9,8 @@ import httpx
 
 from services.ohlcv_ingest.__main__ import build_with
 from shared.domain.subjects import SeriesKey
-from tests.fakes import TF_MS, RecordedSeries, recorded_factory
+from tests.factories import TF_MS
+from tests.fakes import RecordedSeries, recorded_factory
 from tests.harness import Stack, StackFactory, eventually, small_config
 
 KEY = SeriesKey("binance", "BTC/USDT", "1m")

@@ -16,8 +16,9 @@ from services.ohlcv_ingest.files import write_csv, write_freqtrade
 from shared.domain.contracts import Candle, CandleBatch, candles_in
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import read_subject
+from tests.factories import candles_from_returns
 from tests.fakes import RecordedSeries, recorded_factory
-from tests.harness import Stack, StackFactory, candles_from_returns, eventually, small_config
+from tests.harness import Stack, StackFactory, eventually, small_config
 
 KEY = SeriesKey("binance", "ETH/USDT", "1m")
 

@@ -6,12 +6,13 @@ from typing import Any
 
 import httpx
 
-from services.ohlcv_ingest.demo import DemoMarket
 from shared.domain.contracts import HMM_LABELS, Candle, HmmRegimeEvent, decode
 from shared.domain.subjects import SeriesKey
+from tests.factories import demo_candles
 from tests.harness import StackFactory, eventually, small_config
 
 KEY = SeriesKey("test", "HMM/USD", "1m")
+START = 60_000 * 10_000_000  # ms: when the demo candles begin
 HMM_FAST = {
     "HMM_ENABLED": True,
     "HMM_TRAINING_CANDLES": 400,
@@ -19,11 +20,6 @@ HMM_FAST = {
     "HMM_N_ITER": 20,
     "HMM_BLEND_WITH_TREND": 0.5,
 }
-
-
-def demo_candles(n: int) -> list[Candle]:
-    market = DemoMarket([KEY], seed=11, start_ts=60_000 * 10_000_000)
-    return [bars[0] for bars in market.bars(n)]
 
 
 class Verdicts:
@@ -43,7 +39,7 @@ async def test_service_trains_from_history_and_resumes_without_retraining(make_s
     st = await make_stack(small_config([("HMM/USD", "CORE")], hmm=HMM_FAST))
     verdicts = Verdicts()
     await st.nc.subscribe(st.names.hmm_all, cb=verdicts.on_msg)
-    candles = demo_candles(1000)
+    candles = demo_candles(1000, key=KEY, seed=11, start_ts=START)
     history = candles[:440]
     await st.publish(history)  # already in the stream when the service first starts
     for service in ("hmm_regime", "vol_regime", "screener", "state_publisher", "dashboard_api"):
@@ -115,7 +111,7 @@ async def test_retraining_leaves_no_gap_in_the_verdicts(make_stack: StackFactory
     st = await make_stack(small_config([("HMM/USD", "CORE")], hmm=hmm))
     verdicts = Verdicts()
     await st.nc.subscribe(st.names.hmm_all, cb=verdicts.on_msg)
-    candles = demo_candles(1400)
+    candles = demo_candles(1400, key=KEY, seed=11, start_ts=START)
     await st.publish(candles[:440])
     await st.start("hmm_regime")
     await eventually(lambda: _seen(verdicts, candles[439].ts), timeout=30)

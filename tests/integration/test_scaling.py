@@ -13,7 +13,8 @@ import numpy as np
 
 from shared.domain.partitions import partition_of
 from shared.domain.subjects import SeriesKey
-from tests.harness import StackFactory, candles_from_returns, eventually, regime_returns, small_config
+from tests.factories import candles_from_returns, regime_returns
+from tests.harness import StackFactory, eventually, small_config
 
 SYMBOLS = [f"S{i}/USD" for i in range(8)]
 UNIVERSE = [(s, "CORE") for s in SYMBOLS]

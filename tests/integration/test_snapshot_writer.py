@@ -14,11 +14,10 @@ from services.state_publisher.core import apply_vol
 from services.state_publisher.writer import RedisReset, SnapshotWriter
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.redis_keys import RedisKeys
-from tests.e2e.conftest import vol_event
+from tests.factories import T0, vol_event
 from tests.harness import small_config
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
-T0 = 1_700_000_040_000
 ONE = frozenset({0})  # state_publisher has one partition
 
 
@@ -39,10 +38,10 @@ async def test_events_after_another_consumer_discarded_build_on_what_redis_holds
     assert await a.load(ONE) == {0: 0}
     assert await b.load(ONE) == {0: 0}
     handle = writer.handler(lambda s, e: apply_vol(s, e, 0))
-    await handle(vol_event(KEY, T0, "low", 100.0, None), 1)
+    await handle(vol_event(0, "low", key=KEY, close=100.0), 1)
     await a.commit(1)
     writer.discard()  # b's batch failed (a NATS restart, say): b forgets its uncommitted changes
-    await handle(vol_event(KEY, T0 + 60_000, "low", 101.0, "low"), 2)
+    await handle(vol_event(1, "low", "low", key=KEY, close=101.0), 2)
     await a.commit(2)
     snap = await snapshot(writer)
     assert snap["vol"]["ts"] == T0 + 60_000

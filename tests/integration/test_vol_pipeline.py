@@ -13,13 +13,8 @@ import pytest
 from regimes.servers import free_port
 from shared.domain.contracts import Candle, DeadLetter, decode, encode
 from shared.domain.subjects import SeriesKey
-from tests.harness import (
-    StackFactory,
-    candles_from_returns,
-    eventually,
-    regime_returns,
-    small_config,
-)
+from tests.factories import candles_from_returns, regime_returns
+from tests.harness import StackFactory, eventually, small_config
 
 CRISIS = SeriesKey("test", "CRI/USD", "1m")
 LOW = SeriesKey("test", "LOW/USD", "1m")

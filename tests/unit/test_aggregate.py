@@ -11,20 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.ohlcv_ingest.demo import DemoMarket
 from shared.domain.aggregate import Aggregator, aggregate, check_aggregate
 from shared.domain.contracts import Candle
 from shared.domain.errors import ContractError
 from shared.domain.subjects import SeriesKey, timeframe_ms
+from tests.factories import DAY0, TF_MS, demo_candles
 
-T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-MINUTE = 60_000
 KEY = SeriesKey("demo", "BTC/USD", "1m")
 
 
 def minute_bars(days: int, seed: int, holes: float = 0.03) -> list[Candle]:
     """Demo 1m candles over ``days``, a seeded share of them dropped, plus two whole missing hours."""
-    bars = [step[0] for step in DemoMarket([KEY], seed=seed, start_ts=T0).bars(days * 1440)]
+    bars = demo_candles(days * 1440, key=KEY, seed=seed, start_ts=DAY0)
     rng = np.random.default_rng(seed)
     keep = rng.random(len(bars)) > holes
     keep[600:660] = False  # 10:00-11:00 on day one: a whole hour, four whole 15m buckets
@@ -39,7 +37,7 @@ def pandas_bars(candles: list[Candle], timeframe: str) -> pd.DataFrame:
         columns=["ts", "open", "high", "low", "close", "volume"],
     )
     frame.index = pd.to_datetime(frame.pop("ts"), unit="ms", utc=True)
-    rule = f"{timeframe_ms(timeframe) // MINUTE}min"
+    rule = f"{timeframe_ms(timeframe) // TF_MS}min"
     out = frame.resample(rule, label="left", closed="left").agg(
         {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
     )
@@ -63,7 +61,7 @@ def test_aggregated_bars_equal_pandas_resample_of_the_same_1m_candles(timeframe:
     expected = pandas_bars(candles, timeframe)
     # The data ends on a day boundary, so every bucket is closed and pandas' last bucket is ours too,
     # except when the last 1m bar was dropped: then nothing has closed that bucket yet.
-    if candles[-1].ts + MINUTE != T0 + 3 * 86_400_000:
+    if candles[-1].ts + TF_MS != DAY0 + 3 * 86_400_000:
         expected = expected.iloc[:-1]
     got = as_frame(ours)
     prices = ["open", "high", "low", "close"]
@@ -77,27 +75,27 @@ def test_aggregated_bars_equal_pandas_resample_of_the_same_1m_candles(timeframe:
 
 def test_a_bucket_is_emitted_when_its_last_bar_arrives_not_before() -> None:
     agg = Aggregator("15m")
-    bars = [step[0] for step in DemoMarket([KEY], seed=3, start_ts=T0).bars(30)]
+    bars = demo_candles(30, key=KEY, seed=3, start_ts=DAY0)
     emitted = [agg.push(b) for b in bars]
     assert [i for i, out in enumerate(emitted) if out] == [14, 29]  # the 15th and the 30th minute
     [first] = emitted[14]
-    assert first.ts == T0
+    assert first.ts == DAY0
     assert first.open == bars[0].open
     assert first.close == bars[14].close
     assert first.volume == pytest.approx(sum(b.volume for b in bars[:15]))
 
 
 def test_a_bucket_missing_its_last_bars_closes_when_the_next_bucket_begins() -> None:
-    bars = [step[0] for step in DemoMarket([KEY], seed=4, start_ts=T0).bars(30)]
+    bars = demo_candles(30, key=KEY, seed=4, start_ts=DAY0)
     agg = Aggregator("15m")
     assert [agg.push(b) for b in bars[:12]] == [[]] * 12  # minutes 0-11; 12-14 never come
     [closed] = agg.push(bars[16])  # minute 16: the first bucket is complete as it is
-    assert closed.ts == T0
+    assert closed.ts == DAY0
     assert closed.close == bars[11].close
 
 
 def test_old_and_duplicate_candles_change_nothing() -> None:
-    bars = [step[0] for step in DemoMarket([KEY], seed=5, start_ts=T0).bars(60)]
+    bars = demo_candles(60, key=KEY, seed=5, start_ts=DAY0)
     shuffled = [*bars[:20], bars[5], bars[19], *bars[20:]]
     assert aggregate(shuffled, "15m") == aggregate(bars, "15m")
 

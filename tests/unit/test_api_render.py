@@ -23,7 +23,7 @@ from services.state_publisher.core import apply_decision, apply_hmm, apply_pipel
 from shared.domain import snapshot
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.subjects import SeriesKey
-from tests.e2e.conftest import Bar, pipeline_status, recent_start, regime_events
+from tests.factories import Bar, pipeline_status, recent_start, regime_events
 from tests.harness import small_config
 
 KEY = SeriesKey("test", "BTC/USD", "1m")
@@ -51,7 +51,7 @@ def snapshots() -> list[dict[str, Any]]:
         elif isinstance(ev, ScreenerDecision):
             up = apply_decision(lived, ev, now)
         lived = up.snapshot if up is not None else lived
-    up = apply_pipeline(lived, pipeline_status(KEY, events[-1].ts, 100), now)
+    up = apply_pipeline(lived, pipeline_status(100, key=KEY, last_ts=events[-1].ts), now)
     assert up is not None
     snap = json.loads(snapshot.dumps(up.snapshot))  # as stored in Redis
     odd = json.loads(json.dumps(snap))

@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.ohlcv_ingest.demo import DemoMarket
 from services.ohlcv_ingest.files import (
     FREQTRADE_FORMATS,
     CandleFileError,
@@ -28,22 +27,12 @@ from services.ohlcv_ingest.files import (
     write_csv,
     write_freqtrade,
 )
-from shared.domain.contracts import Candle
 from shared.domain.errors import ContractError
 from shared.domain.subjects import SeriesKey
+from tests.factories import DAY0, candle, demo_candles
 
 H = 3_600_000
-T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
-
-
-def candle(ts: int, o: float, h: float, lo: float, c: float, v: float, symbol: str = "BTC/USDT") -> Candle:
-    return Candle("binance", symbol, "1h", ts, o, h, lo, c, v)
-
-
-def demo_candles(n: int = 300, symbol: str = "BTC/USDT") -> list[Candle]:
-    """Realistic candles with full-precision floats, from the demo market."""
-    market = DemoMarket([SeriesKey("binance", symbol, "1h")], seed=3, start_ts=T0)
-    return [step[0] for step in market.bars(n)]
+BTC = SeriesKey("binance", "BTC/USDT", "1h")
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -52,11 +41,11 @@ def write_text(path: Path, text: str) -> Path:
 
 
 GOOD_ROWS = [
-    (T0, 100.0, 110.0, 95.0, 105.0, 12.5),
-    (T0 + H, 105.0, 107.0, 101.0, 102.0, 0.0),
-    (T0 + 3 * H, 102.0, 102.0, 99.5, 100.25, 7.0),  # a gap is fine
+    (DAY0, 100.0, 110.0, 95.0, 105.0, 12.5),
+    (DAY0 + H, 105.0, 107.0, 101.0, 102.0, 0.0),
+    (DAY0 + 3 * H, 102.0, 102.0, 99.5, 100.25, 7.0),  # a gap is fine
 ]
-EXPECTED = [candle(*row) for row in GOOD_ROWS]
+EXPECTED = [candle(key=BTC, ts=t, open=o, high=h, low=lo, close=c, volume=v) for t, o, h, lo, c, v in GOOD_ROWS]
 
 
 # --- CSV --------------------------------------------------------------------------
@@ -81,7 +70,7 @@ def test_csv_with_iso_timestamps_in_any_utc_spelling(tmp_path: Path) -> None:
 
 def test_csv_iso_without_offset_is_utc(tmp_path: Path) -> None:
     path = write_text(tmp_path / "btc.csv", "ts,open,high,low,close,volume\n2024-01-01T00:00:00,1,1,1,1,1\n")
-    assert read_candles(path, "binance", "BTC/USDT", "1h")[0].ts == T0
+    assert read_candles(path, "binance", "BTC/USDT", "1h")[0].ts == DAY0
 
 
 def test_csv_accepts_freqtrade_date_column_any_order_and_extra_columns(tmp_path: Path) -> None:
@@ -103,7 +92,7 @@ def test_csv_with_only_a_header_is_an_empty_series(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("iso", [False, True], ids=["ms", "iso"])
 def test_csv_writer_round_trips_exactly(tmp_path: Path, iso: bool) -> None:
-    candles = demo_candles()
+    candles = demo_candles(300, key=BTC, seed=3, start_ts=DAY0)
     write_csv(tmp_path / "btc.csv", candles, iso=iso)
     assert read_candles(tmp_path / "btc.csv", "binance", "BTC/USDT", "1h") == candles
 
@@ -113,7 +102,7 @@ def test_csv_writer_round_trips_exactly(tmp_path: Path, iso: bool) -> None:
 
 @pytest.mark.parametrize("fmt", FREQTRADE_FORMATS)
 def test_each_freqtrade_format_reads_back_exactly_what_was_written(tmp_path: Path, fmt: str) -> None:
-    candles = demo_candles()
+    candles = demo_candles(300, key=BTC, seed=3, start_ts=DAY0)
     path = tmp_path / freqtrade_filename("BTC/USDT", "1h", fmt)
     write_freqtrade(path, candles, fmt)
     assert read_candles(path, "binance", "BTC/USDT", "1h") == candles
@@ -231,7 +220,7 @@ def test_find_freqtrade_files_lists_spot_and_futures_price_files_only(tmp_path: 
 
 
 def test_find_freqtrade_files_then_read_them(tmp_path: Path) -> None:
-    candles = demo_candles(50, "ETH/USDT:USDT")
+    candles = demo_candles(50, key=SeriesKey("binance", "ETH/USDT:USDT", "1h"), seed=3, start_ts=DAY0)
     (tmp_path / "futures").mkdir()
     write_freqtrade(tmp_path / "futures" / freqtrade_filename("ETH/USDT:USDT", "1h", "parquet"), candles, "parquet")
     (found,) = find_freqtrade_files(tmp_path)
@@ -241,7 +230,9 @@ def test_find_freqtrade_files_then_read_them(tmp_path: Path) -> None:
 def test_a_csv_named_the_freqtrade_way_needs_no_symbol_or_timeframe(tmp_path: Path) -> None:
     from regimes import feed
 
-    candles = [Candle("file", "WALK/USD", "1m", T0 + i * 60_000, 10.0, 11.0, 9.0, 10.5, 1.0) for i in range(5)]
+    walk = SeriesKey("file", "WALK/USD", "1m")
+    candles = [candle(i, 10.5, key=walk, ts=DAY0 + i * 60_000, open=10.0, high=11.0, low=9.0, volume=1.0)
+               for i in range(5)]
     write_csv(tmp_path / "WALK_USD-1m.csv", candles)
     assert feed.load_files([tmp_path / "WALK_USD-1m.csv"], "file", None, None) == [candles]
     # the flags still win over the name
@@ -255,7 +246,7 @@ def test_a_csv_named_the_freqtrade_way_needs_no_symbol_or_timeframe(tmp_path: Pa
 # --- bad files ------------------------------------------------------------------------
 
 HEADER = "ts,open,high,low,close,volume"
-GOOD = [f"{T0 + i * H},100,110,90,105,1" for i in range(4)]
+GOOD = [f"{DAY0 + i * H},100,110,90,105,1" for i in range(4)]
 
 
 def csv_with(row_3: str, *, header: str = HEADER) -> str:
@@ -267,21 +258,21 @@ def csv_with(row_3: str, *, header: str = HEADER) -> str:
 @pytest.mark.parametrize(
     ("row_3", "reason"),
     [
-        (f"{T0 + 2 * H},100,110,90,nan,1", "close is NaN"),
-        (f"{T0 + 2 * H},100,inf,90,105,1", "high is NaN or infinite"),
-        (f"{T0 + 2 * H},abc,110,90,105,1", "open 'abc' is not a number"),
-        (f"{T0 + 2 * H},0,110,0,105,1", "price <= 0"),
-        (f"{T0 + 2 * H},-1,110,-2,105,1", "price <= 0"),
-        (f"{T0 + 2 * H},100,90,110,105,1", "high < low"),
-        (f"{T0 + 2 * H},111,110,90,105,1", "open outside"),
-        (f"{T0 + 2 * H},100,110,90,89,1", "close outside"),
-        (f"{T0 + 2 * H},100,110,90,105,-0.5", "volume < 0"),
-        (f"{T0 + 2 * H + 1},100,110,90,105,1", "not aligned"),
-        (f"{T0 + H},100,110,90,105,1", "duplicate ts"),
-        (f"{T0},100,110,90,105,1", "not sorted"),
+        (f"{DAY0 + 2 * H},100,110,90,nan,1", "close is NaN"),
+        (f"{DAY0 + 2 * H},100,inf,90,105,1", "high is NaN or infinite"),
+        (f"{DAY0 + 2 * H},abc,110,90,105,1", "open 'abc' is not a number"),
+        (f"{DAY0 + 2 * H},0,110,0,105,1", "price <= 0"),
+        (f"{DAY0 + 2 * H},-1,110,-2,105,1", "price <= 0"),
+        (f"{DAY0 + 2 * H},100,90,110,105,1", "high < low"),
+        (f"{DAY0 + 2 * H},111,110,90,105,1", "open outside"),
+        (f"{DAY0 + 2 * H},100,110,90,89,1", "close outside"),
+        (f"{DAY0 + 2 * H},100,110,90,105,-0.5", "volume < 0"),
+        (f"{DAY0 + 2 * H + 1},100,110,90,105,1", "not aligned"),
+        (f"{DAY0 + H},100,110,90,105,1", "duplicate ts"),
+        (f"{DAY0},100,110,90,105,1", "not sorted"),
         ("yesterday,100,110,90,105,1", "neither integer ms nor an ISO-8601"),
-        (f"{T0 + 2 * H}.5,100,110,90,105,1", "not an integer number of ms"),
-        (f"{T0 + 2 * H},100,110,90,105", "5 fields, header has 6"),
+        (f"{DAY0 + 2 * H}.5,100,110,90,105,1", "not an integer number of ms"),
+        (f"{DAY0 + 2 * H},100,110,90,105", "5 fields, header has 6"),
     ],
 )
 def test_each_kind_of_bad_row_is_refused_naming_file_and_row(tmp_path: Path, row_3: str, reason: str) -> None:
@@ -318,22 +309,22 @@ def test_an_empty_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_bad_last_row_refuses_the_whole_file(tmp_path: Path) -> None:
-    rows = [f"{T0 + i * H},100,110,90,105,1" for i in range(1000)]
-    rows.append(f"{T0 + 1000 * H},100,110,90,105,-1")
+    rows = [f"{DAY0 + i * H},100,110,90,105,1" for i in range(1000)]
+    rows.append(f"{DAY0 + 1000 * H},100,110,90,105,-1")
     path = write_text(tmp_path / "long.csv", "\n".join([HEADER, *rows]))
     with pytest.raises(CandleFileError, match="row 1001"):
         read_candles(path, "binance", "BTC/USDT", "1h")
 
 
 def test_the_earliest_bad_row_is_reported(tmp_path: Path) -> None:
-    text = "\n".join([HEADER, GOOD[0], f"{T0 + H},100,110,90,105,-1", f"{T0 + H},nan,110,90,105,1"])
+    text = "\n".join([HEADER, GOOD[0], f"{DAY0 + H},100,110,90,105,-1", f"{DAY0 + H},nan,110,90,105,1"])
     with pytest.raises(CandleFileError) as info:
         read_candles(write_text(tmp_path / "b.csv", text), "binance", "BTC/USDT", "1h")
     assert info.value.row == 2
 
 
 def test_a_misaligned_ts_that_looks_like_seconds_says_so(tmp_path: Path) -> None:
-    path = write_text(tmp_path / "s.csv", f"{HEADER}\n{T0 // 1000 + 60},1,1,1,1,1\n")
+    path = write_text(tmp_path / "s.csv", f"{HEADER}\n{DAY0 // 1000 + 60},1,1,1,1,1\n")
     with pytest.raises(CandleFileError, match="looks like seconds"):
         read_candles(path, "binance", "BTC/USDT", "1h")
 
@@ -341,11 +332,11 @@ def test_a_misaligned_ts_that_looks_like_seconds_says_so(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("rows", "row", "reason"),
     [
-        ([[T0, 1, 1, 1, 1, 1], [T0 + H, 1, 1, 1, 1]], 2, "expected [ms, open, high, low, close, volume]"),
-        ([[T0, 1, 1, 1, 1, 1], [T0 + H, 1, None, 1, 1, 1]], 2, "high None is not a number"),
-        ([[T0, 1, 1, 1, 1, 1], ["2024-01-01", 1, 1, 1, 1, 1]], 2, "not an integer number of ms"),
-        ([[T0 + H, 1, 1, 1, 1, 1], [T0, 1, 1, 1, 1, 1]], 2, "not sorted"),
-        ([[T0, 1, 2, 1, 0.5, 1]], 1, "close outside"),
+        ([[DAY0, 1, 1, 1, 1, 1], [DAY0 + H, 1, 1, 1, 1]], 2, "expected [ms, open, high, low, close, volume]"),
+        ([[DAY0, 1, 1, 1, 1, 1], [DAY0 + H, 1, None, 1, 1, 1]], 2, "high None is not a number"),
+        ([[DAY0, 1, 1, 1, 1, 1], ["2024-01-01", 1, 1, 1, 1, 1]], 2, "not an integer number of ms"),
+        ([[DAY0 + H, 1, 1, 1, 1, 1], [DAY0, 1, 1, 1, 1, 1]], 2, "not sorted"),
+        ([[DAY0, 1, 2, 1, 0.5, 1]], 1, "close outside"),
     ],
 )
 def test_bad_json_rows_are_refused_with_their_row(
@@ -388,7 +379,7 @@ def test_parquet_nulls_and_order_are_checked_like_any_other_file(tmp_path: Path)
 
 
 def test_feather_with_missing_columns_or_garbage_is_refused(tmp_path: Path) -> None:
-    pd.DataFrame({"date": [T0], "open": [1.0]}).to_feather(tmp_path / "m.feather")
+    pd.DataFrame({"date": [DAY0], "open": [1.0]}).to_feather(tmp_path / "m.feather")
     with pytest.raises(CandleFileError, match="missing columns"):
         read_candles(tmp_path / "m.feather", "binance", "BTC/USDT", "1h")
     (tmp_path / "g.feather").write_bytes(b"garbage")

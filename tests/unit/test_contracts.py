@@ -552,7 +552,8 @@ def test_encoding_is_exactly_the_msgpack_of_the_plain_map(msg: Any) -> None:
 
 def test_encoding_matches_the_plain_map_for_every_event_of_a_backtest() -> None:
     from regimes.backtest import backtest
-    from tests.harness import candles_from_returns, small_config
+    from tests.factories import candles_from_returns
+    from tests.harness import small_config
 
     key = SeriesKey("kraken", "BTC/USD", "1m")
     rng = np.random.default_rng(3)

@@ -23,19 +23,18 @@ from services.ohlcv_ingest.demo import DemoClock, DemoMarket, start_price
 from shared.domain.contracts import Candle
 from shared.domain.subjects import SeriesKey
 from shared.domain.vol import VolRegimeConfig, VolTracker
+from tests.factories import T0, TF_MS
 
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD", "PEPE/USD", "LINK/USD")
 SERIES = [SeriesKey("demo", s, "1m") for s in SYMBOLS]
 HISTORY = 1500  # bars the ingest publishes at start-up
 LIVE = 200  # live bars a first look at the dashboard covers
-MINUTE = 60_000
-START = 1_700_000_040_000 // MINUTE * MINUTE
 VOL_LABELS = ("low", "normal", "high", "crisis")
 
 
 def generate(seed: int, n: int, series: list[SeriesKey] = SERIES) -> list[list[Candle]]:
     """n steps of a market: one list of candles (one per series) per bar."""
-    return list(DemoMarket(series, seed, START).bars(n))
+    return list(DemoMarket(series, seed, T0).bars(n))
 
 
 def vol_labels(candles: list[Candle]) -> list[str | None]:
@@ -84,7 +83,7 @@ def test_a_series_depends_on_its_id_and_position_not_on_the_other_series() -> No
 
 
 def test_series_enter_the_volatility_cycle_at_staggered_phases() -> None:
-    market = DemoMarket(SERIES, 7, START)
+    market = DemoMarket(SERIES, 7, T0)
     first_crash: dict[str, int] = {}
     for i in range(1200):
         market.next_bars()
@@ -104,7 +103,7 @@ def test_every_demo_candle_passes_the_contract_check(seed7_steps: list[list[Cand
 
 def test_timestamps_are_aligned_consecutive_and_shared_by_all_series(seed7_steps: list[list[Candle]]) -> None:
     for i, step in enumerate(seed7_steps):
-        assert [c.ts for c in step] == [START + i * MINUTE] * len(SERIES)
+        assert [c.ts for c in step] == [T0 + i * TF_MS] * len(SERIES)
         assert [c.key for c in step] == SERIES
 
 
@@ -125,19 +124,19 @@ def test_start_prices_are_plausible_and_stable() -> None:
 
 
 def test_next_ts_and_advance_to_resume_the_same_bars() -> None:
-    market = DemoMarket(SERIES, 7, START)
-    market.advance_to(START + 100 * MINUTE)
-    assert market.next_ts == START + 100 * MINUTE
+    market = DemoMarket(SERIES, 7, T0)
+    market.advance_to(T0 + 100 * TF_MS)
+    assert market.next_ts == T0 + 100 * TF_MS
     assert market.next_bars() == generate(7, 101)[100]
 
 
 @pytest.mark.parametrize(
     ("series", "start"),
     [
-        ([], START),
-        ([SERIES[0], SERIES[0]], START),
-        ([SERIES[0], SeriesKey("demo", "ETH/USD", "5m")], START),
-        (SERIES, START + 1),
+        ([], T0),
+        ([SERIES[0], SERIES[0]], T0),
+        ([SERIES[0], SeriesKey("demo", "ETH/USD", "5m")], T0),
+        (SERIES, T0 + 1),
     ],
     ids=["no-series", "duplicate", "mixed-timeframes", "misaligned-start"],
 )
@@ -175,7 +174,7 @@ def test_crisis_is_a_short_burst_not_a_lasting_state(seed7_labels: dict[str, lis
 
 
 def _truth_run(seed: int, n: int, key: SeriesKey) -> Iterator[tuple[Candle, str, str]]:
-    market = DemoMarket([key], seed, START)
+    market = DemoMarket([key], seed, T0)
     for _ in range(n):
         (candle,) = market.next_bars()
         truth = market.truth(key)
@@ -220,23 +219,23 @@ NOW = 1_700_000_012_345  # wall clock at start, deliberately not on a bar bounda
 
 
 def test_plan_puts_history_and_lead_in_the_past() -> None:
-    clock = DemoClock.plan(NOW, MINUTE, bars_per_sec=10, history_bars=HISTORY, lead_seconds=3600)
-    assert clock.start_ts % MINUTE == 0
-    assert clock.history_end_ts + MINUTE * 36_000 == NOW // MINUTE * MINUTE
+    clock = DemoClock.plan(NOW, TF_MS, bars_per_sec=10, history_bars=HISTORY, lead_seconds=3600)
+    assert clock.start_ts % TF_MS == 0
+    assert clock.history_end_ts + TF_MS * 36_000 == NOW // TF_MS * TF_MS
     assert clock.lead_bars == 36_000
     # Every history bar has closed on the wall clock.
-    assert clock.bar_ts(HISTORY - 1) + MINUTE <= NOW
+    assert clock.bar_ts(HISTORY - 1) + TF_MS <= NOW
 
 
 def test_history_is_due_at_once_and_nothing_more() -> None:
-    clock = DemoClock.plan(NOW, MINUTE, 10, HISTORY)
+    clock = DemoClock.plan(NOW, TF_MS, 10, HISTORY)
     assert clock.total_due(NOW, 0.0) == HISTORY
     assert clock.due_bars(NOW, 0.0, published=0) == HISTORY
     assert clock.due_bars(NOW, 0.0, published=HISTORY) == 0
 
 
 def test_accelerated_play_runs_at_bars_per_sec() -> None:
-    clock = DemoClock.plan(NOW, MINUTE, 10, HISTORY)
+    clock = DemoClock.plan(NOW, TF_MS, 10, HISTORY)
     for elapsed in (0.1, 1.0, 2.5, 60.0):
         now = NOW + round(elapsed * 1000)
         assert clock.total_due(now, elapsed) == HISTORY + math.floor(elapsed * 10 + 1e-9)
@@ -244,21 +243,21 @@ def test_accelerated_play_runs_at_bars_per_sec() -> None:
 
 
 def test_after_catching_up_one_bar_per_timeframe_each_at_its_close() -> None:
-    clock = DemoClock.plan(NOW, MINUTE, 10, HISTORY, lead_seconds=60)  # 600 lead bars, ~61 s of play
+    clock = DemoClock.plan(NOW, TF_MS, 10, HISTORY, lead_seconds=60)  # 600 lead bars, ~61 s of play
     assert 60 < clock.catch_up_s < 62
     later = clock.catch_up_s + 10
     now = NOW + round(later * 1000)
     due = clock.total_due(now, later)
     assert clock.caught_up(now, later)
     assert due == clock.closed_bars(now)
-    assert clock.bar_ts(due - 1) + MINUTE <= now < clock.bar_ts(due) + MINUTE
+    assert clock.bar_ts(due - 1) + TF_MS <= now < clock.bar_ts(due) + TF_MS
     wait = clock.seconds_until_next(now, later, published=due)
-    assert wait == pytest.approx((clock.bar_ts(due) + MINUTE - now) / 1000)
+    assert wait == pytest.approx((clock.bar_ts(due) + TF_MS - now) / 1000)
     assert clock.total_due(now + round(wait * 1000), later + wait) == due + 1
 
 
 def test_play_slower_than_real_time_never_catches_up() -> None:
-    clock = DemoClock.plan(NOW, MINUTE, bars_per_sec=0.01, history_bars=10, lead_seconds=1000)
+    clock = DemoClock.plan(NOW, TF_MS, bars_per_sec=0.01, history_bars=10, lead_seconds=1000)
     assert clock.catch_up_s == math.inf
 
 
@@ -267,7 +266,7 @@ def test_play_slower_than_real_time_never_catches_up() -> None:
     bars_per_sec=st.floats(0.05, 50),
     history=st.integers(0, 5000),
     lead_seconds=st.floats(0, 3600),
-    tf_ms=st.sampled_from([MINUTE, 5 * MINUTE, 3_600_000]),
+    tf_ms=st.sampled_from([TF_MS, 5 * TF_MS, 3_600_000]),
     elapsed=st.floats(0, 3 * 86_400),
     clock_skew_ms=st.integers(-5_000, 5_000),
 )
@@ -283,7 +282,7 @@ def test_clock_never_runs_ahead_of_the_wall_clock(
 
 
 def test_a_loop_sleeping_on_the_clock_publishes_every_bar_once_and_in_time() -> None:
-    clock = DemoClock.plan(NOW, MINUTE, bars_per_sec=20, history_bars=100, lead_seconds=5)
+    clock = DemoClock.plan(NOW, TF_MS, bars_per_sec=20, history_bars=100, lead_seconds=5)
     elapsed, published, wakes = 0.0, 0, 0
     now = NOW
     while elapsed < clock.catch_up_s + 300:
@@ -293,7 +292,7 @@ def test_a_loop_sleeping_on_the_clock_publishes_every_bar_once_and_in_time() -> 
             assert n >= 1
         published += n
         assert published == clock.total_due(now, elapsed)
-        assert clock.bar_ts(published - 1) + MINUTE <= now  # nothing from the future
+        assert clock.bar_ts(published - 1) + TF_MS <= now  # nothing from the future
         elapsed += clock.seconds_until_next(now, elapsed, published) + 1e-6
         wakes += 1
     assert clock.caught_up(now, elapsed)

@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 
 from regimes import cli, report
-from services.ohlcv_ingest.demo import DemoMarket
 from services.ohlcv_ingest.files import write_freqtrade
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent, to_plain
 from shared.domain.subjects import SeriesKey
+from tests.factories import DAY0, demo_candles
 from tests.harness import SMALL_VOL
 
-T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 BARS = 700
 CONFIG = {
     "universe": [{"exchange": "file", "symbol": "BTC/USD", "timeframe": "1m", "tier": "CORE"}],
@@ -46,9 +45,9 @@ CONFIG = {
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A freqtrade-named candle file of the demo market, and the config."""
     d = tmp_path_factory.mktemp("evaluate")
-    market = DemoMarket([SeriesKey("file", "BTC/USD", "1m")], seed=11, start_ts=T0)
+    candles = demo_candles(BARS, key=SeriesKey("file", "BTC/USD", "1m"), seed=11, start_ts=DAY0)
     candle_file = d / "BTC_USD-1m.json"
-    write_freqtrade(candle_file, [step[0] for step in market.bars(BARS)], "json")
+    write_freqtrade(candle_file, candles, "json")
     config = d / "config.json"
     config.write_text(json.dumps(CONFIG))
     return candle_file, config
@@ -188,9 +187,9 @@ def test_with_the_hmm_off_and_two_files_each_series_gets_a_page_without_hmm_bloc
 ) -> None:
     files = []
     for symbol in ("ETH/USD", "SOL/USD"):
-        market = DemoMarket([SeriesKey("file", symbol, "1m")], seed=12, start_ts=T0)
+        candles = demo_candles(300, key=SeriesKey("file", symbol, "1m"), seed=12, start_ts=DAY0)
         path = tmp_path / f"{symbol.replace('/', '_')}-1m.json"
-        write_freqtrade(path, [step[0] for step in market.bars(300)], "json")
+        write_freqtrade(path, candles, "json")
         files.append(str(path))
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**CONFIG, "hmm": {"HMM_ENABLED": False}}))
@@ -209,9 +208,8 @@ def test_with_the_hmm_off_and_two_files_each_series_gets_a_page_without_hmm_bloc
 
 @pytest.mark.parametrize("bars", [1, 2, 3])
 def test_a_series_of_a_few_bars_still_gets_its_page_and_chart(bars: int, tmp_path: Path) -> None:
-    market = DemoMarket([SeriesKey("file", "BTC/USD", "1m")], seed=13, start_ts=T0)
-    candles = [step[0] for step in market.bars(bars)]
-    events = report.replay(candles, cli._check(Path(_write_config(tmp_path))), now_ms=T0 + 10**12)
+    candles = demo_candles(bars, key=SeriesKey("file", "BTC/USD", "1m"), seed=13, start_ts=DAY0)
+    events = report.replay(candles, cli._check(Path(_write_config(tmp_path))), now_ms=DAY0 + 10**12)
     [(ev, stem)] = report.write_series(events, tmp_path / "r")
     assert ev.bars == bars
     png_chunks((tmp_path / "r" / f"{stem}.png").read_bytes())

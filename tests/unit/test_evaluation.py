@@ -27,12 +27,11 @@ from regimes.evaluation import (
     sizing_vs_flat,
     transitions,
 )
-from shared.domain.contracts import HmmRegimeEvent, VolRegimeEvent
+from shared.domain.contracts import VolRegimeEvent
 from shared.domain.subjects import SeriesKey
+from tests.factories import T0, TF_MS, hmm_event, vol_event
 
-MINUTE = 60_000
 KEY = SeriesKey("test", "GEN/USD", "1m")
-T0 = 1_700_000_040_000
 
 
 def closes_from(returns: np.ndarray, start: float = 100.0) -> np.ndarray:
@@ -153,17 +152,17 @@ def test_dwell_is_the_mean_and_median_run_length_per_label_with_its_share_of_bar
 
 def test_transitions_skip_bars_without_a_verdict_and_carry_the_new_labels_bar_and_time() -> None:
     labels = [None, "a", "a", None, "a", "b", None, None, "c"]
-    ts = [T0 + i * MINUTE for i in range(len(labels))]
+    ts = [T0 + i * TF_MS for i in range(len(labels))]
     got = [(t.index, t.ts, t.before, t.after) for t in transitions(labels, ts)]
     assert got == [(5, ts[5], "a", "b"), (8, ts[8], "b", "c")]
 
 
 def test_flips_per_day_divide_by_the_candle_time_the_bars_span() -> None:
-    assert flips_per_day(3, 1440, MINUTE) == pytest.approx(3.0)  # one day of 1m bars
-    assert flips_per_day(3, 720, MINUTE) == pytest.approx(6.0)
+    assert flips_per_day(3, 1440, TF_MS) == pytest.approx(3.0)  # one day of 1m bars
+    assert flips_per_day(3, 720, TF_MS) == pytest.approx(6.0)
     assert flips_per_day(1, 24, 3_600_000) == pytest.approx(1.0)
-    assert math.isnan(flips_per_day(0, 0, MINUTE))
-    assert DAY_MS == 1440 * MINUTE
+    assert math.isnan(flips_per_day(0, 0, TF_MS))
+    assert DAY_MS == 1440 * TF_MS
 
 
 # --- raw vs confirmed ---------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def test_confirmation_suppresses_the_short_blips_and_confirms_the_rest_a_fixed_n
     # Three lasting changes (a→b, b→a, a→c: runs of 30) and two one-bar blips (two raw flips each).
     raw = ["a"] * 30 + ["b"] + ["a"] * 30 + ["b"] * 30 + ["a"] + ["b"] * 30 + ["a"] * 30 + ["c"] * 30
     confirmed = confirm(raw, bars=3)
-    rc = raw_vs_confirmed(raw, confirmed, MINUTE)
+    rc = raw_vs_confirmed(raw, confirmed, TF_MS)
     assert rc.raw_flips == 7
     assert rc.confirmed_flips == 3
     assert rc.suppressed == pytest.approx(4 / 7)
@@ -197,7 +196,7 @@ def test_confirmation_suppresses_the_short_blips_and_confirms_the_rest_a_fixed_n
 
 def test_without_confirmation_nothing_is_suppressed_and_there_is_no_lag() -> None:
     raw = ["a"] * 5 + ["b"] * 5 + ["a"] * 5
-    rc = raw_vs_confirmed(raw, raw, MINUTE)
+    rc = raw_vs_confirmed(raw, raw, TF_MS)
     assert (rc.raw_flips, rc.confirmed_flips, rc.suppressed, rc.mean_lag) == (2, 2, 0.0, 0.0)
 
 
@@ -240,27 +239,13 @@ class ConfirmedVolEvent(VolRegimeEvent, frozen=True):
     raw_label: str | None = None
 
 
-def vol_event(i: int, close: float, label: str, raw: str | None = None) -> VolRegimeEvent:
-    fields = dict(
-        exchange=KEY.exchange, symbol=KEY.symbol, timeframe=KEY.timeframe, ts=T0 + i * MINUTE, close=close,
-        label=label, vol_short=0.01, vol_long=0.01, ratio=1.0, prev_label=None, changed=False, samples=i,
-        sufficient=True,
-    )
-    return VolRegimeEvent(**fields) if raw is None else ConfirmedVolEvent(**fields, raw_label=raw)  # type: ignore[arg-type]
-
-
-def hmm_event(i: int, regime: str, bias: float, trained: bool = True) -> HmmRegimeEvent:
-    return HmmRegimeEvent(
-        exchange=KEY.exchange, symbol=KEY.symbol, timeframe=KEY.timeframe, ts=T0 + i * MINUTE,
-        regime=regime,  # type: ignore[arg-type]
-        probabilities=(0.2, 0.2, 0.6), confidence=0.4, bias_signal=bias, observation_count=i, trained=trained,
-        trained_at=T0 if trained else None,
-    )
-
-
 def test_a_frame_aligns_hmm_verdicts_to_the_vol_timeline_and_leaves_untrained_bars_unlabelled() -> None:
-    events = [vol_event(i, 100.0 + i, "normal") for i in range(4)]
-    events += [hmm_event(0, "RANGING", 0.0, trained=False), hmm_event(2, "BULLISH", 0.4), hmm_event(3, "BEARISH", -0.4)]
+    events = [vol_event(i, "normal", key=KEY, close=100.0 + i) for i in range(4)]
+    events += [
+        hmm_event(0, "RANGING", key=KEY, bias_signal=0.0, trained=False),
+        hmm_event(2, "BULLISH", key=KEY, bias_signal=0.4),
+        hmm_event(3, "BEARISH", key=KEY, bias_signal=-0.4),
+    ]
     [frame] = frames(events).values()
     assert frame.hmm_on
     assert frame.hmm_label == [None, None, "BULLISH", "BEARISH"]
@@ -273,7 +258,10 @@ def test_a_frame_aligns_hmm_verdicts_to_the_vol_timeline_and_leaves_untrained_ba
 def test_a_raw_label_on_the_events_is_picked_up_and_compared_with_the_label_in_force() -> None:
     raw = ["normal"] * 10 + ["high"] + ["normal"] * 10 + ["high"] * 10
     confirmed = confirm(raw, bars=3)
-    events = [vol_event(i, 100.0, c, raw=r) for i, (c, r) in enumerate(zip(confirmed, raw, strict=True))]
+    events = [
+        vol_event(i, c, key=KEY, close=100.0, event_type=ConfirmedVolEvent, raw_label=r)
+        for i, (c, r) in enumerate(zip(confirmed, raw, strict=True))
+    ]
     [frame] = frames(events).values()
     assert frame.vol_raw == raw
     assert frame.vol_label == confirmed
@@ -285,12 +273,12 @@ def test_a_raw_label_on_the_events_is_picked_up_and_compared_with_the_label_in_f
 def test_a_series_evaluation_holds_every_block_of_the_report() -> None:
     labels, close = two_regime_series(np.random.default_rng(7), 300)
     vol_label = ["high" if x == "up" else "low" for x in labels]
-    events = [vol_event(i, float(c), v) for i, (c, v) in enumerate(zip(close, vol_label, strict=True))]
-    events += [hmm_event(i, "BULLISH" if x == "up" else "BEARISH", 0.5 if x == "up" else -0.5)
+    events = [vol_event(i, v, key=KEY, close=float(c)) for i, (c, v) in enumerate(zip(close, vol_label, strict=True))]
+    events += [hmm_event(i, "BULLISH" if x == "up" else "BEARISH", key=KEY, bias_signal=0.5 if x == "up" else -0.5)
                for i, x in enumerate(labels)]
     ev = evaluate_series(frames(events)[KEY])
     assert ev.bars == 300
-    assert ev.bar_ms == MINUTE
+    assert ev.bar_ms == TF_MS
     assert ev.vol.forward["high"][1].positive == 1.0
     assert ev.vol.forward["low"][1].positive == 0.0
     assert ev.hmm is not None

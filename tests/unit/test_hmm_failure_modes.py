@@ -25,24 +25,16 @@ from shared.domain.hmm import (
     usable_rows,
     validate_model,
 )
+from tests.factories import three_regime_market
 
 CFG: dict[str, object] = {"HMM_N_ITER": 20, "HMM_MIN_TRAIN_SAMPLES": 200}
 NEUTRAL = RegimeState()
 SYMMETRIC = GridBias("symmetric", 1.0, 1.0, None)
 
 
-def market(seed: int, n: int = 900, drift: float = 0.0015, noise: float = 0.004) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded closes and volumes: range, bull, bear thirds."""
-    rng = np.random.default_rng(seed)
-    third = n // 3
-    mu = np.concatenate([np.zeros(third), np.full(third, drift), np.full(n - 2 * third, -drift)])
-    closes = 100.0 * np.exp(np.cumsum(rng.normal(mu, noise)))
-    return closes, rng.lognormal(0.0, 0.5, n)
-
-
 @pytest.fixture(scope="module")
 def data() -> tuple[np.ndarray, np.ndarray]:
-    return market(11)
+    return three_regime_market(11, 900)
 
 
 @pytest.fixture(scope="module")

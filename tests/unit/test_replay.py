@@ -10,17 +10,14 @@ from hypothesis import strategies as st
 
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
 from shared.domain.contracts import Candle
-
-MINUTE = 60_000
-T0 = 1_704_067_200_000
-
-
-def bar(symbol: str, i: int, timeframe: str = "1m", step: int = MINUTE) -> Candle:
-    return Candle("binance", symbol, timeframe, T0 + i * step, 1.0, 1.0, 1.0, 1.0, 1.0)
+from shared.domain.subjects import SeriesKey
+from tests.factories import DAY0, TF_MS, candle, ts
 
 
-def series(symbol: str, indices: list[int], timeframe: str = "1m", step: int = MINUTE) -> list[Candle]:
-    return [bar(symbol, i, timeframe, step) for i in indices]
+def series(symbol: str, indices: list[int], timeframe: str = "1m", step: int = TF_MS) -> list[Candle]:
+    """Flat bars (price 1, volume 1) of binance's ``symbol``: bar ``i`` opens ``i * step`` ms after DAY0."""
+    key = SeriesKey("binance", symbol, timeframe)
+    return [candle(1.0, key=key, ts=ts(i, step, DAY0), volume=1.0) for i in indices]
 
 
 # --- interleave ----------------------------------------------------------------------
@@ -31,27 +28,27 @@ def test_interleave_orders_by_ts_and_keeps_argument_order_on_ties() -> None:
     eth = series("ETH/USDT", [1, 2, 3])
     merged = interleave(btc, eth)
     assert [(c.symbol, c.ts) for c in merged] == [
-        ("BTC/USDT", T0),
-        ("BTC/USDT", T0 + MINUTE),
-        ("ETH/USDT", T0 + MINUTE),
-        ("BTC/USDT", T0 + 2 * MINUTE),
-        ("ETH/USDT", T0 + 2 * MINUTE),
-        ("ETH/USDT", T0 + 3 * MINUTE),
-        ("BTC/USDT", T0 + 4 * MINUTE),
+        ("BTC/USDT", DAY0),
+        ("BTC/USDT", DAY0 + TF_MS),
+        ("ETH/USDT", DAY0 + TF_MS),
+        ("BTC/USDT", DAY0 + 2 * TF_MS),
+        ("ETH/USDT", DAY0 + 2 * TF_MS),
+        ("ETH/USDT", DAY0 + 3 * TF_MS),
+        ("BTC/USDT", DAY0 + 4 * TF_MS),
     ]
-    assert [c.symbol for c in interleave(eth, btc) if c.ts == T0 + MINUTE] == ["ETH/USDT", "BTC/USDT"]
+    assert [c.symbol for c in interleave(eth, btc) if c.ts == DAY0 + TF_MS] == ["ETH/USDT", "BTC/USDT"]
 
 
 def test_interleave_mixes_timeframes_by_open_time() -> None:
-    hourly = series("BTC/USDT", [0, 1], "1h", 60 * MINUTE)
+    hourly = series("BTC/USDT", [0, 1], "1h", 60 * TF_MS)
     minutes = series("BTC/USDT", list(range(0, 61, 30)))
     merged = interleave(hourly, minutes)
-    assert [(c.timeframe, c.ts - T0) for c in merged] == [
+    assert [(c.timeframe, c.ts - DAY0) for c in merged] == [
         ("1h", 0),
         ("1m", 0),
-        ("1m", 30 * MINUTE),
-        ("1h", 60 * MINUTE),
-        ("1m", 60 * MINUTE),
+        ("1m", 30 * TF_MS),
+        ("1h", 60 * TF_MS),
+        ("1m", 60 * TF_MS),
     ]
 
 

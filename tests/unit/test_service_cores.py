@@ -20,15 +20,9 @@ from shared.domain.contracts import Candle, decode, encode
 from shared.domain.hmm import WARMUP_BARS, RegimeDetector, TrainedModel, fit_model, usable_rows
 from shared.domain.subjects import SeriesKey
 from shared.domain.vol import VolInputs, VolRegimeConfig, classify_vol_regime
+from tests.factories import KEY, T0, TF_MS, candle, three_regime_market
 
-TF_MS = 60_000
-T0 = 1_700_000_040_000
-KEY = SeriesKey("kraken", "BTC/USD", "1m")
 DAY_MS = 86_400_000
-
-
-def candle(i: int, close: float, volume: float = 10.0, tf: str = "1m", tf_ms: int = TF_MS) -> Candle:
-    return Candle("kraken", "BTC/USD", tf, T0 + i * tf_ms, close, close, close, close, volume)
 
 
 def closes_with_spike(seed: int, calm: int = 80, wild: int = 3) -> np.ndarray:
@@ -44,7 +38,7 @@ VOL_CFG = VolRegimeConfig(short_window_bars=6, long_window_bars=60, short_halfli
 
 def test_first_candle_primes_the_series_with_the_no_data_verdict() -> None:
     state = SeriesVol.new(VOL_CFG)
-    ev = vol_apply(state, candle(0, 100.0), VOL_CFG)
+    ev = vol_apply(state, candle(0, 100.0, key=KEY), VOL_CFG)
     assert ev is not None
     assert (ev.label, ev.vol_short, ev.vol_long, ev.ratio) == ("normal", 0.0, 0.0, 1.0)
     assert (ev.prev_label, ev.changed, ev.samples, ev.sufficient) == (None, False, 0, False)
@@ -123,17 +117,9 @@ HMM_CFG = HmmConfig.from_keys(
 )
 
 
-def market(seed: int, n: int = 450) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded closes and volumes: range, bull, bear thirds."""
-    rng = np.random.default_rng(seed)
-    third = n // 3
-    drift = np.concatenate([np.zeros(third), np.full(third, 0.0015), np.full(n - 2 * third, -0.0015)])
-    return 100.0 * np.exp(np.cumsum(rng.normal(drift, 0.004))), rng.lognormal(0.0, 0.5, n)
-
-
 @pytest.fixture(scope="module")
 def history() -> tuple[np.ndarray, np.ndarray]:
-    return market(11)
+    return three_regime_market(11, 450)
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +130,9 @@ def model(history: tuple[np.ndarray, np.ndarray]) -> TrainedModel:
 
 def test_untrained_verdict_is_ranging_with_zero_bias() -> None:
     state = SeriesHmm.new(HMM_CFG)
-    closes, volumes = market(1, 80)
+    closes, volumes = three_regime_market(1, 80)
     for i, (c, v) in enumerate(zip(closes, volumes, strict=True)):
-        ev = hmm_apply(state, candle(i, float(c), float(v)))
+        ev = hmm_apply(state, candle(i, float(c), volume=float(v)))
         assert ev is not None
         assert ev.regime == "RANGING"
         assert ev.bias_signal == 0.0
@@ -159,7 +145,7 @@ def test_untrained_verdict_is_ranging_with_zero_bias() -> None:
 
 def test_stale_candle_gives_no_hmm_event() -> None:
     state = SeriesHmm.new(HMM_CFG)
-    hmm_apply(state, candle(5, 100.0))
+    hmm_apply(state, candle(5, 100.0, volume=10.0))
     assert hmm_apply(state, candle(5, 101.0)) is None
     assert hmm_apply(state, candle(4, 101.0)) is None
     assert state.last_ts == T0 + 5 * TF_MS
@@ -222,12 +208,12 @@ def test_a_failed_training_is_not_retried_before_the_retrain_interval_of_candle_
 
 
 def old(i: int, close: float = 50.0) -> Candle:
-    return candle(i, close, volume=1.0)
+    return candle(i, close, key=KEY, volume=1.0)
 
 
 def test_applied_history_rebuilds_exactly_what_the_consumer_applied() -> None:
     # Stream order is publish order: a late backfill, a duplicate, a candle not applied yet, another series.
-    other = Candle("kraken", "ETH/USD", "1m", T0 + 5 * TF_MS, 1.0, 1.0, 1.0, 1.0, 1.0)
+    other = candle(5, 1.0, key=SeriesKey("kraken", "ETH/USD", "1m"), volume=1.0)
     stored = [old(3), old(4), old(7), old(5), old(7, 51.0), other, old(8), old(9), old(30)]
     state = SeriesHmm.new(HMM_CFG)
     for c in stored:
@@ -245,12 +231,12 @@ def test_apply_candle_with_a_model_installs_it_first(
     closes, volumes = history
     state = SeriesHmm.new(HMM_CFG)
     for i in range(400):
-        ev = hmm_apply(state, candle(i, float(closes[i]), float(volumes[i])))
+        ev = hmm_apply(state, candle(i, float(closes[i]), volume=float(volumes[i])))
         assert ev is not None
         assert ev.trained is False
     rows = tuple(state.history)
     assert adopt(state, TrainingResult(model, rows, rows[-1][0]))
-    ev = hmm_apply(state, candle(400, float(closes[400]), float(volumes[400])))
+    ev = hmm_apply(state, candle(400, float(closes[400]), volume=float(volumes[400])))
     assert ev is not None
     assert ev.trained is True
     assert ev.trained_at == model.trained_at == T0
@@ -266,7 +252,7 @@ def test_apply_candle_with_a_model_installs_it_first(
     assert math.fsum(ev.probabilities) == pytest.approx(1.0)
     # And the model stays: the following candles are filtered by it without being passed again.
     for i in range(401, 450):
-        ev = hmm_apply(state, candle(i, float(closes[i]), float(volumes[i])))
+        ev = hmm_apply(state, candle(i, float(closes[i]), volume=float(volumes[i])))
         expected = ref.update(float(closes[i]), float(volumes[i]))
         assert ev is not None
         assert ev.trained is True
@@ -278,13 +264,13 @@ def test_hmm_state_survives_dump_and_load(history: tuple[np.ndarray, np.ndarray]
     closes, volumes = history
     a = SeriesHmm.new(HMM_CFG)
     for i in range(400):
-        hmm_apply(a, candle(i, float(closes[i]), float(volumes[i])))
+        hmm_apply(a, candle(i, float(closes[i]), volume=float(volumes[i])))
     assert adopt(a, TrainingResult(model, tuple(a.history), a.history[-1][0]))
-    hmm_apply(a, candle(400, float(closes[400]), float(volumes[400])))
+    hmm_apply(a, candle(400, float(closes[400]), volume=float(volumes[400])))
     b = SeriesHmm.load(HMM_CFG, msgpack.unpackb(msgpack.packb(a.dump()), raw=False))
     assert b.last_ts == a.last_ts
     for i in range(401, 430):
-        c = candle(i, float(closes[i]), float(volumes[i]))
+        c = candle(i, float(closes[i]), volume=float(volumes[i]))
         ea, eb = hmm_apply(a, c), hmm_apply(b, c)
         assert ea is not None
         assert eb is not None

@@ -30,20 +30,19 @@ from services.screener.core import (
     sizing_multiplier,
 )
 from shared.domain.config import StrategyConfig, parse_strategy_config
-from shared.domain.contracts import HmmRegimeEvent, ScoreEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.contracts import ScreenerDecision
 from shared.domain.subjects import SeriesKey
+from tests.factories import hmm_event, score_event, ts, vol_event
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "strategy_config.json"
 SHIPPED: dict[str, Any] = json.loads(CONFIG_PATH.read_text())
-TF_MS = 60_000
-T0 = 1_700_000_040_000  # a multiple of 60 s
-
 CORE = SeriesKey("demo", "BTC/USD", "1m")
 SATELLITE = SeriesKey("demo", "SOL/USD", "1m")
 TACTICAL = SeriesKey("demo", "ADA/USD", "1m")
 ALT_EXT = SeriesKey("demo", "PEPE/USD", "1m")
 MEME = SeriesKey("demo", "WIF/USD", "1m")  # a tier the sizing table does not know
 STRANGER = SeriesKey("demo", "ZZZ/USD", "1m")  # not in the universe at all
+BULL = (0.05, 0.1, 0.85)  # (bearish, ranging, bullish) of a confident bullish verdict: bias 0.8, confidence 0.75
 
 BASE_WEIGHTS = {"trend": 0.40, "carry": 0.25, "expectancy": 0.20, "router": 0.15}
 TRADING_FIELDS = (
@@ -83,57 +82,6 @@ def make_cfg(
 
 NO_CAP = make_cfg()
 HMM_ON = make_cfg(hmm={"HMM_ENABLED": True})
-
-
-def ts(i: int) -> int:
-    return T0 + i * TF_MS
-
-
-def vol_event(
-    i: int, label: str = "normal", close: float = 100.0, key: SeriesKey = CORE, prev: str | None = None
-) -> VolRegimeEvent:
-    return VolRegimeEvent(
-        exchange=key.exchange,
-        symbol=key.symbol,
-        timeframe=key.timeframe,
-        ts=ts(i),
-        close=close,
-        label=label,  # type: ignore[arg-type]
-        vol_short=0.012,
-        vol_long=0.010,
-        ratio=1.2,
-        prev_label=prev,  # type: ignore[arg-type]
-        changed=prev is not None and prev != label,
-        samples=1000 + i,
-        sufficient=True,
-    )
-
-
-def hmm_event(
-    i: int,
-    regime: str = "BULLISH",
-    probabilities: tuple[float, float, float] = (0.05, 0.1, 0.85),
-    trained: bool = True,
-    key: SeriesKey = CORE,
-) -> HmmRegimeEvent:
-    ordered = sorted(probabilities, reverse=True)
-    return HmmRegimeEvent(
-        exchange=key.exchange,
-        symbol=key.symbol,
-        timeframe=key.timeframe,
-        ts=ts(i),
-        regime=regime,  # type: ignore[arg-type]
-        probabilities=probabilities,
-        confidence=ordered[0] - ordered[1],
-        bias_signal=probabilities[2] - probabilities[0],
-        observation_count=i,
-        trained=trained,
-        trained_at=T0 if trained else None,
-    )
-
-
-def score_event(component: str, score: float, i: int = 0, key: SeriesKey = CORE) -> ScoreEvent:
-    return ScoreEvent(component, key.exchange, key.symbol, key.timeframe, ts(i), score)
 
 
 def decide_one(cfg: StrategyConfig, key: SeriesKey, label: str, state: SeriesScreen | None = None) -> ScreenerDecision:
@@ -399,7 +347,7 @@ def test_decision_hybrid_score_uses_published_scores_and_regime_weights() -> Non
     for label in ("normal", "crisis"):
         state = SeriesScreen()
         for comp in ("carry", "expectancy", "router"):
-            assert on_score(state, score_event(comp, SCORES[comp]))
+            assert on_score(state, score_event(comp, SCORES[comp], key=CORE))
         decisions[label] = decide_one(NO_CAP, CORE, label, state)
     for label, d in decisions.items():
         assert d.trend_score == 0.0  # the slow EMA has not seen its span yet
@@ -424,7 +372,7 @@ def test_unpublished_scores_are_neutral_and_listed_as_defaulted() -> None:
 
 def test_published_score_leaves_the_defaulted_list() -> None:
     state = SeriesScreen()
-    assert on_score(state, score_event("carry", 0.8))
+    assert on_score(state, score_event("carry", 0.8, key=CORE))
     d = decide_one(NO_CAP, CORE, "normal", state)
     assert d.scores["carry"] == 0.8
     assert d.defaulted == ("expectancy", "router")
@@ -433,10 +381,10 @@ def test_published_score_leaves_the_defaulted_list() -> None:
 
 def test_scores_join_as_of_the_candle_close_whatever_order_they_arrived_in() -> None:
     state = SeriesScreen()
-    assert on_score(state, score_event("carry", -0.5, i=6))
-    assert on_score(state, score_event("carry", 0.8, i=3))  # arrives later, stamped earlier: still filed
-    assert on_score(state, score_event("carry", 0.8, i=3)) is False  # a replayed score changes nothing
-    carry = [d.scores["carry"] for i in range(8) for d in on_vol(state, vol_event(i), NO_CAP)]
+    assert on_score(state, score_event("carry", -0.5, i=6, key=CORE))
+    assert on_score(state, score_event("carry", 0.8, i=3, key=CORE))  # arrives later, stamped earlier: still filed
+    assert on_score(state, score_event("carry", 0.8, i=3, key=CORE)) is False  # a replayed score changes nothing
+    carry = [d.scores["carry"] for i in range(8) for d in on_vol(state, vol_event(i, key=CORE), NO_CAP)]
     # The candle opened at i closes at i + 1: it sees the scores stamped up to then.
     assert carry == [0.0, 0.0, 0.8, 0.8, 0.8, -0.5, -0.5, -0.5]
     assert state.scores["carry"] == [(ts(6), -0.5)]  # superseded scores are pruned
@@ -444,8 +392,8 @@ def test_scores_join_as_of_the_candle_close_whatever_order_they_arrived_in() -> 
 
 def test_a_second_score_with_the_same_stamp_replaces_the_first() -> None:
     state = SeriesScreen()
-    on_score(state, score_event("carry", 0.1, i=2))
-    on_score(state, score_event("carry", 0.3, i=2))
+    on_score(state, score_event("carry", 0.1, i=2, key=CORE))
+    on_score(state, score_event("carry", 0.3, i=2, key=CORE))
     assert state.scores["carry"] == [(ts(2), 0.3)]
 
 
@@ -454,8 +402,8 @@ def test_a_second_score_with_the_same_stamp_replaces_the_first() -> None:
 
 def test_with_hmm_enabled_vol_event_waits_for_its_hmm_event() -> None:
     state = SeriesScreen()
-    assert on_vol(state, vol_event(0), HMM_ON) == []
-    (d,) = on_hmm(state, hmm_event(0), HMM_ON)
+    assert on_vol(state, vol_event(0, key=CORE), HMM_ON) == []
+    (d,) = on_hmm(state, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON)
     assert d.ts == ts(0)
     assert d.hmm_regime == "BULLISH"
     assert d.hmm_bias == pytest.approx(0.8)
@@ -463,17 +411,17 @@ def test_with_hmm_enabled_vol_event_waits_for_its_hmm_event() -> None:
 
 def test_with_hmm_enabled_hmm_event_waits_for_its_vol_event() -> None:
     state = SeriesScreen()
-    assert on_hmm(state, hmm_event(0), HMM_ON) == []
-    (d,) = on_vol(state, vol_event(0, "high"), HMM_ON)
+    assert on_hmm(state, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON) == []
+    (d,) = on_vol(state, vol_event(0, "high", key=CORE), HMM_ON)
     assert (d.ts, d.vol_regime, d.hmm_regime) == (ts(0), "high", "BULLISH")
 
 
 def test_join_is_independent_of_arrival_order() -> None:
     vol_first, hmm_first = SeriesScreen(), SeriesScreen()
-    on_vol(vol_first, vol_event(0, "crisis"), HMM_ON)
-    (a,) = on_hmm(vol_first, hmm_event(0), HMM_ON)
-    on_hmm(hmm_first, hmm_event(0), HMM_ON)
-    (b,) = on_vol(hmm_first, vol_event(0, "crisis"), HMM_ON)
+    on_vol(vol_first, vol_event(0, "crisis", key=CORE), HMM_ON)
+    (a,) = on_hmm(vol_first, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON)
+    on_hmm(hmm_first, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON)
+    (b,) = on_vol(hmm_first, vol_event(0, "crisis", key=CORE), HMM_ON)
     assert a == b
 
 
@@ -498,10 +446,10 @@ def feed(
     out: list[ScreenerDecision] = []
     for kind, i in order:
         if kind == "vol":
-            out += on_vol(state, vol_event(i, LABELS[i % 4], close=100.0 + i), cfg)
+            out += on_vol(state, vol_event(i, LABELS[i % 4], close=100.0 + i, key=CORE), cfg)
         else:
             p_bull = 0.5 + 0.4 * ((i * 7) % 10) / 10
-            out += on_hmm(state, hmm_event(i, probabilities=(0.05, 0.95 - p_bull, p_bull)), cfg)
+            out += on_hmm(state, hmm_event(i, probabilities=(0.05, 0.95 - p_bull, p_bull), key=CORE), cfg)
     return out
 
 
@@ -527,47 +475,49 @@ def test_stale_events_for_decided_candles_are_ignored() -> None:
     state = SeriesScreen()
     feed([(k, i) for i in range(3) for k in ("vol", "hmm")], HMM_ON, state)
     before = state.dump()
-    assert on_vol(state, vol_event(1, "crisis"), HMM_ON) == []
-    assert on_hmm(state, hmm_event(2, "BEARISH", (0.9, 0.05, 0.05)), HMM_ON) == []
-    assert on_vol(state, vol_event(2), HMM_ON) == []
+    assert on_vol(state, vol_event(1, "crisis", key=CORE), HMM_ON) == []
+    assert on_hmm(state, hmm_event(2, "BEARISH", (0.9, 0.05, 0.05), key=CORE), HMM_ON) == []
+    assert on_vol(state, vol_event(2, key=CORE), HMM_ON) == []
     assert state.dump() == before
 
 
 def test_duplicate_pending_event_keeps_the_first_copy() -> None:
     state = SeriesScreen()
-    assert on_vol(state, vol_event(0, "low"), HMM_ON) == []
-    assert on_vol(state, vol_event(0, "crisis"), HMM_ON) == []
-    assert on_hmm(state, hmm_event(1), HMM_ON) == []  # not candle 0's: candle 0 can no longer join
-    assert on_hmm(state, hmm_event(1, "BEARISH", (0.9, 0.05, 0.05)), HMM_ON) == []
-    (d1,) = on_vol(state, vol_event(1, "low"), HMM_ON)
+    assert on_vol(state, vol_event(0, "low", key=CORE), HMM_ON) == []
+    assert on_vol(state, vol_event(0, "crisis", key=CORE), HMM_ON) == []
+    # Not candle 0's: candle 0 can no longer join.
+    assert on_hmm(state, hmm_event(1, probabilities=BULL, key=CORE), HMM_ON) == []
+    assert on_hmm(state, hmm_event(1, "BEARISH", (0.9, 0.05, 0.05), key=CORE), HMM_ON) == []
+    (d1,) = on_vol(state, vol_event(1, "low", key=CORE), HMM_ON)
     assert (d1.ts, d1.hmm_regime) == (ts(1), "BULLISH")
 
 
 def test_hmm_events_that_can_no_longer_join_are_dropped() -> None:
     state = SeriesScreen()
-    on_hmm(state, hmm_event(3), HMM_ON)  # its vol event never comes (vol skipped that candle)
-    on_vol(state, vol_event(4), HMM_ON)
-    (d,) = on_hmm(state, hmm_event(4), HMM_ON)
+    # Its vol event never comes (vol skipped that candle).
+    on_hmm(state, hmm_event(3, probabilities=BULL, key=CORE), HMM_ON)
+    on_vol(state, vol_event(4, key=CORE), HMM_ON)
+    (d,) = on_hmm(state, hmm_event(4, probabilities=BULL, key=CORE), HMM_ON)
     assert d.ts == ts(4)
     assert state.pending_hmm == {}
     assert state.pending_vol == {}
-    assert on_vol(state, vol_event(3), HMM_ON) == []  # older than what was decided
+    assert on_vol(state, vol_event(3, key=CORE), HMM_ON) == []  # older than what was decided
 
 
 def test_with_hmm_enabled_no_candle_is_ever_decided_without_its_hmm_verdict() -> None:
     state = SeriesScreen()
     for i in range(5000):
-        assert on_vol(state, vol_event(i), HMM_ON) == []
+        assert on_vol(state, vol_event(i, key=CORE), HMM_ON) == []
     assert len(state.pending_vol) == 5000
-    (d,) = on_hmm(state, hmm_event(0), HMM_ON)
+    (d,) = on_hmm(state, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON)
     assert (d.ts, d.hmm_regime, d.hmm_trained) == (ts(0), "BULLISH", True)
 
 
 def test_a_candle_whose_hmm_verdict_can_no_longer_come_is_dropped_not_decided_without_it() -> None:
     state = SeriesScreen()
-    on_vol(state, vol_event(0), HMM_ON)
-    on_vol(state, vol_event(1), HMM_ON)
-    (d,) = on_hmm(state, hmm_event(1), HMM_ON)  # the HMM service skipped candle 0
+    on_vol(state, vol_event(0, key=CORE), HMM_ON)
+    on_vol(state, vol_event(1, key=CORE), HMM_ON)
+    (d,) = on_hmm(state, hmm_event(1, probabilities=BULL, key=CORE), HMM_ON)  # the HMM service skipped candle 0
     assert d.ts == ts(1)
     assert state.pending_vol == {}
 
@@ -575,41 +525,41 @@ def test_a_candle_whose_hmm_verdict_can_no_longer_come_is_dropped_not_decided_wi
 def test_the_join_buffer_reports_its_oldest_stream_sequence() -> None:
     state = SeriesScreen()
     assert state.low_water() is None
-    on_vol(state, vol_event(0), HMM_ON, seq=7)
-    on_vol(state, vol_event(1), HMM_ON, seq=9)
+    on_vol(state, vol_event(0, key=CORE), HMM_ON, seq=7)
+    on_vol(state, vol_event(1, key=CORE), HMM_ON, seq=9)
     assert state.low_water() == 7
-    on_hmm(state, hmm_event(0), HMM_ON, seq=12)
+    on_hmm(state, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON, seq=12)
     assert state.low_water() == 9
 
 
 def test_with_hmm_disabled_the_vol_event_alone_decides() -> None:
     state = SeriesScreen()
-    (d,) = on_vol(state, vol_event(0, "high"), NO_CAP)
+    (d,) = on_vol(state, vol_event(0, "high", key=CORE), NO_CAP)
     assert (d.ts, d.vol_regime, d.hmm_regime, d.hmm_bias, d.hmm_confidence) == (ts(0), "high", None, 0.0, 0.0)
     assert d.grid_bias == NEUTRAL_GRID
 
 
 def test_with_hmm_disabled_stray_hmm_events_change_nothing() -> None:
     with_stray, without = SeriesScreen(), SeriesScreen()
-    assert on_hmm(with_stray, hmm_event(0), NO_CAP) == []
-    (a,) = on_vol(with_stray, vol_event(0), NO_CAP)
-    (b,) = on_vol(without, vol_event(0), NO_CAP)
+    assert on_hmm(with_stray, hmm_event(0, probabilities=BULL, key=CORE), NO_CAP) == []
+    (a,) = on_vol(with_stray, vol_event(0, key=CORE), NO_CAP)
+    (b,) = on_vol(without, vol_event(0, key=CORE), NO_CAP)
     assert a == b
     assert a.hmm_regime is None
 
 
 def test_untrained_hmm_gives_zero_bias_and_neutral_grid() -> None:
     state = SeriesScreen()
-    on_vol(state, vol_event(0), HMM_ON)
-    (d,) = on_hmm(state, hmm_event(0, "RANGING", (0.0, 1.0, 0.0), trained=False), HMM_ON)
+    on_vol(state, vol_event(0, key=CORE), HMM_ON)
+    (d,) = on_hmm(state, hmm_event(0, "RANGING", (0.0, 1.0, 0.0), trained=False, key=CORE), HMM_ON)
     assert d.hmm_bias == 0.0
     assert d.grid_bias == NEUTRAL_GRID
 
 
 def test_trained_confident_hmm_biases_the_grid_when_not_in_shadow_mode() -> None:
     state = SeriesScreen()
-    on_vol(state, vol_event(0), HMM_ON)
-    (d,) = on_hmm(state, hmm_event(0), HMM_ON)
+    on_vol(state, vol_event(0, key=CORE), HMM_ON)
+    (d,) = on_hmm(state, hmm_event(0, probabilities=BULL, key=CORE), HMM_ON)
     assert d.grid_bias.mode == "long_bias"
 
 
@@ -620,14 +570,17 @@ def trending_run(cfg: StrategyConfig, with_hmm: bool, n: int = 120) -> list[Scre
     """A rising then falling market with all four regimes, published scores, and (optionally) strong HMM verdicts."""
     state = SeriesScreen()
     for comp, score in (("carry", 0.6), ("expectancy", -0.3), ("router", 0.2)):
-        on_score(state, score_event(comp, score))
+        on_score(state, score_event(comp, score, key=CORE))
     out: list[ScreenerDecision] = []
     close = 100.0
     for i in range(n):
         close *= 1.004 if i < n * 2 // 3 else 0.994
-        out += on_vol(state, vol_event(i, LABELS[(i // 7) % 4], close=close), cfg)
+        out += on_vol(state, vol_event(i, LABELS[(i // 7) % 4], close=close, key=CORE), cfg)
         if with_hmm:
-            verdict = hmm_event(i) if i % 2 else hmm_event(i, "BEARISH", (0.9, 0.07, 0.03))
+            if i % 2:
+                verdict = hmm_event(i, probabilities=BULL, key=CORE)
+            else:
+                verdict = hmm_event(i, "BEARISH", (0.9, 0.07, 0.03), key=CORE)
             out += on_hmm(state, verdict, cfg)
     assert len(out) == n
     return out
@@ -674,7 +627,7 @@ def test_series_screen_resumes_identically_from_its_stored_state_and_a_replay_of
     order = interleavings(80, seed=3)
     cut = next(j for j in range(30, len(order)) if order[j][0] == "hmm" and order[j - 1][0] == "vol")
     original = SeriesScreen()
-    on_score(original, score_event("carry", 0.4))
+    on_score(original, score_event("carry", 0.4, key=CORE))
     seqs = dict(enumerate(order))
     out: list[ScreenerDecision] = []
     for seq in range(cut):
