@@ -251,13 +251,18 @@ def _latest_decision_ts(up: Up) -> int:
     return max((s.get("screener") or {}).get("ts") or 0 for s in up.get("/api/symbols?exchange=demo"))
 
 
-def _ohlcv_messages(nats_url: str) -> int:
+def _ohlcv_messages(state: dict[str, Any]) -> int:
+    """Candles in the stack's OHLCV stream, asked as the operator (the stack's NATS has users)."""
     import asyncio
 
     import nats
 
+    from regimes.security import Secrets
+
+    password = Secrets(Path(state["data_dir"]) / "secrets").nats_password("operator").read_text().strip()
+
     async def count() -> int:
-        nc = await nats.connect(nats_url, allow_reconnect=False)
+        nc = await nats.connect(state["nats_url"], allow_reconnect=False, user="operator", password=password)
         try:
             return (await nc.jetstream().stream_info("OHLCV")).state.messages
         finally:
@@ -270,7 +275,7 @@ def _ohlcv_messages(nats_url: str) -> int:
 def test_a_sigkilled_nats_server_comes_back_and_the_stack_decides_again(up: Up) -> None:
     state = up.state()
     old_pid = state["servers"]["nats-server"]
-    stored = _ohlcv_messages(state["nats_url"])
+    stored = _ohlcv_messages(state)
     assert stored > 0
     os.kill(old_pid, signal.SIGKILL)
     wait_for(lambda: f"nats-server (pid {old_pid}) died: killed by SIGKILL" in up.output(), 20, "the death logged")
@@ -280,7 +285,7 @@ def test_a_sigkilled_nats_server_comes_back_and_the_stack_decides_again(up: Up) 
     assert alive(new)
     assert up.state()["nats_url"] == state["nats_url"]  # same port: the services' reconnect finds it
     assert "nats-server is back on port" in up.output()
-    assert _ohlcv_messages(state["nats_url"]) >= stored  # same data dir: JetStream kept the candles
+    assert _ohlcv_messages(state) >= stored  # same data dir: JetStream kept the candles
     wait_for(lambda: "regimes | ready again: 6/6 services report healthy" in up.output(), 90, "the banner again")
     after = _latest_decision_ts(up)
     try:

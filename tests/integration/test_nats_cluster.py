@@ -140,6 +140,7 @@ async def stack_run(
     env = {
         **os.environ, "NATS_URL": url, "NATS_REPLICAS": str(replicas), "REDIS_URL": redis.url,
         "REGIMES_NAMESPACE": namespace, "STRATEGY_CONFIG": str(cfg_path), "HEALTH_INTERVAL_SEC": "0.5",
+        "LEASE_TTL_SEC": "2",  # a restarted service takes its partitions back within this
         "PYTHONPATH": str(ROOT),
     }
     msgs, stream = feed(names, SEED, with_hostile=False)
@@ -182,7 +183,7 @@ async def all_healthy(nc: NATS, names: Names) -> bool:
         keys = set(await kv.keys())
     except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
         return False
-    return {f"{s}.1of1" for s in SERVICES} <= keys
+    return set(SERVICES) <= {k.split(".", 1)[0] for k in keys}  # keys are "<service>.<replica id>"
 
 
 async def publish(
