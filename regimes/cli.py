@@ -19,7 +19,7 @@ from pathlib import Path
 
 from regimes import stackfile
 from regimes.stackfile import NoStack, Resolved
-from regimes.supervisor import SERVICES, Supervisor, UpOptions
+from regimes.supervisor import SERVICES, Supervisor, UpOptions, parse_replicas
 from services.ohlcv_ingest.replay import interleave
 from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.contracts import Heartbeat
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--config", type=Path, help="strategy config (default config/strategy_config.json)")
     up.add_argument("--namespace", default="", help="prefix for every subject, stream, bucket and Redis key")
     up.add_argument("--only", nargs="+", choices=SERVICES, help="start only these services")
+    up.add_argument("--replicas", nargs="+", default=[], metavar="NAME=N",
+                    help="run N copies of a service (vol_regime, hmm_regime, screener, state_publisher)")
 
     run = sub.add_parser("run", help="run one service in the foreground against the running stack (or NATS_URL)")
     run.add_argument("service", choices=SERVICES)
@@ -109,6 +111,14 @@ def _stack_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data-dir", type=Path, help="the stack whose data is in DIR (default: the last started)")
 
 
+def _replicas(items: list[str]) -> dict[str, int]:
+    try:
+        return parse_replicas(items)
+    except ConfigError as exc:
+        print(f"regimes: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _credentials(stack: stackfile.StackInfo, user: str, env: Mapping[str, str]) -> dict[str, str]:
     """``user``'s credential settings for ``stack`` (none when it runs without generated credentials)."""
     from regimes import security
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         opts = UpOptions(
             host=args.host, port=args.port, nats_port=args.nats_port, redis_port=args.redis_port,
             nats_url=args.nats_url, redis_url=args.redis_url, data_dir=args.data_dir, config=args.config,
-            namespace=args.namespace, services=tuple(args.only or SERVICES),
+            namespace=args.namespace, services=tuple(args.only or SERVICES), replicas=_replicas(args.replicas),
         )
         if args.config is not None:
             _check(args.config)

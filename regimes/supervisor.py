@@ -64,7 +64,7 @@ def say(msg: str) -> None:
 
 @dataclass
 class Child:
-    name: str
+    name: str  # the service, or "service#k" for its k-th replica
     env: Mapping[str, str]
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
@@ -74,7 +74,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"],
+            [sys.executable, "-m", f"services.{self.name.split('#')[0]}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=dict(self.env),
@@ -108,9 +108,28 @@ class UpOptions:
     config: Path | None = None
     namespace: str = ""
     services: tuple[str, ...] = SERVICES
+    replicas: Mapping[str, int] = field(default_factory=dict)  # service -> copies (default 1)
 
 
 # --- decisions (pure) ---------------------------------------------------------------------
+
+# Services that share their series by leases; ingest (the exchange connections) and the API (one port) run once.
+SCALABLE = ("vol_regime", "hmm_regime", "screener", "state_publisher")
+MAX_LOCAL_REPLICAS = 8
+
+
+def parse_replicas(items: Sequence[str]) -> dict[str, int]:
+    """``vol_regime=3`` items of ``regimes up --replicas``; ConfigError naming the bad one."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if name not in SCALABLE:
+            raise ConfigError("--replicas", f"{item!r}: scalable services are {', '.join(SCALABLE)}")
+        if not count.isdigit() or not 1 <= int(count) <= MAX_LOCAL_REPLICAS:
+            raise ConfigError("--replicas", f"{item!r}: expected {name}=N with N in 1..{MAX_LOCAL_REPLICAS}")
+        out[name] = int(count)
+    return out
+
 
 
 def server_restart_delay(
@@ -306,13 +325,16 @@ class Supervisor:
         if opts.config is not None:
             env["STRATEGY_CONFIG"] = str(opts.config.resolve())
         metrics: dict[str, int] = {}
-        for name in opts.services:
-            child_env = dict(env) | auth.env(name, redis_url)
-            if name != "dashboard_api":  # it serves /metrics on its own port
-                metrics[name] = free_port(opts.host)
-                child_env["METRICS_PORT"] = str(metrics[name])
-                child_env["METRICS_HOST"] = opts.host
-            self.children.append(Child(name, child_env))
+        for service in opts.services:
+            copies = opts.replicas.get(service, 1)
+            for k in range(copies):
+                name = service if copies == 1 else f"{service}#{k + 1}"
+                child_env = dict(env) | auth.env(service, redis_url)
+                if service != "dashboard_api":  # it serves /metrics on its own port
+                    metrics[name] = free_port(opts.host)
+                    child_env["METRICS_PORT"] = str(metrics[name])
+                    child_env["METRICS_HOST"] = opts.host
+                self.children.append(Child(name, child_env))
         api_url = local_url("http", opts.host, opts.port) if "dashboard_api" in opts.services else None
         config = env.get("STRATEGY_CONFIG")
         self.info = stackfile.StackInfo(

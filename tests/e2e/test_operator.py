@@ -145,7 +145,8 @@ def fast_demo(tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     tmp = tmp_path_factory.mktemp("operator")
-    stack = start_up(tmp, "--config", str(fast_demo(tmp)))
+    # Two copies of two services: everything below runs against a scaled stack.
+    stack = start_up(tmp, "--config", str(fast_demo(tmp)), "--replicas", "vol_regime=2", "state_publisher=2")
     try:
         wait_for(lambda: "regimes | ready: 6/6 services report healthy" in stack.output(), 120, "the ready banner")
         yield stack
@@ -198,6 +199,8 @@ def test_commands_find_the_stack_without_flags_and_close_quietly(up: Up, tmp_pat
     assert f"stack: pid {up.proc.pid}" in status.stdout
     for service in ("ohlcv_ingest", "vol_regime", "hmm_regime", "screener", "state_publisher", "dashboard_api"):
         assert re.search(rf"^\s+{service}\s", status.stdout, flags=re.M), status.stdout
+    for scaled in ("vol_regime", "state_publisher"):  # --replicas NAME=2: two replicas, each with an id of its own
+        assert len(re.findall(rf"^\s+{scaled}\s", status.stdout, flags=re.M)) >= 2, status.stdout
 
 
 def test_a_second_up_on_the_same_data_dir_is_refused(up: Up) -> None:

@@ -20,8 +20,9 @@ import pytest
 
 from regimes import stackfile
 from regimes.stackfile import Found, NoStack, StackInfo, resolve
-from regimes.supervisor import exit_reason, local_url, not_reported, server_restart_delay
+from regimes.supervisor import exit_reason, local_url, not_reported, parse_replicas, server_restart_delay
 from shared.domain.contracts import Heartbeat
+from shared.domain.errors import ConfigError
 
 STACK = StackInfo(
     pid=4242,
@@ -287,3 +288,11 @@ def test_without_a_stack_a_command_refuses_in_one_line(tmp_path: Path, command: 
     (line,) = done.stderr.strip().splitlines()
     assert "no running stack" in line
     assert "regimes up" in line
+
+
+def test_replicas_are_asked_for_by_name_and_bounded() -> None:
+    assert parse_replicas(["vol_regime=3", "state_publisher=2"]) == {"vol_regime": 3, "state_publisher": 2}
+    for bad in ("vol_regime", "vol_regime=0", "vol_regime=9", "dashboard_api=2", "ohlcv_ingest=2", "volregime=2"):
+        with pytest.raises(ConfigError) as info:
+            parse_replicas([bad])
+        assert info.value.key == "--replicas"
