@@ -42,10 +42,13 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     metrics_port: int = 0  # 0: no /metrics listener (dashboard_api serves its own)
-    metrics_host: str = "0.0.0.0"  # a container's scrape target; `regimes up` keeps it on loopback
+    # Loopback unless configured: a container sets METRICS_HOST=0.0.0.0 for its scraper (docker-compose.yml does).
+    metrics_host: str = "127.0.0.1"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = None  # bearer token for operator endpoints (POST /api/backfill)
+    api_max_body_bytes: int = 65_536  # larger request bodies are refused with 413
+    api_sse_max_clients: int = 200  # /api/stream clients past this get 503 + Retry-After
     replica: int = 0  # 0-based
     replicas: int = 1
     health_interval_sec: float = 5.0
@@ -65,6 +68,8 @@ class Settings:
         "API_HOST",
         "API_PORT",
         "API_TOKEN",
+        "API_MAX_BODY_BYTES",
+        "API_SSE_MAX_CLIENTS",
         "REPLICA",
         "HEALTH_INTERVAL_SEC",
         "CANDLE_FUTURE_TOLERANCE_SEC",
@@ -109,6 +114,10 @@ class Settings:
             if len(env["API_TOKEN"]) < 16:
                 raise ConfigError("API_TOKEN", "must be at least 16 characters")
             kw["api_token"] = env["API_TOKEN"]
+        if "API_MAX_BODY_BYTES" in env:
+            kw["api_max_body_bytes"] = env_int("API_MAX_BODY_BYTES", env["API_MAX_BODY_BYTES"], 1024, 64 << 20)
+        if "API_SSE_MAX_CLIENTS" in env:
+            kw["api_sse_max_clients"] = env_int("API_SSE_MAX_CLIENTS", env["API_SSE_MAX_CLIENTS"], 1, 100_000)
         if "REPLICA" in env:
             kw["replica"], kw["replicas"] = _replica(env["REPLICA"])
         if "HEALTH_INTERVAL_SEC" in env:

@@ -10,6 +10,7 @@ import {
   decodeSymbol, encodeSymbol, esc, fmtAge, fmtBp, fmtDateTime, fmtMult, fmtNum, fmtPct,
   fmtPrice, fmtSigned, fmtVol, freshnessLimitOf, freshnessOf, isNum, na, titleCase,
 } from "./format.js";
+import { pageLabels } from "./labels.js";
 import { Organism, marketParams, paramsOf, wake } from "./organism.js";
 
 const DEBOUNCE_MS = 150; // a burst of change events becomes one refetch...
@@ -98,7 +99,7 @@ async function api(path) {
     err.status = res.status;
     throw err;
   }
-  return res.json();
+  return pageLabels(await res.json());
 }
 
 let timer = null;
