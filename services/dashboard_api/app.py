@@ -11,17 +11,24 @@ from __future__ import annotations
 import asyncio
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from nats.aio.client import Client as NATS
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.types import Receive, Scope, Send
 
-from services.dashboard_api import core
+from services.dashboard_api import core, query
+from services.dashboard_api.edge import ApiMetrics, BodyGuard, Edge
+from services.dashboard_api.live import Fanout
 from services.dashboard_api.models import Problem
 from services.dashboard_api.read_model import ReadModel
 from services.dashboard_api.routes_ops import OpsRoutes, _ReadinessCache
@@ -40,6 +47,18 @@ DOCS_ASSETS_URL = "/docs-assets"
 HEALTH_CACHE_MAX_SEC = 1.0
 
 
+class _App(FastAPI):
+    """FastAPI with :class:`Edge` around all of it, Starlette's own error answers included."""
+
+    edge: Edge | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.edge is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.edge(scope, receive, send, super().__call__)
+
+
 def create_app(
     settings: Settings,
     config: StrategyConfig,
@@ -54,24 +73,53 @@ def create_app(
     """
     # Heartbeats come every health interval: reading them at most twice per interval shows each one.
     health_ttl = min(HEALTH_CACHE_MAX_SEC, settings.health_interval_sec / 2)
-    reads = ReadModel(redis, nc, settings.names, health_ttl, shutdown)
-    app = FastAPI(
+    api_metrics = ApiMetrics(metrics.registry)
+    fanout = Fanout(settings.api_sse_max_clients, api_metrics.sse_clients.set)
+    on_redis_error = api_metrics.redis_errors.labels("changes").inc
+    reads = ReadModel(redis, nc, settings.names, health_ttl, shutdown, fanout, on_redis_error)
+    app = _App(
         title="regime-stack",
         version="0.1.0",
         summary="Volatility and HMM market regimes, sizing multipliers and score weights, per series.",
         responses={404: {"model": Problem}, 400: {"model": Problem}},
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(_known_parameters_only)],
     )
     app.state.reads = reads
     # Bodies the routes compressed already (Content-Encoding set) and the event stream pass through as they are.
     app.add_middleware(GZipMiddleware, minimum_size=core.GZIP_MIN_BYTES, compresslevel=core.GZIP_LEVEL)
+    # Outside gzip: a refused body is never read, let alone decompressed or routed.
+    app.add_middleware(BodyGuard, token=settings.api_token, max_body=settings.api_max_body_bytes)
+    app.edge = Edge(
+        api_metrics,
+        routes=lambda: app.router.routes,
+        docs_paths=lambda: {p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p},
+        untimed=("/api/stream",),
+    )
     app.include_router(RegimeRoutes(reads, config, settings.namespace).router())
-    app.include_router(OpsRoutes(settings, config, reads, nc, metrics, shutdown).router())
+    app.include_router(OpsRoutes(settings, config, reads, nc, metrics, shutdown, api_metrics).router())
 
-    @app.exception_handler(RedisConnectionError)
-    async def redis_down(_request: Request, exc: RedisConnectionError) -> JSONResponse:
-        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+    @app.exception_handler(query.BadRequest)
+    async def bad_request(_request: Request, exc: query.BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> Response:
+        # A query or path value out of its bounds is a 400 with one sentence, like every other bad filter;
+        # a body FastAPI cannot use keeps its standard 422 with the list of errors.
+        errors = exc.errors()
+        if errors and all(e["loc"][0] in ("query", "path", "header") for e in errors):
+            said = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors)
+            return JSONResponse({"detail": said}, status_code=400)
+        return await request_validation_exception_handler(request, exc)
+
+    async def redis_down(_request: Request, exc: Exception) -> JSONResponse:
+        api_metrics.redis_errors.labels("request").inc()
+        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(RedisConnectionError, redis_down)
+    app.add_exception_handler(RedisTimeoutError, redis_down)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -103,6 +151,29 @@ def _offline_docs(app: FastAPI) -> None:
     @app.get(redirect_url, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
+
+
+async def _known_parameters_only(request: Request) -> None:
+    """400 for a query parameter the route does not declare: a misspelt filter must not answer everything."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    names = getattr(route, "_query_names", None)
+    if names is None:  # worked out once per route, kept on it
+        names = _query_names(dependant)
+        route._query_names = names  # type: ignore[union-attr]
+    query.unknown_parameters(request.query_params.keys(), names)
+
+
+def _query_names(dependant: Any) -> frozenset[str]:
+    names: set[str] = set()
+    todo = [dependant]
+    while todo:
+        d = todo.pop()
+        names.update(p.alias for p in d.query_params)
+        todo.extend(d.dependencies)
+    return frozenset(names)
 
 
 def read_model(app: FastAPI) -> ReadModel:

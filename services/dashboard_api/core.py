@@ -23,12 +23,17 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.dashboard_api.models import (
     ConfigView,
+    HistoryColumns,
     SeriesStatus,
     ServiceHealth,
     Summary,
     SymbolDetail,
+    SymbolDetailCompact,
     SymbolSnapshot,
+    Tuning,
+    TuningRow,
 )
+from services.dashboard_api.query import SymbolFilter
 from shared.domain.config import StrategyConfig
 from shared.domain.vocab import HMM_LABELS, HYBRID_COMPONENTS, TIERS, VOL_LABELS
 
@@ -41,17 +46,18 @@ SERIES_STATUS = TypeAdapter(SeriesStatus)
 SERVICES = TypeAdapter(list[ServiceHealth])
 SUMMARY = TypeAdapter(Summary)
 DETAIL = TypeAdapter(SymbolDetail)
+COMPACT = TypeAdapter(SymbolDetailCompact)
 CONFIG = TypeAdapter(ConfigView)
-_ROW = TypeAdapter(dict[str, Any])  # an item of /api/tuning's list[dict[str, Any]]
+_ROW = TypeAdapter(TuningRow)  # an item of /api/tuning
 _STR = TypeAdapter(str)
 
 
 class _TuningSource(BaseModel):
     """The three parts of a snapshot /api/tuning reads; the rest is skipped unparsed."""
 
-    series: Any
-    hmm_tuning: Any = None
-    vol_tuning: Any = None
+    series: str
+    hmm_tuning: Tuning | None = None
+    vol_tuning: Tuning | None = None
 
 
 _TUNING_SOURCE = TypeAdapter(_TuningSource)
@@ -137,18 +143,16 @@ def tuning_row(raw: str) -> bytes | None:
         src = _TUNING_SOURCE.validate_json(raw)
     except ValidationError:
         return None
-    return dump(_ROW, {"series": src.series, "hmm": src.hmm_tuning, "vol": src.vol_tuning})
+    return dump(_ROW, TuningRow(series=src.series, hmm=src.hmm_tuning, vol=src.vol_tuning))
 
 
-def matches(
-    snap: Rendered, vol_regime: str | None, hmm_regime: str | None, tier: str | None, exchange: str | None
-) -> bool:
-    """/api/symbols' filters; ``hmm_regime`` already upper-cased."""
+def matches(snap: Rendered, f: SymbolFilter) -> bool:
+    """/api/symbols' filters over a rendered snapshot (its labels lowercase already)."""
     return (
-        (vol_regime is None or snap.vol_regime == vol_regime)
-        and (hmm_regime is None or snap.hmm_regime == hmm_regime)
-        and (tier is None or snap.tier == tier)
-        and (exchange is None or snap.exchange == exchange)
+        (f.vol_regime is None or snap.vol_regime == f.vol_regime)
+        and (f.hmm_regime is None or snap.hmm_regime == f.hmm_regime)
+        and (f.tier is None or snap.tier.casefold() == f.tier)
+        and (f.exchange is None or snap.exchange == f.exchange)
     )
 
 
@@ -160,7 +164,9 @@ def thresholds(config: StrategyConfig) -> dict[str, float]:
     return {"low": vol.ratio_low, "normal": vol.ratio_normal, "high": vol.ratio_high}
 
 
-def detail(raw: str, points: Sequence[str], transitions: Sequence[str], thresholds_json: str) -> Body | None:
+def detail(
+    raw: str, points: Sequence[str], transitions: Sequence[str], thresholds_json: str, compact: bool = False
+) -> Body | None:
     """/api/symbols/{exchange}/{symbol}: the stored texts assembled into one document, validated once."""
     text = "".join(
         (
@@ -176,9 +182,21 @@ def detail(raw: str, points: Sequence[str], transitions: Sequence[str], threshol
         )
     )
     try:
-        return Body(dump(DETAIL, DETAIL.validate_json(text)))
+        rows = DETAIL.validate_json(text)
     except ValidationError:
         return None
+    if not compact:
+        return Body(dump(DETAIL, rows))
+    # Built from what was validated already: nothing is checked twice.
+    values: dict[str, Any] = {f: [getattr(p, f) for p in rows.history] for f in HISTORY_FIELDS}
+    columns = HistoryColumns.model_construct(**values)
+    compacted = SymbolDetailCompact.model_construct(
+        snapshot=rows.snapshot, history=columns, transitions=rows.transitions, thresholds=rows.thresholds
+    )
+    return Body(dump(COMPACT, compacted))
+
+
+HISTORY_FIELDS = tuple(HistoryColumns.model_fields)
 
 
 def summary(raw: str | None) -> bytes | None:
@@ -246,7 +264,7 @@ def vocabulary() -> dict[str, list[str]]:
     """The labels the page and bots read instead of keeping copies of their own."""
     return {
         "vol_labels": list(VOL_LABELS),
-        "hmm_labels": list(HMM_LABELS),
+        "hmm_labels": [label.lower() for label in HMM_LABELS],  # the JSON API's one spelling: lower case
         "tiers": list(TIERS),
         "score_components": list(HYBRID_COMPONENTS),
     }
@@ -259,32 +277,35 @@ def parsed(raws: Iterable[str]) -> list[dict[str, Any]]:
     return [json.loads(r) for r in raws]
 
 
-def filtered(
-    snaps: Iterable[Mapping[str, Any]],
-    vol_regime: str | None,
-    hmm_regime: str | None,
-    tier: str | None,
-    exchange: str | None,
-) -> list[Mapping[str, Any]]:
-    """/api/symbols over parsed snapshots; ``hmm_regime`` already upper-cased."""
+def filtered(snaps: Iterable[Mapping[str, Any]], f: SymbolFilter) -> list[Mapping[str, Any]]:
+    """/api/symbols over parsed snapshots, as stored (HMM labels upper case there)."""
     out = []
     for snap in snaps:
-        if vol_regime is not None and snap.get("vol_regime") != vol_regime:
+        if f.vol_regime is not None and _folded(snap.get("vol_regime")) != f.vol_regime:
             continue
-        if hmm_regime is not None and (snap.get("hmm_regime") or {}).get("regime") != hmm_regime:
+        if f.hmm_regime is not None and _folded((snap.get("hmm_regime") or {}).get("regime")) != f.hmm_regime:
             continue
-        if tier is not None and snap.get("tier") != tier:
+        if f.tier is not None and _folded(snap.get("tier")) != f.tier:
             continue
-        if exchange is not None and snap.get("exchange") != exchange:
+        if f.exchange is not None and snap.get("exchange") != f.exchange:
             continue
         out.append(snap)
     return out
 
 
-def detail_dict(raw: str, points: Sequence[str], transitions: Sequence[str], thresholds: dict[str, float]) -> Any:
+def _folded(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def detail_dict(
+    raw: str, points: Sequence[str], transitions: Sequence[str], thresholds: dict[str, float], compact: bool = False
+) -> Any:
+    history: Any = [json.loads(p) for p in points]
+    if compact:
+        history = {f: [p.get(f) if isinstance(p, dict) else None for p in history] for f in HISTORY_FIELDS}
     return {
         "snapshot": json.loads(raw),
-        "history": [json.loads(p) for p in points],
+        "history": history,
         "transitions": [json.loads(t) for t in transitions],
         "thresholds": thresholds,
     }

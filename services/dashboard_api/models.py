@@ -2,15 +2,30 @@
 
 Field meanings are those of the messages they come from (shared/domain/contracts.py);
 any block may be null while its service has not reported for the series yet.
+
+Regime labels are lowercase everywhere in the JSON API (``low``…``crisis``,
+``bearish``/``ranging``/``bullish``), values and keys alike, as the probabilities and
+grid-bias modes always were. The wire contracts (NATS msgpack) and the Redis snapshots
+keep the HMM labels in upper case; the models lower them as they validate what Redis
+holds, so every route (fast path and reference path alike) answers the same labels.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 
-from shared.domain.vocab import DepthTier, HmmLabel, VolLabel
+from shared.domain.vocab import DepthTier
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+VolLabel = Annotated[Literal["low", "normal", "high", "crisis"], BeforeValidator(_lower)]
+HmmLabel = Annotated[Literal["bearish", "ranging", "bullish"], BeforeValidator(_lower)]
+Label = Annotated[str, AfterValidator(str.lower)]  # a vol or HMM label where either may stand
 
 
 class Price(BaseModel):
@@ -118,11 +133,19 @@ class Tuning(BaseModel):
     flips: int
     flips_per_day: float | None
     span_days: float
-    current: str | None
+    current: Label | None
     current_since_ts: int | None
-    bars: dict[str, int]
-    mean_dwell_min: dict[str, float | None]
-    mean_forward_return: dict[str, float | None] = Field(description="mean next-bar log return per regime")
+    bars: dict[Label, int]
+    mean_dwell_min: dict[Label, float | None]
+    mean_forward_return: dict[Label, float | None] = Field(description="mean next-bar log return per regime")
+
+
+class TuningRow(BaseModel):
+    """One series in /api/tuning."""
+
+    series: str
+    hmm: Tuning | None
+    vol: Tuning | None
 
 
 class SymbolSnapshot(BaseModel):
@@ -182,8 +205,8 @@ class Status(BaseModel):
 class Transition(BaseModel):
     kind: Literal["vol", "hmm"]
     ts: int
-    from_: str = Field(alias="from")
-    to: str
+    from_: Label = Field(alias="from")
+    to: Label
     ratio: float | None = None
     confidence: float | None = None
     close: float | None = None
@@ -210,11 +233,42 @@ class SymbolDetail(BaseModel):
     thresholds: dict[str, float] = Field(description="vol ratio boundaries low / normal / high")
 
 
+class HistoryColumns(BaseModel):
+    """``history`` in ``?format=compact``: one array per field of a history point; index i is point i, oldest first."""
+
+    ts: list[int]
+    close: list[float]
+    vol: list[VolLabel]
+    ratio: list[float]
+    hmm: list[HmmLabel | None]
+    p: list[list[float] | None]
+    nav: list[float]
+    idle: list[float]
+    score: list[float]
+
+
+class SymbolDetailCompact(BaseModel):
+    """The detail with its history as columns (``?format=compact``): the same values, about a third fewer bytes."""
+
+    snapshot: SymbolSnapshot
+    history: HistoryColumns
+    transitions: list[Transition]
+    thresholds: dict[str, float] = Field(description="vol ratio boundaries low / normal / high")
+
+
 class Readiness(BaseModel):
+    """``ready`` (and the status, 200 or 503) is NATS and Redis reachable: stale data is reported, never gating."""
+
     ready: bool
     nats: bool
     redis: bool
-    stale_series: list[str] = Field(default_factory=list)
+    data_ok: bool = Field(True, description="no series of the configured universe is stale")
+    stale_series: list[str] = Field(
+        default_factory=list, description="universe series with no candle yet or older than their freshness limit"
+    )
+    other_stale_series: list[str] = Field(
+        default_factory=list, description="series outside the universe (imported, replayed) older than their limit"
+    )
     detail: dict[str, str] = Field(default_factory=dict)
 
 

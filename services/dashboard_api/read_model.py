@@ -27,7 +27,8 @@ from fastapi import HTTPException
 from nats.aio.client import Client as NATS
 from redis.exceptions import RedisError
 
-from services.dashboard_api import core
+from services.dashboard_api import core, readiness
+from services.dashboard_api.live import Fanout
 from services.dashboard_api.models import ServiceHealth
 from shared.domain.contracts import Heartbeat
 from shared.domain.errors import ContractError
@@ -43,12 +44,23 @@ RESUBSCRIBE_SEC = 1.0
 _POLL_SEC = 1.0
 _MAX_BODIES = 64  # per state: one per filter combination asked for
 _MAX_DETAILS = 256
+DEFAULT_SSE_CLIENTS = 200  # Settings.api_sse_max_clients' default
 
 
 class ChangeFeed:
-    """Counts the publisher's change notices; a read is current while the count is the one it began at."""
+    """Counts the publisher's change notices; a read is current while the count is the one it began at.
 
-    def __init__(self, redis: aioredis.Redis, channel: str, shutdown: asyncio.Event | None) -> None:
+    The same one subscription feeds the live stream's clients (:class:`~services.dashboard_api.live.Fanout`).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        channel: str,
+        shutdown: asyncio.Event | None,
+        fanout: Fanout | None = None,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
         self._redis = redis
         self._channel = channel
         self._shutdown = shutdown
@@ -56,6 +68,9 @@ class ChangeFeed:
         self._closed = False
         self.generation = 0
         self.live = False  # subscribed: notices reach us
+        self._live_event = asyncio.Event()
+        self.fanout = fanout if fanout is not None else Fanout(DEFAULT_SSE_CLIENTS)
+        self._on_error = on_error
 
     def changed(self) -> None:
         self.generation += 1
@@ -67,6 +82,14 @@ class ChangeFeed:
     def start(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard_api changes")
+
+    async def wait_live(self, timeout: float) -> bool:
+        """Start the feed if need be and wait up to ``timeout`` s for its subscription."""
+        self.start()
+        if not self.live:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._live_event.wait(), timeout)
+        return self.live
 
     async def aclose(self) -> None:
         self._closed = True
@@ -84,8 +107,10 @@ class ChangeFeed:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
+                self._on_error()
                 log.debug("change notices unavailable: %s", exc)
             except Exception:
+                self._on_error()
                 log.exception("change notices failed; reading Redis on every request until resubscribed")
             if not self._stopping():
                 await asyncio.sleep(RESUBSCRIBE_SEC)
@@ -99,13 +124,20 @@ class ChangeFeed:
                 msg = await pubsub.get_message(timeout=_POLL_SEC)
                 if msg is not None and msg["type"] == "subscribe":
                     self.live = True
+                    self._live_event.set()
             self.changed()
             while not self._stopping():
-                if await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SEC) is not None:
-                    self.changed()
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_SEC)
+                if msg is not None:
+                    self.changed()  # before any client hears of it and asks: never answered from before
+                    self.fanout.publish(msg["data"])
         finally:
             self.live = False
+            self._live_event.clear()
             self.changed()
+            # Notices may be lost until the next subscription: every stream ends, its browser reconnects
+            # (refused while there is no subscription) and refetches everything on its next hello.
+            self.fanout.close_all()
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
 
@@ -127,6 +159,10 @@ class Entry:
     @cached_property
     def tuning(self) -> bytes | None:
         return core.tuning_row(self.raw)
+
+    @cached_property
+    def freshness(self) -> readiness.Freshness | None:
+        return readiness.freshness(self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +202,18 @@ class ReadModel:
     """The API's reads: snapshots, one series' detail, the summary and service health."""
 
     def __init__(
-        self, redis: aioredis.Redis, nc: NATS, names: Names, health_ttl: float, shutdown: asyncio.Event | None = None
+        self,
+        redis: aioredis.Redis,
+        nc: NATS,
+        names: Names,
+        health_ttl: float,
+        shutdown: asyncio.Event | None = None,
+        fanout: Fanout | None = None,
+        on_redis_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.redis = redis
         self.keys = RedisKeys(names)
-        self.feed = ChangeFeed(redis, self.keys.changes, shutdown)
+        self.feed = ChangeFeed(redis, self.keys.changes, shutdown, fanout, on_redis_error)
         self._nc = nc
         self._names = names
         self._state: ReadState | None = None

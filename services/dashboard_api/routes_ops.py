@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -17,7 +16,8 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from services.dashboard_api import core
+from services.dashboard_api import readiness
+from services.dashboard_api.edge import ApiMetrics, bearer_ok
 from services.dashboard_api.models import BackfillRequest, BackfillResponse, Problem, Readiness
 from services.dashboard_api.read_model import ReadModel
 from shared.domain import contracts
@@ -28,6 +28,12 @@ from shared.infra.telemetry import Metrics
 
 SSE_KEEPALIVE_SEC = 15.0
 SSE_POLL_SEC = 1.0
+SSE_SUBSCRIBE_WAIT_SEC = 3.0  # a first client waits this long for the API's subscription to be confirmed
+SSE_RETRY_AFTER_SEC = 10
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(SSE_RETRY_AFTER_SEC)})
 
 
 @dataclass
@@ -36,9 +42,9 @@ class _ReadinessCache:
 
     ttl: float
     at: float = -1e18
-    stale: list[str] = field(default_factory=list)
+    stale: Any = None
 
-    async def get(self, compute: Callable[[], Awaitable[list[str]]]) -> list[str]:
+    async def get(self, compute: Callable[[], Awaitable[Any]]) -> Any:
         now = time.monotonic()
         if now - self.at >= self.ttl:
             self.stale = await compute()
@@ -55,15 +61,18 @@ class OpsRoutes:
         nc: NATS,
         metrics: Metrics,
         shutdown: asyncio.Event | None,
+        api_metrics: ApiMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.reads = reads
         self.nc = nc
         self.metrics = metrics
+        self.api_metrics = api_metrics if api_metrics is not None else ApiMetrics(metrics.registry)
         self.shutdown = shutdown
         self.readiness_cache = _ReadinessCache(config.hmm.readiness_cache_sec)
-        self.universe = frozenset(s.key.id for s in config.universe)
+        self.universe_order = [s.key.id for s in config.universe]
+        self.universe = frozenset(self.universe_order)
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -71,7 +80,7 @@ class OpsRoutes:
         router.add_api_route(
             "/readyz", self.readyz, response_model=Readiness, tags=["status"], responses={503: {"model": Readiness}}
         )
-        router.add_api_route("/api/stream", self.stream, tags=["live"])
+        router.add_api_route("/api/stream", self.stream, tags=["live"], responses={503: {"model": Problem}})
         router.add_api_route(
             "/api/backfill",
             self.backfill,
@@ -86,13 +95,10 @@ class OpsRoutes:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    async def stale_series(self) -> list[str]:
-        stale = []
-        for s in core.parsed((await self.reads.state()).raws()):
-            pipe = s.get("hmm_data_pipeline")
-            if pipe is not None and not pipe.get("freshness_ok", True):
-                stale.append(s["series"])
-        return stale
+    async def staleness(self) -> readiness.Staleness:
+        state = await self.reads.state()
+        known = [f for e in state.entries.values() if (f := e.freshness) is not None]
+        return readiness.stale(known, self.universe_order, int(time.time() * 1000))
 
     async def readyz(self) -> Response:
         detail: dict[str, str] = {}
@@ -106,22 +112,48 @@ class OpsRoutes:
         else:
             detail["nats"] = "not connected"
         redis_ok = False
-        stale: list[str] = []
+        stale = readiness.Staleness([], [])
         try:
             redis_ok = bool(await self.reads.redis.ping())
-            stale = await self.readiness_cache.get(self.stale_series)
+            stale = await self.readiness_cache.get(self.staleness)
         except (RedisError, OSError) as exc:
+            self.api_metrics.redis_errors.labels("readiness").inc()
             detail["redis"] = f"{type(exc).__name__}: {exc}"
-        if stale:
-            detail["data"] = f"{len(stale)} series stale"
-        body = Readiness(ready=nats_ok and redis_ok, nats=nats_ok, redis=redis_ok, stale_series=stale, detail=detail)
+        if stale.universe:
+            detail["data"] = f"{len(stale.universe)} series stale"
+        if stale.other:
+            detail["other_data"] = f"{len(stale.other)} series outside the universe stale"
+        # Stale data does not make the API unready: every replica would drop out together, taking the
+        # status page away exactly when an operator needs it to see what is stale.
+        body = Readiness(
+            ready=nats_ok and redis_ok,
+            nats=nats_ok,
+            redis=redis_ok,
+            data_ok=redis_ok and not stale.universe,
+            stale_series=stale.universe,
+            other_stale_series=stale.other,
+            detail=detail,
+        )
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
-    async def stream(self, request: Request) -> StreamingResponse:
-        """Server-Sent Events: one ``change`` event per batch the state publisher writes."""
-        pubsub = self.reads.redis.pubsub()
-        await pubsub.subscribe(self.reads.keys.changes)
-        feed, shutdown = self.reads.feed, self.shutdown
+    async def stream(self, request: Request) -> Response:
+        """Server-Sent Events: one ``change`` event per batch the state publisher writes.
+
+        503 with ``Retry-After`` past ``API_SSE_MAX_CLIENTS`` clients, or while the API cannot hear the
+        notices (Redis away): a stream then would look live and stay silent.
+        """
+        fanout = self.reads.feed.fanout
+        if len(fanout) >= fanout.cap:
+            self.api_metrics.sse_refused.labels("full").inc()
+            return _unavailable(f"{fanout.cap} live clients connected already (API_SSE_MAX_CLIENTS)")
+        if not await self.reads.feed.wait_live(SSE_SUBSCRIBE_WAIT_SEC):
+            self.api_metrics.sse_refused.labels("no_notices").inc()
+            return _unavailable("change notices unavailable (Redis)")
+        client = fanout.join()
+        if client is None:  # filled up while this one waited
+            self.api_metrics.sse_refused.labels("full").inc()
+            return _unavailable(f"{fanout.cap} live clients connected already (API_SSE_MAX_CLIENTS)")
+        shutdown = self.shutdown
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -129,21 +161,22 @@ class OpsRoutes:
                 quiet = 0.0
                 # Short waits, so a stopping server or a gone client ends the stream within a second.
                 while not (shutdown is not None and shutdown.is_set()) and not await request.is_disconnected():
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SSE_POLL_SEC)
-                    if msg is not None:
-                        quiet = 0.0
-                        feed.changed()  # before the browser hears of it and asks: never answer it from before
-                        yield f"event: change\ndata: {msg['data']}\n\n"
+                    item = await client.next(SSE_POLL_SEC)
+                    if item is None:
+                        quiet += SSE_POLL_SEC
+                        if quiet >= SSE_KEEPALIVE_SEC:
+                            quiet = 0.0
+                            yield ": keepalive\n\n"
                         continue
-                    quiet += SSE_POLL_SEC
-                    if quiet >= SSE_KEEPALIVE_SEC:
-                        quiet = 0.0
-                        yield ": keepalive\n\n"
-            except (RedisError, asyncio.CancelledError):
-                # Redis went away or the server is stopping: end the stream, the browser reconnects.
-                return
+                    event, data = item
+                    if not event:  # the subscription is gone: the browser reconnects and starts over
+                        return
+                    quiet = 0.0
+                    yield f"event: {event}\ndata: {data}\n\n"
+            except asyncio.CancelledError:
+                return  # the server is stopping
             finally:
-                await pubsub.aclose()
+                fanout.leave(client)
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -158,9 +191,8 @@ class OpsRoutes:
         token = self.settings.api_token
         if token is None:
             raise HTTPException(403, "operator endpoints are disabled: start dashboard_api with API_TOKEN set")
-        presented = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(presented.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token")
+        if not bearer_ok(authorization, token):  # checked before the body too, by edge.BodyGuard
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         if body.series is not None and body.series not in self.universe:
             raise HTTPException(400, f"{body.series} is not in the universe")
         names = self.settings.names

@@ -17,13 +17,22 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from services.dashboard_api import core
-from services.dashboard_api.models import ConfigView, Status, Summary, SymbolDetail, SymbolSnapshot
+from services.dashboard_api import core, query
+from services.dashboard_api.models import (
+    ConfigView,
+    Status,
+    Summary,
+    SymbolDetail,
+    SymbolDetailCompact,
+    SymbolSnapshot,
+    TuningRow,
+)
+from services.dashboard_api.query import MAX_HISTORY, SymbolFilter
 from services.dashboard_api.read_model import ReadModel, ReadState
 from shared.domain.config import StrategyConfig
-from shared.domain.contracts import HMM_LABELS, VOL_LABELS
 
 JSON = "application/json"
+DEFAULT_HISTORY = 600
 _GZIPPED = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
 
 
@@ -45,6 +54,7 @@ class RegimeRoutes:
         self.reads = reads
         self.config = config
         self.namespace = namespace
+        self.tiers = query.known_tiers(config)
         self.thresholds = core.thresholds(config)
         self._thresholds_json = json.dumps(self.thresholds)
         self._config: core.Body | None = None
@@ -53,32 +63,30 @@ class RegimeRoutes:
         router = APIRouter()
         router.add_api_route("/api/symbols", self.list_symbols, response_model=list[SymbolSnapshot], tags=["regimes"])
         router.add_api_route(
-            "/api/symbols/{exchange}/{symbol:path}", self.symbol_detail, response_model=SymbolDetail, tags=["regimes"]
+            "/api/symbols/{exchange}/{symbol:path}",
+            self.symbol_detail,
+            response_model=SymbolDetail | SymbolDetailCompact,
+            tags=["regimes"],
         )
         router.add_api_route("/api/summary", self.summary, response_model=Summary, tags=["regimes"])
         router.add_api_route("/api/config", self.strategy_config, response_model=ConfigView, tags=["status"])
-        router.add_api_route("/api/tuning", self.tuning, response_model=list[dict[str, Any]], tags=["regimes"])
+        router.add_api_route("/api/tuning", self.tuning, response_model=list[TuningRow], tags=["regimes"])
         router.add_api_route("/api/status", self.status, response_model=Status, tags=["status"])
         return router
 
     async def list_symbols(
         self,
         request: Request,
-        vol_regime: str | None = Query(None, description="low / normal / high / crisis"),
-        hmm_regime: str | None = Query(None, description="BEARISH / RANGING / BULLISH"),
-        tier: str | None = None,
-        exchange: str | None = None,
+        vol_regime: str | None = Query(None, description="low / normal / high / crisis (any case)"),
+        hmm_regime: str | None = Query(None, description="bearish / ranging / bullish (any case)"),
+        tier: str | None = Query(None, description="a tier the config names (any case)"),
+        exchange: str | None = Query(None, description="exact exchange id; one no series has gives []"),
     ) -> Any:
-        if vol_regime is not None and vol_regime not in VOL_LABELS:
-            raise HTTPException(400, f"vol_regime must be one of {', '.join(VOL_LABELS)}")
-        if hmm_regime is not None and hmm_regime.upper() not in HMM_LABELS:
-            raise HTTPException(400, f"hmm_regime must be one of {', '.join(HMM_LABELS)}")
-        hmm = hmm_regime.upper() if hmm_regime is not None else None
+        chosen = query.symbol_filter(vol_regime, hmm_regime, tier, exchange, self.tiers)
         state = await self.reads.state()
-        chosen = (vol_regime, hmm, tier, exchange)
-        body = state.body(("symbols", *chosen), lambda s: _symbols(s, *chosen))
+        body = state.body(("symbols", chosen), lambda s: _symbols(s, chosen))
         if body is None:
-            return core.filtered(core.parsed(state.raws()), *chosen)
+            return core.filtered(core.parsed(state.raws()), chosen)
         return respond(request, body)
 
     async def symbol_detail(
@@ -86,21 +94,32 @@ class RegimeRoutes:
         request: Request,
         exchange: str,
         symbol: str,
-        timeframe: str | None = None,
-        history: int = Query(600, ge=0, le=1440, description="history points, newest last"),
+        timeframe: str | None = Query(None, description="needed when the symbol has several timeframes"),
+        bars: int | None = Query(
+            None, ge=0, le=MAX_HISTORY, description=f"history points, newest last (default {DEFAULT_HISTORY})"
+        ),
+        history: int | None = Query(None, ge=0, le=MAX_HISTORY, description="the older name of bars"),
+        fmt: str | None = Query(
+            None,
+            alias="format",
+            description="rows (default): history as a list of points; compact: history as one array per field",
+        ),
     ) -> Any:
-        cache_key, ticket = (exchange, symbol, timeframe, history), self.reads.ticket()
+        timeframe = query.timeframe(timeframe)
+        n = query.history_points(bars, history, DEFAULT_HISTORY)
+        compact = query.output_format(fmt) == "compact"
+        cache_key, ticket = (exchange, symbol, timeframe, n, compact), self.reads.ticket()
         async with self.reads.detail_lock(cache_key):
             body = self.reads.cached_detail(cache_key, ticket)
             if body is None:
                 read = self.reads.begin()
                 key = await self.reads.find(exchange, symbol, timeframe)
-                raw, points, transitions = await self.reads.detail_parts(key, history)
+                raw, points, transitions = await self.reads.detail_parts(key, n)
                 if raw is None:
                     raise HTTPException(404, f"no snapshot for {key.id} yet")
-                body = core.detail(raw, points, transitions, self._thresholds_json)
+                body = core.detail(raw, points, transitions, self._thresholds_json, compact)
                 if body is None:
-                    return core.detail_dict(raw, points, transitions, self.thresholds)
+                    return core.detail_dict(raw, points, transitions, self.thresholds, compact)
                 self.reads.keep_detail(cache_key, read, body)
         return respond(request, body)
 
@@ -154,15 +173,13 @@ def _joined(parts: list[bytes | None]) -> bytes | None:
     return core.json_list(p for p in parts if p is not None)
 
 
-def _symbols(
-    state: ReadState, vol_regime: str | None, hmm_regime: str | None, tier: str | None, exchange: str | None
-) -> bytes | None:
+def _symbols(state: ReadState, chosen: SymbolFilter) -> bytes | None:
     parts = []
     for entry in state.entries.values():
         snap = entry.snapshot
         if snap is None:
             return None
-        if core.matches(snap, vol_regime, hmm_regime, tier, exchange):
+        if core.matches(snap, chosen):
             parts.append(snap.data)
     return core.json_list(parts)
 

@@ -194,9 +194,6 @@ def nats_permissions(role: Role) -> dict[str, Any]:
         pub += [f"{JS}.STREAM.CREATE.{stream}", f"{JS}.STREAM.UPDATE.{stream}"]
     for stream in role.streams:
         pub.append(f"{JS}.STREAM.INFO.{stream}")
-    if role.reads:
-        # nats-py finds the stream of a subscription's subject this way when none is named (the README's bot).
-        pub.append(f"{JS}.STREAM.NAMES")
     for stream in role.reads:
         pub += _ordered(stream)
     for stream, durable in role.durables:

@@ -72,7 +72,8 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = True
     metrics_port: int = 0  # 0: no /metrics listener (dashboard_api serves its own)
-    metrics_host: str = "0.0.0.0"  # a container's scrape target; `regimes up` keeps it on loopback
+    # Loopback unless configured: a container sets METRICS_HOST=0.0.0.0 for its scraper (docker-compose.yml does).
+    metrics_host: str = "127.0.0.1"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_token: str | None = None  # bearer token for operator endpoints (POST /api/backfill)
@@ -80,6 +81,8 @@ class Settings:
     lease_ttl_sec: float = 5.0  # a dead replica's partitions move after this; replicas beat every ttl / 5
     replica_id: str = ""  # this process's id among its service's replicas; "" = host-pid-random
     max_series: int = DEFAULT_MAX_SERIES  # series the stack admits (the first to appear); later ones dead-lettered
+    api_max_body_bytes: int = 65_536  # larger request bodies are refused with 413
+    api_sse_max_clients: int = 200  # /api/stream clients past this get 503 + Retry-After
     health_interval_sec: float = 5.0
     # A candle dated later than now + one bar + this is dead-lettered (clock skew allowance), ms.
     future_tolerance_ms: int = 60_000
@@ -105,6 +108,8 @@ class Settings:
         "LEASE_TTL_SEC",
         "REPLICA_ID",
         "MAX_SERIES",
+        "API_MAX_BODY_BYTES",
+        "API_SSE_MAX_CLIENTS",
         "HEALTH_INTERVAL_SEC",
         "CANDLE_FUTURE_TOLERANCE_SEC",
     )
@@ -180,6 +185,10 @@ class Settings:
             kw["max_series"] = env_int("MAX_SERIES", env["MAX_SERIES"], 1, 1_000_000)
         if "REPLICA_ID" in env:
             kw["replica_id"] = _replica_id(env["REPLICA_ID"])
+        if "API_MAX_BODY_BYTES" in env:
+            kw["api_max_body_bytes"] = env_int("API_MAX_BODY_BYTES", env["API_MAX_BODY_BYTES"], 1024, 64 << 20)
+        if "API_SSE_MAX_CLIENTS" in env:
+            kw["api_sse_max_clients"] = env_int("API_SSE_MAX_CLIENTS", env["API_SSE_MAX_CLIENTS"], 1, 100_000)
         if "HEALTH_INTERVAL_SEC" in env:
             kw["health_interval_sec"] = positive_float("HEALTH_INTERVAL_SEC", env["HEALTH_INTERVAL_SEC"])
         if "CANDLE_FUTURE_TOLERANCE_SEC" in env:

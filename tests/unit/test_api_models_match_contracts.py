@@ -40,7 +40,7 @@ def contract_shape(t: Any) -> Shape:
     if isinstance(t, mi.AnyType):
         return ("any",)
     if isinstance(t, mi.LiteralType):
-        return ("literal", frozenset(t.values))
+        return ("literal", _spelt(t.values))
     if isinstance(t, mi.UnionType):
         inner = [x for x in t.types if not isinstance(x, mi.NoneType)]
         assert len(inner) == 1, t
@@ -55,6 +55,11 @@ def contract_shape(t: Any) -> Shape:
         served = [f for f in t.fields if not f.encode_name.startswith("_")]
         return ("object", {f.encode_name: contract_shape(f.type) for f in served})
     raise TypeError(f"no shape for {t!r}")
+
+
+def _spelt(values: Any) -> frozenset[Any]:
+    """Label values as the JSON API spells them: lower case (stored HMM labels are upper case)."""
+    return frozenset(v.lower() if isinstance(v, str) else v for v in values)
 
 
 def model_shape(tp: Any, metadata: list[Any] | None = None) -> Shape:
@@ -73,7 +78,9 @@ def model_shape(tp: Any, metadata: list[Any] | None = None) -> Shape:
     if tp is Any:
         return ("any",)
     if origin is Literal:
-        return ("literal", frozenset(args))
+        return ("literal", _spelt(args))
+    if origin is typing.Annotated:  # a label type that lower-cases what it is given (the API's one spelling)
+        return model_shape(args[0], metadata)
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         assert len(inner) == 1, tp

@@ -18,7 +18,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from services.dashboard_api import core, read_model
-from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, SymbolSnapshot
+from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, SymbolSnapshot, TuningRow
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
 from shared.domain import snapshot
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
@@ -77,7 +77,7 @@ def test_each_series_renders_as_fastapi_serializes_it(snap: dict[str, Any]) -> N
     )
     assert core.series_status(raw) == fastapi_bytes(SeriesStatus, status)
     row = {"series": snap["series"], "hmm": snap.get("hmm_tuning"), "vol": snap.get("vol_tuning")}
-    assert core.tuning_row(raw) == fastapi_bytes(dict[str, Any], row)
+    assert core.tuning_row(raw) == fastapi_bytes(TuningRow, row)
 
 
 def test_a_detail_renders_as_fastapi_serializes_it() -> None:

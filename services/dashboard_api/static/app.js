@@ -11,6 +11,7 @@ import { bindOverview, overviewSkeleton, renderOverview } from "./overview.js";
 import { HISTORY, S, parseRoute, routeSeriesId, rows } from "./state.js";
 import { drawCharts, renderSymbol } from "./symbol.js";
 import { hasVocabulary, setVocabulary } from "./vocab.js";
+import { pageLabels } from "./labels.js";
 
 const DEBOUNCE_MS = 150; // a burst of change events becomes one refetch...
 const MAX_WAIT_MS = 900; // ...at most this late after its first event...
@@ -31,7 +32,7 @@ async function api(path) {
     err.status = res.status;
     throw err;
   }
-  return res.json();
+  return pageLabels(await res.json());
 }
 
 let timer = null;
