@@ -162,12 +162,14 @@ def test_dashboard_is_published_and_healthchecked(compose: dict[str, Any]) -> No
     api = compose["services"]["dashboard_api"]
     env = _env(api)
     assert env["API_HOST"] == "0.0.0.0"
+    assert Settings().metrics_host == "127.0.0.1"  # outside a container, /metrics stays on loopback
+    assert env["METRICS_HOST"] == "0.0.0.0"  # inside, Prometheus scrapes it over the compose network
     assert f"{env['API_PORT']}:{env['API_PORT']}" in api["ports"]
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
 
 
 def test_nats_is_published_for_bots_on_loopback_only(compose: dict[str, Any]) -> None:
-    assert compose["services"]["nats"]["ports"] == ["127.0.0.1:4222:4222"]  # no credentials yet: not on 0.0.0.0
+    assert compose["services"]["nats"]["ports"] == ["127.0.0.1:4222:4222"]  # loopback: bots on this host only
 
 
 def test_prometheus_scrapes_every_metrics_port(compose: dict[str, Any]) -> None:
