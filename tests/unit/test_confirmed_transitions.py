@@ -20,6 +20,7 @@ from shared.domain.contracts import Candle
 from shared.domain.errors import ConfigError
 from shared.domain.vocab import VOL_LABELS
 from shared.domain.vol import VolLabelFilter, VolRegime, VolRegimeConfig, banded_label, label_for_ratio
+from tests import factories
 from tests.unit.test_config import SHIPPED
 
 T0 = 1_700_000_040_000
@@ -156,7 +157,8 @@ FAST = VolRegimeConfig(
 
 
 def candle(i: int, close: float) -> Candle:
-    return Candle("kraken", "BTC/USD", "1m", T0 + i * 60_000, close, close, close, close, 10.0)
+    """A flat bar ``i`` of the default series (the shared builder)."""
+    return factories.candle(i, close)
 
 
 def closes_with_regimes(seed: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from shared.infra.bus import Out
 from shared.infra.consume import Consumer, Hold, Repositioned
 from shared.infra.ownership import Everything, Owner
 from shared.infra.telemetry import Metrics
+from tests import factories
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
 OTHER = SeriesKey("test", "BBB/USD", "1m")
@@ -26,7 +27,8 @@ T0 = 1_700_000_040_000
 
 
 def candle(i: int, key: SeriesKey = KEY) -> Candle:
-    return Candle(key.exchange, key.symbol, "1m", T0 + 60_000 * i, 10.0, 11.0, 9.0, 10.5, 1.0)
+    """Bar ``i`` of ``key``: one fixed bar shape, every candle the loop carries (the shared builder)."""
+    return factories.candle(i, 10.5, key=key, open=10.0, high=11.0, low=9.0, volume=1.0)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from shared.domain.hmm.fit import _closest_consistent_labels, _warm_params, vite
 from shared.domain.snapshot import dumps
 from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import DEPTH_TIERS, depth_tier
+from tests import factories
 
 WINDOW = 2000  # HMM_TRAINING_CANDLES' default: what the stack trains on
 T0 = 1_700_000_040_000
@@ -57,7 +58,8 @@ def first(market: tuple[np.ndarray, np.ndarray, np.ndarray]) -> TrainedModel:
 
 
 def candle(i: int, close: float, volume: float) -> Candle:
-    return Candle(KEY.exchange, KEY.symbol, KEY.timeframe, T0 + i * 60_000, close, close, close, close, volume)
+    """A flat bar ``i`` of the generated series (the shared builder)."""
+    return factories.candle(i, close, key=KEY, volume=volume)
 
 
 # --------------------------------------------------------------------------- warm-started retrains

@@ -38,6 +38,7 @@ from shared.domain.contracts import (
 )
 from shared.domain.snapshot import HmmBlock, Probabilities, SeriesSnapshot, Tuning, VolBlock
 from shared.domain.subjects import SeriesKey
+from tests import factories
 
 KEY = SeriesKey("kraken", "BTC/USD", "1m")
 TF_MS = 60_000
@@ -49,115 +50,45 @@ def ts(i: int) -> int:
     return T0 + i * TF_MS
 
 
-def vol_event(
-    i: int,
-    label: str = "high",
-    prev: str | None = "high",
-    vol_short: float = 0.0123,
-    vol_long: float = 0.0085,
-    ratio: float = 1.45,
-    close: float = 101.5,
-) -> VolRegimeEvent:
-    return VolRegimeEvent(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        ts=ts(i),
-        close=close,
-        label=label,  # type: ignore[arg-type]
-        vol_short=vol_short,
-        vol_long=vol_long,
-        ratio=ratio,
-        prev_label=prev,  # type: ignore[arg-type]
-        changed=prev is not None and prev != label,
-        samples=800 + i,
-        sufficient=True,
-    )
+# This file's series data, through the shared builders (tests/factories.py): a high-vol bar by default.
+VOL = {"vol_short": 0.0123, "vol_long": 0.0085, "ratio": 1.45, "close": 101.5}
+HMM_TRAINED_AT = T0 - DAY_MS
+
+
+def vol_event(i: int, label: str = "high", prev: str | None = "high", **values: Any) -> VolRegimeEvent:
+    return factories.vol_event(i, label, prev, key=KEY, ts=ts(i), samples=800 + i, **{**VOL, **values})
 
 
 def hmm_event(
-    i: int,
-    regime: str = "BULLISH",
-    probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
-    trained: bool = True,
+    i: int, regime: str = "BULLISH", probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7), trained: bool = True
 ) -> HmmRegimeEvent:
-    top, second = sorted(probabilities, reverse=True)[:2]
-    return HmmRegimeEvent(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        ts=ts(i),
-        regime=regime,  # type: ignore[arg-type]
-        probabilities=probabilities,
-        confidence=top - second,
-        bias_signal=probabilities[2] - probabilities[0],
-        observation_count=40 + i,
-        trained=trained,
-        trained_at=T0 - DAY_MS if trained else None,
-    )
+    return factories.hmm_event(
+        i, regime, probabilities, key=KEY, ts=ts(i), observation_count=40 + i, trained=trained,
+        trained_at=HMM_TRAINED_AT if trained else None,
+    )  # fmt: skip
 
 
 def decision(
-    t: int,
-    vol: str = "normal",
-    hmm: str | None = "RANGING",
-    close: float = 100.0,
-    tier: str = "CORE",
-    trained: bool = True,
-    probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
-) -> ScreenerDecision:
-    return ScreenerDecision(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        ts=t,
-        close=close,
-        tier=tier,
-        vol_regime=vol,  # type: ignore[arg-type]
-        vol_short=0.01,
-        vol_long=0.01,
-        vol_ratio=1.0,
-        sizing_multiplier=1.0,
-        base_per_trade_nav_pct=0.02,
-        effective_per_trade_nav_pct=0.02,
-        capped=False,
+    t: int, vol: str = "normal", hmm: str | None = "RANGING", close: float = 100.0, tier: str = "CORE",
+    trained: bool = True, probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
+) -> ScreenerDecision:  # fmt: skip
+    return factories.decision(
+        0, vol, hmm, key=KEY, ts=t, close=close, tier=tier, vol_short=0.01, vol_long=0.01, vol_ratio=1.0,
+        sizing_multiplier=1.0, base_per_trade_nav_pct=0.02, effective_per_trade_nav_pct=0.02, capped=False,
         weights={"trend": 0.4, "carry": 0.25, "expectancy": 0.2, "router": 0.15},
         scores={"trend": 0.1, "carry": 0.0, "expectancy": 0.0, "router": 0.0},
-        defaulted=("carry", "expectancy", "router"),
-        hybrid_score=0.04,
-        trend_score=0.1,
-        hmm_regime=hmm,  # type: ignore[arg-type]
-        hmm_bias=0.0,
-        hmm_confidence=0.0,
-        blend_factor=0.5,
-        dynamic_idle_target=0.39,
-        grid_bias=GridBias("symmetric", 1.0, 1.0, None),
-        hmm_trained=hmm is not None and trained,
-        hmm_probabilities=probabilities if hmm is not None else None,
-    )
+        defaulted=("carry", "expectancy", "router"), hybrid_score=0.04, trend_score=0.1, hmm_bias=0.0,
+        hmm_confidence=0.0, blend_factor=0.5, dynamic_idle_target=0.39, grid_bias=GridBias("symmetric", 1.0, 1.0, None),
+        hmm_trained=hmm is not None and trained, hmm_probabilities=probabilities if hmm is not None else None,
+    )  # fmt: skip
 
 
 def pipeline(reported_at: int, samples: int = 500) -> PipelineStatus:
-    return PipelineStatus(
-        exchange=KEY.exchange,
-        symbol=KEY.symbol,
-        timeframe=KEY.timeframe,
-        source="exchange",
-        interval_min=1,
-        sync_interval_sec=60.0,
-        samples=samples,
-        coverage_pct=25.0,
-        last_ts=ts(samples),
-        freshness_sec=12.0,
-        freshness_limit_sec=180.0,
-        freshness_ok=True,
-        gaps=0,
-        backfill_last_at=None,
-        backfill_last_rows=None,
-        backfill_last_message=None,
-        last_error=None,
-        reported_at=reported_at,
-    )
+    return factories.pipeline_status(
+        samples, key=KEY, last_ts=ts(samples), now=reported_at, source="exchange", interval_min=1,
+        sync_interval_sec=60.0, coverage_pct=25.0, freshness_sec=12.0, freshness_limit_sec=180.0, freshness_ok=True,
+        gaps=0, backfill_last_at=None, backfill_last_rows=None, backfill_last_message=None, last_error=None,
+    )  # fmt: skip
 
 
 def stored(record: msgspec.Struct) -> Any:
