@@ -93,3 +93,13 @@ def test_dockerfile_copies_what_exists_and_runs_a_service() -> None:
     cmd = re.search(r'^CMD \["python", "-m", "services\.(\w+)"\]', text, flags=re.M)
     assert cmd is not None
     assert cmd.group(1) in SERVICES
+
+
+def test_metrics_listen_on_loopback_unless_a_container_says_otherwise(compose: dict[str, Any]) -> None:
+    assert Settings().metrics_host == "127.0.0.1"
+    assert Settings.from_env({}).metrics_host == "127.0.0.1"
+    for name in SERVICES:
+        env = {k: v for k, v in _env(compose["services"][name]).items() if k != "STRATEGY_CONFIG"}  # a container path
+        settings = Settings.from_env(env)
+        if settings.metrics_port:  # scraped by Prometheus from another container: must listen beyond loopback
+            assert settings.metrics_host == "0.0.0.0", name
