@@ -93,14 +93,17 @@ def create_app(
     app.add_middleware(GZipMiddleware, minimum_size=core.GZIP_MIN_BYTES, compresslevel=core.GZIP_LEVEL)
     # Outside gzip: a refused body is never read, let alone decompressed or routed.
     app.add_middleware(BodyGuard, token=settings.api_token, max_body=settings.api_max_body_bytes)
+    regime_routes = RegimeRoutes(reads, config, settings.namespace).router()
+    ops_routes = OpsRoutes(settings, config, reads, nc, metrics, shutdown, api_metrics).router()
+    app.include_router(regime_routes)
+    app.include_router(ops_routes)
     app.edge = Edge(
         api_metrics,
-        routes=lambda: app.router.routes,
+        # The routes themselves (what FastAPI wraps them in when included varies by version), then the app's.
+        routes=lambda: [*regime_routes.routes, *ops_routes.routes, *app.routes],
         docs_paths=lambda: {DOCS_URL, app.swagger_ui_oauth2_redirect_url or DOCS_REDIRECT_URL},
         untimed=("/api/stream",),
     )
-    app.include_router(RegimeRoutes(reads, config, settings.namespace).router())
-    app.include_router(OpsRoutes(settings, config, reads, nc, metrics, shutdown, api_metrics).router())
 
     @app.exception_handler(query.BadRequest)
     async def bad_request(_request: Request, exc: query.BadRequest) -> JSONResponse:

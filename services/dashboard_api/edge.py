@@ -141,15 +141,14 @@ class ApiMetrics:
 
 def route_label(scope: Scope, routes: Collection[Any]) -> str:
     """The route template a request went to (or would have: refused ones never reach the router)."""
-    route = scope.get("route")
-    if route is None:
-        for candidate in routes:
-            match, _ = candidate.matches(scope)
-            if match is not Match.NONE:
-                route = candidate
-                break
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str) and path:
+        return path
+    for candidate in routes:
+        path = getattr(candidate, "path", None)
+        if isinstance(path, str) and path and candidate.matches(scope)[0] is not Match.NONE:
+            return path
+    return UNMATCHED
 
 
 class Edge:

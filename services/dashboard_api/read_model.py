@@ -100,7 +100,9 @@ class ChangeFeed:
                 await task
 
     def _stopping(self) -> bool:
-        return self._shutdown is not None and self._shutdown.is_set()
+        # ``_closed`` too, not only the cancellation: on Python 3.11 a cancel() landing as redis-py's read
+        # timeout expires is taken for the timeout, and the loop would go on listening for good.
+        return self._closed or (self._shutdown is not None and self._shutdown.is_set())
 
     async def _run(self) -> None:
         while not self._stopping():

@@ -65,7 +65,7 @@ from tests.harness import eventually, small_config
 TIERS = ("CORE", "SATELLITE", "TACTICAL", "ALT-EXT")
 VOLS = ("low", "normal", "high", "crisis")
 HMMS = ("BULLISH", "RANGING", "BEARISH", None)
-LONG = SeriesKey("alpha", "S00/USD", "1m")  # more history than the default 600 points
+LONG = SeriesKey("beta", "S00/USD", "1m")  # more history than the default 600 points
 DUO_1M, DUO_5M = SeriesKey("alpha", "DUO/USD", "1m"), SeriesKey("alpha", "DUO/USD", "5m")
 PERP = SeriesKey("alpha", "ETH/USDT:USDT", "1m")
 EMPTY = SeriesKey("alpha", "EMPTY/USD", "1m")  # in the universe, never updated: every block null
@@ -371,11 +371,11 @@ SYMBOLS = [
     "/api/symbols?vol_regime=high&hmm_regime=bearish&tier=SATELLITE&exchange=alpha",
 ]
 DETAILS = [
-    "/api/symbols/alpha/S00-USD",
-    "/api/symbols/alpha/S00/USD",
-    "/api/symbols/alpha/S00-USD?history=0",
-    "/api/symbols/alpha/S00-USD?history=1",
-    "/api/symbols/alpha/S00-USD?history=1440",
+    "/api/symbols/beta/S00-USD",
+    "/api/symbols/beta/S00/USD",
+    "/api/symbols/beta/S00-USD?history=0",
+    "/api/symbols/beta/S00-USD?history=1",
+    "/api/symbols/beta/S00-USD?history=1440",
     "/api/symbols/alpha/S01-USD",
     "/api/symbols/beta/S03-USD?timeframe=1m",
     "/api/symbols/alpha/DUO-USD",

@@ -94,13 +94,15 @@ def test_good_values_are_read(tmp_path: Path) -> None:
             "LOG_LEVEL": "debug",
             "LOG_JSON": "off",
             "METRICS_PORT": "9100",
-            "METRICS_HOST": "127.0.0.1",
+            "METRICS_HOST": "0.0.0.0",
             "API_HOST": "0.0.0.0",
             "API_PORT": "8080",
             "API_TOKEN": "s3cret-token-0123456789",
             "PARTITIONS": "32",
             "LEASE_TTL_SEC": "8",
             "REPLICA_ID": "node-7_a",
+            "API_MAX_BODY_BYTES": "4096",
+            "API_SSE_MAX_CLIENTS": "7",
             "HEALTH_INTERVAL_SEC": "2.5",
         }
     )
@@ -110,9 +112,10 @@ def test_good_values_are_read(tmp_path: Path) -> None:
     assert s.names.vol(SeriesKey("kraken", "BTC/USD", "1m")).startswith("paper_1.")
     assert s.strategy_config == cfg
     assert (s.log_level, s.log_json) == ("DEBUG", False)
-    assert (s.metrics_port, s.metrics_host, s.api_host, s.api_port) == (9100, "127.0.0.1", "0.0.0.0", 8080)
+    assert (s.metrics_port, s.metrics_host, s.api_host, s.api_port) == (9100, "0.0.0.0", "0.0.0.0", 8080)
     assert s.api_token == "s3cret-token-0123456789"
     assert (s.partitions, s.lease_ttl_sec, s.replica_id) == (32, 8.0, "node-7_a")
+    assert (s.api_max_body_bytes, s.api_sse_max_clients) == (4096, 7)
     assert s.health_interval_sec == 2.5
 
 
@@ -152,6 +155,9 @@ def test_empty_api_token_means_no_token() -> None:
         ("REPLICA_ID", "has space"),
         ("REPLICA_ID", "a.b"),
         ("REPLICA_ID", ""),
+        ("API_MAX_BODY_BYTES", "100"),
+        ("API_MAX_BODY_BYTES", "lots"),
+        ("API_SSE_MAX_CLIENTS", "0"),
         ("HEALTH_INTERVAL_SEC", "0"),
         ("HEALTH_INTERVAL_SEC", "-2"),
         ("HEALTH_INTERVAL_SEC", "soon"),

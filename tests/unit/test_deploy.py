@@ -200,3 +200,15 @@ def test_dockerfile_copies_what_exists_and_runs_a_service() -> None:
     cmd = re.search(r'^CMD \["python", "-m", "services\.(\w+)"\]', text, flags=re.M)
     assert cmd is not None
     assert cmd.group(1) in SERVICES
+
+
+def test_metrics_listen_on_loopback_unless_a_container_says_otherwise(compose: dict[str, Any]) -> None:
+    assert Settings().metrics_host == "127.0.0.1"
+    assert Settings.from_env({}).metrics_host == "127.0.0.1"
+    for name in SERVICES:
+        # Container paths (the config, the credential files) are not on this machine.
+        here = {k: v for k, v in _env(compose["services"][name]).items() if k not in ("STRATEGY_CONFIG", "NATS_USER")}
+        env = {k: v for k, v in here.items() if not k.endswith("_FILE")}
+        settings = Settings.from_env(env)
+        if settings.metrics_port:  # scraped by Prometheus from another container: must listen beyond loopback
+            assert settings.metrics_host == "0.0.0.0", name
