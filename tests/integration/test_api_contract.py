@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from regimes.servers import free_port
 from services.dashboard_api.app import create_app, read_model
 from services.state_publisher.core import new_snapshot
+from shared.domain import snapshot
 from shared.domain.subjects import SeriesKey, encode_symbol
 from shared.infra.telemetry import Metrics
 from tests.integration import test_api_speed_paths as speed
@@ -168,7 +169,7 @@ async def test_readiness_covers_the_universe_and_reports_imported_series_apart(a
     read_model(apps.app)  # the app's readiness cache: HMM_READINESS_CACHE_SEC of the test config
     now = int(time.time() * 1000)
     imported = SeriesKey("files", "IMP/USD", "1m")  # imported: not in the universe, 13 minutes old
-    snap = new_snapshot(imported, "CORE")
+    snap = json.loads(snapshot.dumps(new_snapshot(imported, "CORE")))  # as Redis holds it
     snap["price"] = {"close": 1.0, "ts": now - 14 * 60_000}
     snap["vol"] = None
     await world.redis.set(world.keys.symbol(imported.token), json.dumps(snap))
@@ -205,13 +206,16 @@ async def test_every_response_carries_the_security_headers(apps: Apps, world: Wo
         assert reply.headers["x-content-type-options"] == "nosniff"
     page = (await get(apps, "/")).headers["content-security-policy"]
     assert "script-src 'self';" in page
-    assert "cdn.jsdelivr.net" in (await get(apps, "/docs")).headers["content-security-policy"]
+    docs = (await get(apps, "/docs")).headers["content-security-policy"]
+    assert "script-src 'self' 'unsafe-inline'" in docs  # Swagger UI's one inline script, its files served here
+    assert "http" not in docs  # no other host
     posted = await apps.new.post("/api/backfill", json={})
     assert posted.status_code == 403  # no API_TOKEN in this world
     assert "content-security-policy" in posted.headers
     # A 500 (a snapshot the models reject) is answered by Starlette's error middleware: headers all the same.
     key = SeriesKey("alpha", "S01/USD", "1m")
-    await world.redis.set(world.keys.symbol(key.token), json.dumps(dict(world.writer.snaps[key], vol_regime="x")))
+    bad = dict(json.loads(snapshot.dumps(world.writer.snaps[key])), vol_regime="x")
+    await world.redis.set(world.keys.symbol(key.token), json.dumps(bad))
     broken = await get(apps, "/api/symbols/alpha/S01-USD")
     assert broken.status_code == 500
     for name in SECURITY:
