@@ -111,6 +111,25 @@ def _stack_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data-dir", type=Path, help="the stack whose data is in DIR (default: the last started)")
 
 
+def _offline(args: argparse.Namespace) -> int:
+    """``backtest`` and ``evaluate``: the pure cores over candle files, no bus."""
+    from regimes import feed
+
+    try:
+        cfg = _check(args.config or Settings.from_env().strategy_config)
+        candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
+    except (ConfigError, feed.FeedError) as exc:
+        print(f"regimes: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    if args.command == "backtest":
+        from regimes import backtest
+
+        return backtest.run(candles, cfg, now_ms(), args.out)
+    from regimes import report
+
+    return report.main(candles, cfg, now_ms(), args.out)
+
+
 def _replicas(items: list[str]) -> dict[str, int]:
     try:
         return parse_replicas(items)
@@ -167,26 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  vol windows: {cfg.vol.short_window_bars}/{cfg.vol.long_window_bars} bars")
         print(f"  HMM: {'on' if cfg.hmm.enabled else 'off'}, blend {cfg.hmm.blend_with_trend}")
         return
-    if args.command == "backtest":
-        from regimes import backtest, feed
-
-        try:
-            cfg = _check(args.config or Settings.from_env().strategy_config)
-            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
-        except (ConfigError, feed.FeedError) as exc:
-            print(f"regimes: {exc}", file=sys.stderr)
-            raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
-        raise SystemExit(backtest.run(candles, cfg, now_ms(), args.out))
-    if args.command == "evaluate":
-        from regimes import feed, report
-
-        try:
-            cfg = _check(args.config or Settings.from_env().strategy_config)
-            candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
-        except (ConfigError, feed.FeedError) as exc:
-            print(f"regimes: {exc}", file=sys.stderr)
-            raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
-        raise SystemExit(report.main(candles, cfg, now_ms(), args.out))
+    if args.command in ("backtest", "evaluate"):
+        raise SystemExit(_offline(args))
     try:
         where = find(args, os.environ, Path.home())
     except NoStack as exc:
