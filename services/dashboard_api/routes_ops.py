@@ -85,7 +85,7 @@ class OpsRoutes:
             methods=["POST"],
             response_model=BackfillResponse,
             tags=["operator"],
-            responses={code: {"model": Problem} for code in (401, 403, 503, 504)},
+            responses={code: {"model": Problem} for code in (401, 403, 413, 503, 504)},
         )
         router.add_api_route("/metrics", self.prometheus, include_in_schema=False)
         return router
