@@ -207,7 +207,11 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = admit(scope["path"], Headers(scope=scope), self.token, self.max_body, self.operator_paths)
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # behind a proxy's prefix: the path the routes see
+            path = path[len(root) :] or "/"
+        refusal = admit(path, Headers(scope=scope), self.token, self.max_body, self.operator_paths)
         if refusal is not None:
             await _refuse(send, refusal)
             return

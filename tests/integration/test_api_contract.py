@@ -114,6 +114,8 @@ async def test_a_parameter_a_route_does_not_take_is_refused(apps: Apps) -> None:
         reply = await get(apps, path)
         assert reply.status_code == 400, path
         assert "unknown query parameter" in reply.json()["detail"]
+    for path in ["/?utm_source=chat", "/healthz?probe=1", "/readyz?x=1"]:  # the page and probes: not the API's
+        assert (await get(apps, path)).status_code == 200, path
 
 
 # --------------------------------------------------------------------------- one series
@@ -257,6 +259,10 @@ async def test_redis_errors_are_counted_and_answered_503(dead_redis_app: httpx.A
         assert reply.status_code == 503, path
         assert "redis unavailable" in reply.json()["detail"]
         assert reply.headers["retry-after"] == "1"
+    stream = await dead_redis_app.get("/api/stream")  # would look live and stay silent: refused instead
+    assert stream.status_code == 503
+    assert stream.headers["retry-after"] == "10"
+    assert "change notices unavailable" in stream.json()["detail"]
     ready = await dead_redis_app.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["redis"] is False
@@ -264,4 +270,7 @@ async def test_redis_errors_are_counted_and_answered_503(dead_redis_app: httpx.A
     errors = samples(text, "regimes_api_redis_errors_total")
     assert errors[(("where", "request"),)] == 2
     assert errors[(("where", "readiness"),)] == 1
+    assert errors[(("where", "changes"),)] >= 1
+    refused = samples(text, "regimes_api_sse_refused_total")
+    assert refused[(("reason", "no_notices"),)] == 1
     assert re.search(r'regimes_api_requests_total\{method="GET",route="/api/summary",status="503"\} 1', text)
