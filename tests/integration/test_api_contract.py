@@ -5,6 +5,7 @@ every response and per-route metrics scraped from /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import ClientDisconnect
 
 from regimes.servers import free_port
 from services.dashboard_api.app import create_app, read_model
@@ -274,3 +276,26 @@ async def test_redis_errors_are_counted_and_answered_503(dead_redis_app: httpx.A
     refused = samples(text, "regimes_api_sse_refused_total")
     assert refused[(("reason", "no_notices"),)] == 1
     assert re.search(r'regimes_api_requests_total\{method="GET",route="/api/summary",status="503"\} 1', text)
+
+
+async def test_a_stream_client_gone_before_its_first_byte_gives_its_place_back(apps: Apps) -> None:
+    fanout = read_model(apps.app).feed.fanout
+    counts: list[int] = []
+    fanout._on_count = counts.append
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the client hung up")
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/stream", "raw_path": b"/api/stream", "query_string": b"", "root_path": "",
+        "headers": [], "client": ("127.0.0.1", 1), "server": ("api", 80),
+    }
+    with contextlib.suppress(OSError, ClientDisconnect):
+        await apps.app(scope, receive, send)
+    assert counts == [1, 0]  # joined, and left although its stream never started
+    assert len(fanout) == 0
