@@ -70,6 +70,8 @@ _COMMON = (
     (b"referrer-policy", b"no-referrer"),
 )
 UNMATCHED = "unmatched"  # the route label of a path no route serves
+# Any token is a method to uvicorn: label values a client picks must come from a fixed set.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
 def security_headers(path: str, docs_paths: Collection[str] = ()) -> list[tuple[bytes, bytes]]:
@@ -186,7 +188,7 @@ class Edge:
             await app(scope, receive, send_with_headers)
         finally:
             route = route_label(scope, self._routes())
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.requests.labels(route, method, str(status)).inc()
             if route not in self._untimed:
                 self.metrics.seconds.labels(route, method).observe(time.perf_counter() - start)

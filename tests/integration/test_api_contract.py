@@ -229,7 +229,11 @@ async def test_metrics_count_and_time_each_route_by_its_template(apps: Apps) -> 
     for path in ["/api/symbols/alpha/S01-USD", "/api/symbols/beta/S03-USD", "/api/symbols/alpha/NOPE-USD",
                  "/api/symbols?tier=nope", "/api/summary", "/no/such/path", "/no/other/path"]:
         await get(apps, path)
+    for method in ("BREW", "X" * 50):  # a method is any token to uvicorn: it must not mint label values
+        await apps.new.request(method, "/api/summary")
     text = (await get(apps, "/metrics")).text
+    methods = {dict(k)["method"] for k in samples(text, "regimes_api_requests_total")}
+    assert methods == {"GET", "other"}
     counts = samples(text, "regimes_api_requests_total")
     detail = "/api/symbols/{exchange}/{symbol:path}"
     assert counts[(("method", "GET"), ("route", detail), ("status", "200"))] == 2
