@@ -159,10 +159,13 @@ def _offline_docs(app: FastAPI) -> None:
 
 
 async def _known_parameters_only(request: Request) -> None:
-    """400 for a query parameter the route does not declare: a misspelt filter must not answer everything."""
+    """400 for a query parameter an /api/ route does not declare: a misspelt filter must not answer everything.
+
+    Only there: the page and the probes may be linked or polled with parameters of no meaning to them.
+    """
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if dependant is None or not getattr(route, "path", "").startswith("/api/"):
         return
     names = getattr(route, "_query_names", None)
     if names is None:  # worked out once per route, kept on it

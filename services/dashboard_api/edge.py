@@ -70,6 +70,8 @@ _COMMON = (
     (b"referrer-policy", b"no-referrer"),
 )
 UNMATCHED = "unmatched"  # the route label of a path no route serves
+# Any token is a method to uvicorn: label values a client picks must come from a fixed set.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
 def security_headers(path: str, docs_paths: Collection[str] = ()) -> list[tuple[bytes, bytes]]:
@@ -186,7 +188,7 @@ class Edge:
             await app(scope, receive, send_with_headers)
         finally:
             route = route_label(scope, self._routes())
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.requests.labels(route, method, str(status)).inc()
             if route not in self._untimed:
                 self.metrics.seconds.labels(route, method).observe(time.perf_counter() - start)
@@ -207,7 +209,11 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = admit(scope["path"], Headers(scope=scope), self.token, self.max_body, self.operator_paths)
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # behind a proxy's prefix: the path the routes see
+            path = path[len(root) :] or "/"
+        refusal = admit(path, Headers(scope=scope), self.token, self.max_body, self.operator_paths)
         if refusal is not None:
             await _refuse(send, refusal)
             return

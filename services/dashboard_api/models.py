@@ -248,7 +248,7 @@ class HistoryColumns(BaseModel):
 
 
 class SymbolDetailCompact(BaseModel):
-    """The detail with its history as columns (``?format=compact``): the same values, about a third fewer bytes."""
+    """The detail with its history as columns (``?format=compact``): the same values, about a quarter fewer bytes."""
 
     snapshot: SymbolSnapshot
     history: HistoryColumns

@@ -10,7 +10,7 @@ answer everything.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.domain.config import StrategyConfig
@@ -37,32 +37,36 @@ class SymbolFilter:
     exchange: str | None = None
 
 
-def known_tiers(config: StrategyConfig) -> frozenset[str]:
-    """Every tier the config names (casefolded), and CORE, the tier of a series outside the universe."""
+def known_tiers(config: StrategyConfig) -> dict[str, str]:
+    """Every tier the config names, and CORE (the tier of a series outside the universe): casefolded -> as written."""
     named = [s.tier for s in config.universe]
     named += list(config.sizing_multipliers)
     named += [scope for scope in config.hybrid_modifiers if scope != "default"]
-    return frozenset(t.casefold() for t in [*named, "CORE"])
+    tiers: dict[str, str] = {}
+    for tier in [*named, "CORE"]:
+        tiers.setdefault(tier.casefold(), tier)
+    return dict(sorted(tiers.items()))
 
 
-def _choice(name: str, value: str | None, choices: Iterable[str]) -> str | None:
+def _choice(name: str, value: str | None, choices: Mapping[str, str] | Iterable[str]) -> str | None:
+    """``value`` casefolded when it is one of ``choices`` (casefolded; a mapping shows its values), else 400."""
     if value is None:
         return None
-    options = tuple(choices)
+    shown = list(choices.values()) if isinstance(choices, Mapping) else list(choices)
     folded = value.casefold()
-    if folded not in options:
-        raise BadRequest(f"{name} must be one of {', '.join(options)} (any case); got {value!r}")
+    if folded not in choices:
+        raise BadRequest(f"{name} must be one of {', '.join(shown)} (any case); got {value!r}")
     return folded
 
 
 def symbol_filter(
-    vol_regime: str | None, hmm_regime: str | None, tier: str | None, exchange: str | None, tiers: Collection[str]
+    vol_regime: str | None, hmm_regime: str | None, tier: str | None, exchange: str | None, tiers: Mapping[str, str]
 ) -> SymbolFilter:
     """The filters of /api/symbols, or :class:`BadRequest` for a label or tier nothing can have."""
     return SymbolFilter(
         vol_regime=_choice("vol_regime", vol_regime, VOL),
         hmm_regime=_choice("hmm_regime", hmm_regime, HMM),
-        tier=_choice("tier", tier, sorted(tiers)),
+        tier=_choice("tier", tier, tiers),
         exchange=exchange,
     )
 

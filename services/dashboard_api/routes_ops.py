@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from services.dashboard_api import readiness
 from services.dashboard_api.edge import ApiMetrics, bearer_ok
@@ -34,6 +35,21 @@ SSE_RETRY_AFTER_SEC = 10
 
 def _unavailable(detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(SSE_RETRY_AFTER_SEC)})
+
+
+class _LiveResponse(StreamingResponse):
+    """The event stream, giving its client's place back however it ends: a client gone before the first
+    byte never starts the generator, whose own ``finally`` would then never run."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
 @dataclass
@@ -87,7 +103,7 @@ class OpsRoutes:
             methods=["POST"],
             response_model=BackfillResponse,
             tags=["operator"],
-            responses={code: {"model": Problem} for code in (401, 403, 503, 504)},
+            responses={code: {"model": Problem} for code in (401, 403, 413, 503, 504)},
         )
         router.add_api_route("/metrics", self.prometheus, include_in_schema=False)
         return router
@@ -179,7 +195,7 @@ class OpsRoutes:
                 fanout.leave(client)
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        return _LiveResponse(events(), lambda: fanout.leave(client), media_type="text/event-stream", headers=headers)
 
     async def backfill(
         self,

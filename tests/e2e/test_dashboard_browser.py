@@ -86,6 +86,11 @@ def signed(v: float, digits: int = 2) -> str:
     return text if float(text) == 0 else ("+" if v > 0 else "\u2212") + text
 
 
+def page_label(api_label: str) -> str:
+    """The API writes every label in lower case; the page keeps the HMM ones in upper case (static/labels.js)."""
+    return api_label.upper() if api_label.upper() in HMM_LABELS else api_label
+
+
 def events_for(config: Any, scenario: dict[SeriesKey, list[Bar]], seed: int = 1) -> list[Any]:
     start = recent_start(max(len(bars) for bars in scenario.values()))
     events: list[Any] = []
@@ -180,7 +185,7 @@ async def test_summary_charts_count_symbols_per_regime(make_stack: StackFactory,
     vol_counts = {label: list(FINAL_VOL.values()).count(label) for label in VOL_LABELS}
     hmm_counts = {label: list(FINAL_HMM.values()).count(label) for label in HMM_LABELS}
     assert summary["vol_regime_summary"] == vol_counts
-    assert summary["hmm_regime_summary"] == {k.lower(): n for k, n in hmm_counts.items()}  # the API's lower case
+    assert summary["hmm_regime_summary"] == {label.lower(): n for label, n in hmm_counts.items()}  # the API's case
 
     for label, n in vol_counts.items():
         bar = dash.page.locator(f'[data-testid="vol-summary-bar"][data-regime="{label}"]')
@@ -421,14 +426,12 @@ async def test_symbol_view_draws_regime_history_probabilities_and_transitions(
 
     await view.locator('button[data-bands="hmm"]').click()
     hmm_bands = view.locator('[data-testid="band"][data-kind="hmm"]')
-    # The API spells labels in lower case; the page keeps the contracts' upper-case HMM labels.
-    await expect(hmm_bands.last).to_have_attribute("data-regime", history[-1]["hmm"].upper())
+    await expect(hmm_bands.last).to_have_attribute("data-regime", page_label(history[-1]["hmm"]))
 
     transitions = view.get_by_test_id("transition")
     await expect(transitions).to_have_count(len(detail["transitions"]))
     newest = detail["transitions"][0]
-    to = newest["to"].upper() if newest["kind"] == "hmm" else newest["to"]  # the page's HMM labels: upper case
-    await expect(transitions.first).to_have_attribute("data-to", to)
+    await expect(transitions.first).to_have_attribute("data-to", page_label(newest["to"]))
     await expect(transitions.first).to_have_attribute("data-kind", newest["kind"])
 
     screener = detail["snapshot"]["screener"]

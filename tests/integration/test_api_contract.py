@@ -5,6 +5,7 @@ every response and per-route metrics scraped from /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import ClientDisconnect
 
 from regimes.servers import free_port
 from services.dashboard_api.app import create_app, read_model
@@ -115,6 +117,8 @@ async def test_a_parameter_a_route_does_not_take_is_refused(apps: Apps) -> None:
         reply = await get(apps, path)
         assert reply.status_code == 400, path
         assert "unknown query parameter" in reply.json()["detail"]
+    for path in ["/?utm_source=chat", "/healthz?probe=1", "/readyz?x=1"]:  # the page and probes: not the API's
+        assert (await get(apps, path)).status_code == 200, path
 
 
 # --------------------------------------------------------------------------- one series
@@ -229,7 +233,11 @@ async def test_metrics_count_and_time_each_route_by_its_template(apps: Apps) -> 
     for path in ["/api/symbols/alpha/S01-USD", "/api/symbols/beta/S03-USD", "/api/symbols/alpha/NOPE-USD",
                  "/api/symbols?tier=nope", "/api/summary", "/no/such/path", "/no/other/path"]:
         await get(apps, path)
+    for method in ("BREW", "X" * 50):  # a method is any token to uvicorn: it must not mint label values
+        await apps.new.request(method, "/api/summary")
     text = (await get(apps, "/metrics")).text
+    methods = {dict(k)["method"] for k in samples(text, "regimes_api_requests_total")}
+    assert methods == {"GET", "other"}
     counts = samples(text, "regimes_api_requests_total")
     detail = "/api/symbols/{exchange}/{symbol:path}"
     assert counts[(("method", "GET"), ("route", detail), ("status", "200"))] == 2
@@ -261,6 +269,10 @@ async def test_redis_errors_are_counted_and_answered_503(dead_redis_app: httpx.A
         assert reply.status_code == 503, path
         assert "redis unavailable" in reply.json()["detail"]
         assert reply.headers["retry-after"] == "1"
+    stream = await dead_redis_app.get("/api/stream")  # would look live and stay silent: refused instead
+    assert stream.status_code == 503
+    assert stream.headers["retry-after"] == "10"
+    assert "change notices unavailable" in stream.json()["detail"]
     ready = await dead_redis_app.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["redis"] is False
@@ -268,4 +280,30 @@ async def test_redis_errors_are_counted_and_answered_503(dead_redis_app: httpx.A
     errors = samples(text, "regimes_api_redis_errors_total")
     assert errors[(("where", "request"),)] == 2
     assert errors[(("where", "readiness"),)] == 1
+    assert errors[(("where", "changes"),)] >= 1
+    refused = samples(text, "regimes_api_sse_refused_total")
+    assert refused[(("reason", "no_notices"),)] == 1
     assert re.search(r'regimes_api_requests_total\{method="GET",route="/api/summary",status="503"\} 1', text)
+
+
+async def test_a_stream_client_gone_before_its_first_byte_gives_its_place_back(apps: Apps) -> None:
+    fanout = read_model(apps.app).feed.fanout
+    counts: list[int] = []
+    fanout._on_count = counts.append
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the client hung up")
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/stream", "raw_path": b"/api/stream", "query_string": b"", "root_path": "",
+        "headers": [], "client": ("127.0.0.1", 1), "server": ("api", 80),
+    }
+    with contextlib.suppress(OSError, ClientDisconnect):
+        await apps.app(scope, receive, send)
+    assert counts == [1, 0]  # joined, and left although its stream never started
+    assert len(fanout) == 0

@@ -76,12 +76,12 @@ def test_compact_columns_are_the_fields_of_a_history_point() -> None:
 
 def test_tiers_are_the_configs_in_any_case_and_core_for_series_outside_the_universe() -> None:
     tiers = query.known_tiers(CONFIG)
-    assert {"core", "satellite"} <= tiers
+    assert {"core", "satellite"} <= set(tiers)
     assert query.symbol_filter(None, None, "cOrE", None, tiers).tier == "core"
     assert query.symbol_filter(None, None, "SATELLITE", None, tiers).tier == "satellite"
     with pytest.raises(query.BadRequest, match="tier must be one of") as caught:
         query.symbol_filter(None, None, "nope", None, tiers)
-    assert "core" in str(caught.value)
+    assert "CORE, Satellite" in str(caught.value)  # shown as the config writes them
     with pytest.raises(query.BadRequest):
         query.symbol_filter(None, None, "", None, tiers)  # ?tier= names no tier either
 
@@ -102,7 +102,7 @@ def test_an_unknown_label_is_a_bad_request(vol: str | None, hmm: str | None) -> 
 
 
 def test_an_exchange_is_an_identifier_kept_exact() -> None:
-    assert query.symbol_filter(None, None, None, "Kraken", frozenset()).exchange == "Kraken"
+    assert query.symbol_filter(None, None, None, "Kraken", {}).exchange == "Kraken"
 
 
 def test_filters_match_rendered_and_stored_snapshots_alike() -> None:
@@ -357,3 +357,20 @@ async def test_a_chunked_body_is_stopped_once_it_passes_the_limit() -> None:
         await guard({"type": "http", "path": "/api/symbols", "headers": []}, receive, None)
     assert getattr(caught.value, "status_code", None) == 413
     assert seen == [600]  # the second chunk never reached the app
+
+
+async def test_behind_a_proxy_prefix_the_operator_path_is_still_guarded() -> None:
+    sent: list[dict[str, Any]] = []
+    reached: list[str] = []
+
+    async def app(scope: Any, _receive: Any, _send: Any) -> None:
+        reached.append(scope["path"])
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = edge.BodyGuard(app, TOKEN, 1000)
+    scope = {"type": "http", "path": "/regimes/api/backfill", "root_path": "/regimes", "headers": []}
+    await guard(scope, None, send)
+    assert reached == []
+    assert sent[0]["status"] == 401
