@@ -357,6 +357,10 @@ class Consumer:
         for store in self.stores:
             store.discard()
         self._held.clear()
+        # What was fetched since the last commit is forgotten with the state: a commit before the next open
+        # (handing a partition over, say) must not move the position past work that was discarded.
+        self._last_seq = self.committed
+        self._uncommitted = False
 
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():

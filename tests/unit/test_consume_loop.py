@@ -386,3 +386,16 @@ def test_fuzzed_messages_are_each_applied_or_dead_lettered_and_never_stop_the_lo
     assert handled + len(rig.bus.letters) == len(msgs)
     assert all(reason for reason, _ in rig.bus.letters)
     assert rig.position.value == (len(msgs) or 0)
+
+
+async def test_a_commit_after_a_failed_batch_never_moves_the_position_past_what_was_discarded() -> None:
+    # A replica handing a partition over commits first; if its last batch failed (its state discarded),
+    # that commit must not cover the messages it fetched but never made durable: the successor replays them.
+    rig = Rig()
+    c = rig.consumer(echo)
+    c.committed = 3  # durable up to 3 ...
+    c._last_seq = 9  # ... fetched up to 9 when the batch failed
+    c._reset()
+    await c._commit_locked()
+    assert rig.position.value in (0, 3)  # never 9
+    assert "commit 9" not in rig.journal
