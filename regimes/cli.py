@@ -22,7 +22,7 @@ from regimes.stackfile import NoStack, Resolved
 from regimes.supervisor import SERVICES, Supervisor, UpOptions, parse_replicas
 from services.ohlcv_ingest.replay import interleave
 from shared.domain.config import StrategyConfig, load_strategy_config
-from shared.domain.contracts import Heartbeat
+from shared.domain.control import Heartbeat
 from shared.domain.errors import ConfigError
 from shared.domain.vocab import TIMEFRAMES_MS
 from shared.infra.bus import now_ms

@@ -17,16 +17,8 @@ from nats.js import JetStreamContext
 from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
 from shared.domain.config import load_strategy_config
-from shared.domain.contracts import (
-    BackfillReply,
-    BackfillRequest,
-    Candle,
-    ContractError,
-    Heartbeat,
-    candles_in,
-    decode_json,
-    encode_json,
-)
+from shared.domain.contracts import Candle, ContractError, candles_in, decode_json, encode_json
+from shared.domain.control import BackfillReply, BackfillRequest, Heartbeat
 from shared.domain.subjects import Names
 from shared.infra.bus import (
     PUBLISH_WINDOW,

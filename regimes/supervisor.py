@@ -45,7 +45,7 @@ from regimes.servers import (
     start_redis,
     stop_process,
 )
-from shared.domain.contracts import Heartbeat
+from shared.domain.control import Heartbeat
 from shared.domain.errors import ConfigError
 from shared.infra.lifetime import die_with_parent
 

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from services.dashboard_api import core, readiness
 from services.dashboard_api.live import Fanout
 from services.dashboard_api.models import ServiceHealth
-from shared.domain.contracts import Heartbeat
+from shared.domain.control import Heartbeat
 from shared.domain.errors import ContractError
 from shared.domain.subjects import Names, SeriesKey, decode_symbol
 from shared.domain.vocab import TIMEFRAMES_MS

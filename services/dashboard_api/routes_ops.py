@@ -21,7 +21,7 @@ from services.dashboard_api import readiness
 from services.dashboard_api.edge import ApiMetrics, bearer_ok
 from services.dashboard_api.models import BackfillRequest, BackfillResponse, Problem, Readiness
 from services.dashboard_api.read_model import ReadModel
-from shared.domain import contracts
+from shared.domain import control
 from shared.domain.config import StrategyConfig
 from shared.domain.contracts import ContractError, decode_json, encode_json
 from shared.infra.settings import Settings
@@ -212,7 +212,7 @@ class OpsRoutes:
         if body.series is not None and body.series not in self.universe:
             raise HTTPException(400, f"{body.series} is not in the universe")
         names = self.settings.names
-        request = encode_json(contracts.BackfillRequest(body.series, body.target_candles, body.max_pages))
+        request = encode_json(control.BackfillRequest(body.series, body.target_candles, body.max_pages))
         try:
             reply = await self.nc.request(names.control("backfill"), request, timeout=timeout)
         except nats.errors.NoRespondersError:
@@ -220,7 +220,7 @@ class OpsRoutes:
         except (nats.errors.TimeoutError, TimeoutError):
             raise HTTPException(504, f"ingest did not answer within {timeout:.0f}s") from None
         try:
-            return msgspec.to_builtins(decode_json(reply.data, contracts.BackfillReply))
+            return msgspec.to_builtins(decode_json(reply.data, control.BackfillReply))
         except ContractError as exc:
             raise HTTPException(502, f"ingest's reply breaks its contract: {exc.reason}") from None
 

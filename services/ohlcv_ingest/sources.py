@@ -21,9 +21,6 @@ from services.ohlcv_ingest.demo import DemoClock, DemoMarket
 from services.ohlcv_ingest.exchange import ExchangeSource, FetchResult
 from shared.domain.aggregate import Aggregator
 from shared.domain.contracts import (
-    BackfillReply,
-    BackfillRequest,
-    BackfillResult,
     Candle,
     CandleBatch,
     ContractError,
@@ -33,6 +30,7 @@ from shared.domain.contracts import (
     encode,
     encode_json,
 )
+from shared.domain.control import BackfillReply, BackfillRequest, BackfillResult
 from shared.domain.subjects import SeriesKey, timeframe_ms
 from shared.infra.bus import now_ms, publish_candles, read_subject
 from shared.infra.service import Runtime

@@ -24,16 +24,8 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
-from shared.domain.contracts import (
-    MAX_BATCH_BARS,
-    Candle,
-    CandleBatch,
-    DeadLetter,
-    Heartbeat,
-    candles_in,
-    decode,
-    encode,
-)
+from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
+from shared.domain.control import Heartbeat
 from shared.domain.errors import ConfigError, ContractError
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.telemetry import Metrics

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from regimes.servers import free_port
+from tests.e2e.conftest import alive, processes_mentioning
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,26 +70,6 @@ def regimes(env: dict[str, str], *args: str, timeout: float = 60, cwd: Path = RO
     )
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def processes_mentioning(text: str) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            out.append(int(proc.name))
-    return out
 
 
 @dataclass

@@ -51,7 +51,8 @@ from services.state_publisher.core import Update, apply_decision, apply_hmm, app
 from services.state_publisher.writer import SnapshotWriter
 from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
-from shared.domain.contracts import HMM_LABELS, VOL_LABELS, Heartbeat, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.contracts import HMM_LABELS, VOL_LABELS, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
+from shared.domain.control import Heartbeat
 from shared.domain.errors import ContractError
 from shared.domain.snapshot import SeriesSnapshot
 from shared.domain.subjects import SeriesKey, decode_symbol

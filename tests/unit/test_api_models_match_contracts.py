@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 from services.dashboard_api import models as api
-from shared.domain import contracts, snapshot
+from shared.domain import control, snapshot
 
 Shape = Any  # a nested tuple: ("int", ge, le), ("float",), ("str",), ("bool",), ("any",), ("literal", values) ...
 
@@ -120,9 +120,9 @@ PAIRS = [
     (snapshot.SeriesSnapshot, api.SymbolSnapshot),
     (snapshot.Summary, api.Summary),
     (snapshot.HistoryPoint, api.HistoryPoint),
-    (contracts.Heartbeat, api.ServiceHealth),
-    (contracts.BackfillRequest, api.BackfillRequest),
-    (contracts.BackfillReply, api.BackfillResponse),
+    (control.Heartbeat, api.ServiceHealth),
+    (control.BackfillRequest, api.BackfillRequest),
+    (control.BackfillReply, api.BackfillResponse),
 ]
 
 

@@ -7,15 +7,8 @@ import json
 import msgpack
 import pytest
 
-from shared.domain.contracts import (
-    BackfillReply,
-    BackfillRequest,
-    BackfillResult,
-    ContractError,
-    Heartbeat,
-    decode_json,
-    encode_json,
-)
+from shared.domain.contracts import ContractError, decode_json, encode_json
+from shared.domain.control import BackfillReply, BackfillRequest, BackfillResult, Heartbeat
 from shared.infra.bus import Health
 from shared.infra.telemetry import Metrics
 

@@ -21,7 +21,7 @@ import pytest
 from regimes import stackfile
 from regimes.stackfile import Found, NoStack, StackInfo, resolve
 from regimes.supervisor import exit_reason, local_url, not_reported, parse_replicas, server_restart_delay
-from shared.domain.contracts import Heartbeat
+from shared.domain.control import Heartbeat
 from shared.domain.errors import ConfigError
 
 STACK = StackInfo(

@@ -17,7 +17,7 @@ export function renderSymbol() {
   const root = document.querySelector("[data-testid=symbol-view]");
   if (!root) return;
   if (!S.detail || S.detailKey !== S.route.hash) {
-    root.innerHTML = placeholder(S.route);
+    root.innerHTML = loadingView(S.route);
     return;
   }
   // Other series' changes leave this view alone (and the chart cursor where it is).
@@ -36,7 +36,7 @@ export function renderSymbol() {
   drawCharts();
 }
 
-function placeholder(route) {
+function loadingView(route) {
   return `<div class="sym-head"><a class="back" href="#/">\u2190 Overview</a><h1>${esc(route.symbol)}</h1></div>
     <div class="card empty">${S.detailError ? `Cannot show this series: ${esc(S.detailError)}` : "Loading…"}</div>`;
 }
