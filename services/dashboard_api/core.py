@@ -249,6 +249,7 @@ def config_view(config: StrategyConfig) -> dict[str, Any]:
             scope: {label: dict(m) for label, m in per.items()} for scope, per in config.hybrid_modifiers.items()
         },
         "vol_thresholds": thresholds(config),
+        "vol_confirmation": {"confirm_bars": config.vol.confirm_bars, "hysteresis": config.vol.hysteresis},
         "idle_target": {
             "base_target": config.idle.base_target,
             "sensitivity": config.idle.sensitivity,

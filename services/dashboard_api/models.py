@@ -187,6 +187,25 @@ class ServiceHealth(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class AdmittedEntry(BaseModel):
+    exchange: str
+    symbol: str = Field(description="display form, e.g. BTC/USD")
+    timeframe: str
+    first_seq: int = Field(description="OHLCV stream sequence of the series' first candle: its place in the order")
+
+
+class AdmittedSeries(BaseModel):
+    """The series the stack admits (bounded admission): the first ``max_series`` to appear in the candle stream."""
+
+    admitted: int = Field(description="series admitted; at most max_series")
+    max_series: int = Field(description="the cap, MAX_SERIES")
+    registered: int = Field(description="series seen at all, refused ones included")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last")
+    series: list[AdmittedEntry] = Field(description="this page of the admitted series, first to appear first")
+
+
 class SeriesStatus(BaseModel):
     series: str
     vol_regime: VolLabel | None
@@ -306,6 +325,15 @@ class Vocabulary(BaseModel):
     score_components: list[str] = Field(description="components of the hybrid score, in the weights' order")
 
 
+class VolConfirmation(BaseModel):
+    """``vol_regimes.defaults``' two filters between the ratio's plain label (``raw_label``) and the regime."""
+
+    confirm_bars: int = Field(description="bars in a row a new label must lead before it is the regime; 1: at once")
+    hysteresis: float = Field(
+        description="fraction of a threshold the ratio must cross it by to leave the regime in force; 0: none"
+    )
+
+
 class ConfigView(BaseModel):
     """The strategy config in force, as the screener applies it."""
 
@@ -316,6 +344,7 @@ class ConfigView(BaseModel):
     sizing_multipliers: dict[str, dict[str, float]]
     hybrid_weight_modifiers: dict[str, dict[str, dict[str, float]]]
     vol_thresholds: dict[str, float]
+    vol_confirmation: VolConfirmation = Field(description="the same for every tier: the config has no per-tier form")
     idle_target: dict[str, float]
     hmm: dict[str, Any]
     vocabulary: Vocabulary

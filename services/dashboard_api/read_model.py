@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import redis.asyncio as aioredis
 from fastapi import HTTPException
 from nats.aio.client import Client as NATS
@@ -34,6 +35,7 @@ from shared.domain.control import Heartbeat
 from shared.domain.errors import ContractError
 from shared.domain.subjects import Names, SeriesKey, decode_symbol
 from shared.domain.vocab import TIMEFRAMES_MS
+from shared.infra.admission import registered
 from shared.infra.bus import read_health
 from shared.infra.redis_keys import RedisKeys
 
@@ -225,6 +227,7 @@ class ReadModel:
         self._detail_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
         self._summary: tuple[str | None, core.Body | None] | None = None
         self._health = _TtlCache(health_ttl)
+        self._registry = _TtlCache(health_ttl)
 
     async def aclose(self) -> None:
         await self.feed.aclose()
@@ -346,6 +349,21 @@ class ReadModel:
             return [_health(h) for h in await read_health(self._nc.jetstream(), self._names)]
         except (nats.errors.Error, OSError, TimeoutError):
             return []
+
+    async def registry(self) -> dict[str, int] | None:
+        """The admission registry (bucket ``series``: token -> first sequence), read at most once per
+        ``health_ttl``, so a page of requests costs one read of the bucket; None: NATS unreachable."""
+        result: dict[str, int] | None = await self._registry.get(self._read_registry)
+        return result
+
+    async def _read_registry(self) -> dict[str, int] | None:
+        try:
+            # Bound, never created: the bucket is the candle consumers'; the API only reads it.
+            return await registered(await self._nc.jetstream().key_value(self._names.bucket("series")))
+        except nats.js.errors.BucketNotFoundError:
+            return {}  # no candle consumer has started yet: nothing is admitted
+        except (nats.errors.Error, OSError, TimeoutError):
+            return None
 
 
 class _TtlCache:

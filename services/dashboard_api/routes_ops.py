@@ -19,11 +19,20 @@ from starlette.types import Receive, Scope, Send
 
 from services.dashboard_api import readiness
 from services.dashboard_api.edge import ApiMetrics, bearer_ok
-from services.dashboard_api.models import BackfillRequest, BackfillResponse, Problem, Readiness
+from services.dashboard_api.models import (
+    AdmittedEntry,
+    AdmittedSeries,
+    BackfillRequest,
+    BackfillResponse,
+    Problem,
+    Readiness,
+)
 from services.dashboard_api.read_model import ReadModel
 from shared.domain import control
 from shared.domain.config import StrategyConfig
 from shared.domain.contracts import ContractError, decode_json, encode_json
+from shared.domain.subjects import SeriesKey
+from shared.infra import admission
 from shared.infra.settings import Settings
 from shared.infra.telemetry import Metrics
 
@@ -31,6 +40,9 @@ SSE_KEEPALIVE_SEC = 15.0
 SSE_POLL_SEC = 1.0
 SSE_SUBSCRIBE_WAIT_SEC = 3.0  # a first client waits this long for the API's subscription to be confirmed
 SSE_RETRY_AFTER_SEC = 10
+SERIES_PAGE_DEFAULT = 100
+SERIES_PAGE_MAX = 1000  # a page of /api/series: 10,000 admitted series are ten requests, not one huge body
+SERIES_OFFSET_MAX = 1_000_000  # MAX_SERIES' own upper bound: no offset past it can find anything
 
 
 def _unavailable(detail: str) -> JSONResponse:
@@ -104,6 +116,13 @@ class OpsRoutes:
             response_model=BackfillResponse,
             tags=["operator"],
             responses={code: {"model": Problem} for code in (401, 403, 413, 503, 504)},
+        )
+        router.add_api_route(
+            "/api/series",
+            self.series,
+            response_model=AdmittedSeries,
+            tags=["status"],
+            responses={503: {"model": Problem}},
         )
         router.add_api_route("/metrics", self.prometheus, include_in_schema=False)
         return router
@@ -224,5 +243,33 @@ class OpsRoutes:
         except ContractError as exc:
             raise HTTPException(502, f"ingest's reply breaks its contract: {exc.reason}") from None
 
+    async def series(
+        self,
+        limit: int = Query(SERIES_PAGE_DEFAULT, ge=1, le=SERIES_PAGE_MAX, description="series per page"),
+        offset: int = Query(0, ge=0, le=SERIES_OFFSET_MAX, description="admitted series to skip"),
+    ) -> AdmittedSeries:
+        """The admitted series (NATS KV bucket ``series``), first to appear first, a page at a time."""
+        first = await self.reads.registry()
+        if first is None:
+            raise HTTPException(503, "NATS unreachable: the admission registry cannot be read",
+                                headers={"Retry-After": "1"})
+        inside = admission.admitted(first, self.settings.max_series)
+        page = inside[offset : offset + limit]
+        end = offset + len(page)
+        return AdmittedSeries(
+            admitted=len(inside),
+            max_series=self.settings.max_series,
+            registered=len(first),
+            offset=offset,
+            limit=limit,
+            next_offset=end if end < len(inside) else None,
+            series=[_entry(token, seq) for token, seq in page],
+        )
+
     async def prometheus(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _entry(token: str, first_seq: int) -> AdmittedEntry:
+    key = SeriesKey.from_token(token)  # written by the candle consumers from a SeriesKey: always parses
+    return AdmittedEntry(exchange=key.exchange, symbol=key.symbol, timeframe=key.timeframe, first_seq=first_seq)

@@ -158,9 +158,12 @@ def roles(names: Names) -> dict[str, Role]:
         ),
         Role(
             "dashboard_api",
-            "reads Redis and the health bucket; forwards POST /api/backfill to control.backfill",
+            "reads Redis, the health and series buckets; forwards POST /api/backfill to control.backfill",
             publish=(names.control("backfill"),),
-            buckets=(Bucket(names.bucket("health"), keys=("dashboard_api.*",), lists=True),),
+            buckets=(
+                Bucket(names.bucket("health"), keys=("dashboard_api.*",), lists=True),
+                Bucket(names.bucket("series"), lists=True),  # read only: GET /api/series
+            ),
             redis="read",
         ),
         Role(

@@ -35,15 +35,8 @@ class Admission:
         """Every series registered so far (once per process)."""
         if self._loaded:
             return
-        try:
-            tokens = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            tokens = []
-        for start in range(0, len(tokens), 256):
-            chunk = tokens[start : start + 256]
-            entries = await asyncio.gather(*(self.kv.get(t) for t in chunk))
-            for token, entry in zip(chunk, entries, strict=True):
-                self._know(token, int(entry.value or b"0"))
+        for token, first in (await registered(self.kv)).items():
+            self._know(token, first)
         self._loaded = True
 
     async def admit(self, key: SeriesKey, seq: int) -> bool:
@@ -69,6 +62,28 @@ class Admission:
         if token not in self._first:
             self._first[token] = first
             bisect.insort(self._order, first)
+
+
+async def registered(kv: KeyValue) -> dict[str, int]:
+    """Every series in the registry: token -> stream sequence of its first candle (gets 256 at a time)."""
+    try:
+        tokens = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    out: dict[str, int] = {}
+    for start in range(0, len(tokens), 256):
+        chunk = tokens[start : start + 256]
+        entries = await asyncio.gather(*(kv.get(t) for t in chunk))
+        for token, entry in zip(chunk, entries, strict=True):
+            out[token] = int(entry.value or b"0")
+    return out
+
+
+def admitted(first: dict[str, int], max_series: int) -> list[tuple[str, int]]:
+    """The admitted series, oldest first, by :meth:`Admission.admit`'s rule: fewer than ``max_series`` before it."""
+    order = sorted(first.values())
+    inside = [(token, seq) for token, seq in first.items() if bisect.bisect_left(order, seq) < max_series]
+    return sorted(inside, key=lambda item: (item[1], item[0]))
 
 
 def refusal(max_series: int) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
+
 from shared.domain.contracts import MESSAGE_TYPES, DeadLetter, events_in
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import read_subject
@@ -64,3 +68,44 @@ async def test_a_restarted_service_keeps_refusing_what_it_refused(make_stack: St
 async def _at_least(read: object, n: int) -> list[DeadLetter] | None:
     got = await read()  # type: ignore[operator]
     return got if len(got) >= n else None
+
+
+async def test_the_api_lists_the_admitted_series_a_page_at_a_time_and_refuses_bad_pages(
+    make_stack: StackFactory,
+) -> None:
+    st = await make_stack(small_config([("N0/USD", "CORE")]))
+    await st.start("vol_regime", max_series=3)
+    await st.start("dashboard_api", max_series=3)
+    await st.publish(candle(0, 10.0, key=k) for k in KEYS[:5])  # N3 and N4 come after the cap is reached
+    base = f"http://127.0.0.1:{st.settings.api_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+
+        async def listing() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await client.get("/api/series")).json()
+            return body if body.get("registered") == 5 else None
+
+        body = await eventually(listing, timeout=30)
+        kv = await st.js.key_value(st.names.bucket("series"))
+        firsts = [int((await kv.get(k.token)).value or b"0") for k in KEYS[:3]]
+        assert body["admitted"] == 3
+        assert body["max_series"] == 3
+        assert body["next_offset"] is None
+        assert body["series"] == [
+            {"exchange": k.exchange, "symbol": k.symbol, "timeframe": k.timeframe, "first_seq": seq}
+            for k, seq in zip(KEYS[:3], firsts, strict=True)
+        ]
+        assert firsts == sorted(firsts)
+
+        first_page = (await client.get("/api/series", params={"limit": 2})).json()
+        assert [s["symbol"] for s in first_page["series"]] == ["N0/USD", "N1/USD"]
+        assert first_page["next_offset"] == 2
+        last_page = (await client.get("/api/series", params={"limit": 2, "offset": 2})).json()
+        assert [s["symbol"] for s in last_page["series"]] == ["N2/USD"]
+        assert last_page["next_offset"] is None
+        assert (await client.get("/api/series", params={"offset": 3})).json()["series"] == []
+
+        for bad, named in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"offset": -1}, "offset"),
+                           ({"limit": "many"}, "limit"), ({"cursor": "x"}, "cursor")):
+            answer = await client.get("/api/series", params=bad)
+            assert answer.status_code == 400, bad
+            assert named in answer.json()["detail"], answer.json()

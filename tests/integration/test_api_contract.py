@@ -6,6 +6,7 @@ every response and per-route metrics scraped from /metrics."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import time
@@ -307,3 +308,21 @@ async def test_a_stream_client_gone_before_its_first_byte_gives_its_place_back(a
         await apps.app(scope, receive, send)
     assert counts == [1, 0]  # joined, and left although its stream never started
     assert len(fanout) == 0
+
+
+async def test_the_config_shows_the_vol_confirmation_settings_in_force_typed_in_the_schema(world: World) -> None:
+    # Values other than the defaults, so the answer is shown to come from the config given.
+    vol = dataclasses.replace(world.config.vol, confirm_bars=5, hysteresis=0.05)
+    app = create_app(world.settings, dataclasses.replace(world.config, vol=vol), world.redis, world.nc,
+                     Metrics.create("dashboard_api"))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            config = (await http.get("/api/config")).json()
+            schema = (await http.get("/openapi.json")).json()
+    finally:
+        await read_model(app).aclose()
+    assert config["vol_confirmation"] == {"confirm_bars": 5, "hysteresis": 0.05}
+    shown = schema["components"]["schemas"]["VolConfirmation"]["properties"]
+    assert (shown["confirm_bars"]["type"], shown["hysteresis"]["type"]) == ("integer", "number")
+    assert schema["components"]["schemas"]["ConfigView"]["properties"]["vol_confirmation"]

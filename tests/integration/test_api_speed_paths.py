@@ -287,6 +287,7 @@ def reference_app(settings: Settings, config: StrategyConfig, redis: aioredis.Re
                 "normal": config.vol.ratio_normal,
                 "high": config.vol.ratio_high,
             },
+            "vol_confirmation": {"confirm_bars": config.vol.confirm_bars, "hysteresis": config.vol.hysteresis},
             "idle_target": {
                 "base_target": config.idle.base_target,
                 "sensitivity": config.idle.sensitivity,
