@@ -35,7 +35,15 @@ from services.dashboard_api.models import (
 )
 from services.dashboard_api.query import SymbolFilter
 from shared.domain.config import StrategyConfig
-from shared.domain.vocab import HMM_LABELS, HYBRID_COMPONENTS, TIERS, VOL_LABELS
+from shared.domain.vocab import (
+    DEPTH_DEEP_CANDLES,
+    DEPTH_MODERATE_CANDLES,
+    DEPTH_TIERS,
+    HMM_LABELS,
+    HYBRID_COMPONENTS,
+    TIERS,
+    VOL_LABELS,
+)
 
 GZIP_MIN_BYTES = 1024  # smaller bodies go out as they are (the GZip middleware's minimum too)
 GZIP_LEVEL = 6
@@ -261,13 +269,15 @@ def config_view(config: StrategyConfig) -> dict[str, Any]:
     }
 
 
-def vocabulary() -> dict[str, list[str]]:
+def vocabulary() -> dict[str, list[str] | dict[str, int]]:
     """The labels the page and bots read instead of keeping copies of their own."""
     return {
         "vol_labels": list(VOL_LABELS),
         "hmm_labels": [label.lower() for label in HMM_LABELS],  # the JSON API's one spelling: lower case
         "tiers": list(TIERS),
         "score_components": list(HYBRID_COMPONENTS),
+        "depth_tiers": list(DEPTH_TIERS),
+        "depth_candles": {"moderate": DEPTH_MODERATE_CANDLES, "deep": DEPTH_DEEP_CANDLES},
     }
 
 

@@ -323,6 +323,10 @@ class Vocabulary(BaseModel):
     hmm_labels: list[str] = Field(description="HMM regimes, in the order of every probability triple")
     tiers: list[str] = Field(description="sizing tiers, core first")
     score_components: list[str] = Field(description="components of the hybrid score, in the weights' order")
+    depth_tiers: list[str] = Field(description="HMM training-depth tiers, shallowest first")
+    depth_candles: dict[str, int] = Field(
+        description="training candles from which each tier but the first begins (moderate, deep)"
+    )
 
 
 class VolConfirmation(BaseModel):

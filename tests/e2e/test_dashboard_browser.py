@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 
 from shared.domain.subjects import SeriesKey
-from shared.domain.vocab import HMM_LABELS, HYBRID_COMPONENTS, TIERS, VOL_LABELS
+from shared.domain.vocab import (
+    DEPTH_DEEP_CANDLES,
+    DEPTH_MODERATE_CANDLES,
+    DEPTH_TIERS,
+    HMM_LABELS,
+    HYBRID_COMPONENTS,
+    TIERS,
+    VOL_LABELS,
+)
 from tests.e2e.conftest import DESKTOP, PHONE, OpenDashboard, api_get, api_up, dashboard_stack, publish_events
 from tests.factories import (
     RATIO,
@@ -466,6 +475,44 @@ async def test_symbol_view_draws_regime_history_probabilities_and_transitions(
     phone.assert_console_clean()
 
 
+async def test_training_depth_and_a_pending_vol_label_show_on_the_symbol_view_and_in_the_overview(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    st = await constructed_market(make_stack)
+    before = (await api_get(st, "/api/symbols/test/BTC-USD?timeframe=1m"))["snapshot"]
+    at = max(before["vol"]["ts"], before["hmm_regime"]["ts"]) + 60_000
+    # A model of moderate depth, and a vol ratio that left "low" but has not led long enough to be the regime.
+    hmm = msgspec.structs.replace(
+        hmm_verdict([0.1, 0.2, 0.7], key=BTC, ts=at), depth_tier="moderate", training_candles=1500, label_agreement=0.9
+    )
+    vol = vol_event(label="low", prev="low", key=BTC, ts=at, ratio=0.65, vol_long=VOL_LONG,
+                    raw_label="normal", pending_label="normal")
+    await publish_events(st, [vol, hmm])
+    rule = f"shallow < {DEPTH_MODERATE_CANDLES:,} \u2264 moderate < {DEPTH_DEEP_CANDLES:,} \u2264 deep"
+
+    dash = await open_dashboard(st, "/#/symbol/test/BTC-USD/1m")
+    view = dash.page.get_by_test_id("symbol-view")
+    depth = view.get_by_test_id("hmm-depth").get_by_test_id("depth-tier")
+    await expect(depth).to_have_text("moderate")
+    tip = await depth.get_attribute("data-tip") or ""
+    assert "1,500 training candles" in tip
+    assert rule in tip
+    await expect(view.get_by_test_id("vol-raw")).to_contain_text("normal")
+    pending = view.get_by_test_id("vol-pending")
+    await expect(pending).to_contain_text("normal")
+    await expect(pending).to_contain_text(f"awaiting confirmation ({st.config.vol.confirm_bars} bars in a row)")
+    await expect(view.get_by_test_id("symbol-vol").get_by_test_id("vol-badge")).to_have_text("L")  # still confirmed low
+
+    overview = await open_dashboard(st)
+    badge = overview.cell(BTC, "confidence").get_by_test_id("depth-tier")
+    await expect(badge).to_have_text("M")
+    await expect(badge).to_have_attribute("data-tier", "moderate")
+    assert rule in (await badge.get_attribute("data-tip") or "")
+    await expect(overview.cell(DOGE, "confidence").get_by_test_id("depth-tier")).to_have_count(0)  # untrained
+    dash.assert_console_clean()
+    overview.assert_console_clean()
+
+
 async def test_advanced_tab_shows_vol_regimes_weights_tuning_and_pipeline(
     make_stack: StackFactory, open_dashboard: OpenDashboard
 ) -> None:
@@ -881,6 +928,8 @@ async def test_the_page_takes_its_labels_from_the_api_vocabulary(
         "hmm_labels": [label.lower() for label in HMM_LABELS],  # the JSON API spells labels in lower case
         "tiers": list(TIERS),
         "score_components": list(HYBRID_COMPONENTS),
+        "depth_tiers": list(DEPTH_TIERS),
+        "depth_candles": {"moderate": DEPTH_MODERATE_CANDLES, "deep": DEPTH_DEEP_CANDLES},
     }
     dash = await open_dashboard(st)
     vol_options = (

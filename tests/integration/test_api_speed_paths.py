@@ -300,6 +300,8 @@ def reference_app(settings: Settings, config: StrategyConfig, redis: aioredis.Re
                 "hmm_labels": ["bearish", "ranging", "bullish"],
                 "tiers": ["CORE", "SATELLITE", "TACTICAL", "ALT-EXT"],
                 "score_components": ["trend", "carry", "expectancy", "router"],
+                "depth_tiers": ["shallow", "moderate", "deep"],
+                "depth_candles": {"moderate": 1000, "deep": 2000},
             },
         }
 

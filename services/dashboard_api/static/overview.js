@@ -3,7 +3,7 @@
 import { NA, esc, fmtMult, fmtNum, fmtPct, fmtVol, freshnessOf, isNum, na, titleCase } from "./format.js";
 import { marketParams, paramsOf } from "./organism.js";
 import {
-  biasArrow, freshCell, hmmChip, hmmView, kv, organismFor, organismLabel, placeOrganism, probBar, volBadge, zeroBar,
+  biasArrow, depthBadge, freshCell, hmmChip, hmmView, kv, organismFor, organismLabel, placeOrganism, probBar, volBadge, zeroBar,
 } from "./pieces.js";
 import { S, persist, rows, symbolHref } from "./state.js";
 import { HMM_LABELS, TIERS, VOL_LABELS, probKey, volLetter } from "./vocab.js";
@@ -155,7 +155,7 @@ function rowHtml(s, now) {
     `<td class="c" data-label="Vol" data-testid="cell-vol">${volBadge(s.vol_regime, s.vol)}</td>`,
     `<td class="num" data-label="Ratio" data-testid="cell-ratio">${s.vol ? fmtNum(s.vol.ratio, 2) : na()}</td>`,
     `<td data-label="HMM regime" data-testid="cell-hmm"><span class="hmm-cell">${hmmChip(h)}${probBar(h)}</span></td>`,
-    `<td class="num" data-label="Conf." data-testid="cell-confidence">${ok ? fmtPct(h.confidence, 0) : na()}</td>`,
+    `<td class="num" data-label="Conf." data-testid="cell-confidence">${ok ? `${fmtPct(h.confidence, 0)} ${depthBadge(h, { compact: true })}` : na()}</td>`,
     `<td class="num" data-label="Bias" data-testid="cell-bias">${ok ? biasArrow(h.bias_signal) : na()}</td>`,
     `<td class="num" data-label="Size" data-testid="cell-sizing">${sc ? fmtMult(sc.sizing_multiplier) : na()}</td>`,
     `<td class="num" data-label="NAV/trade" data-testid="cell-nav">${sc ? fmtPct(sc.effective_per_trade_nav_pct, 2) + capped : na()}</td>`,

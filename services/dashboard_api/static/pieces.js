@@ -1,11 +1,11 @@
 // Small pieces of markup more than one view uses: badges, chips, bars, ages, key-value rows, organisms.
 
 import {
-  NA, esc, fmtAge, fmtNum, fmtPct, fmtSigned, fmtVol, freshnessLimitOf, freshnessOf, isNum, na, titleCase,
+  NA, esc, fmtAge, fmtCount, fmtNum, fmtPct, fmtSigned, fmtVol, freshnessLimitOf, freshnessOf, isNum, na, titleCase,
 } from "./format.js";
 import { Organism, wake } from "./organism.js";
 import { S, organisms } from "./state.js";
-import { HMM_LABELS, VOL_LABELS, probKey, volLetter } from "./vocab.js";
+import { HMM_LABELS, VOL_LABELS, depthRule, probKey, volLetter } from "./vocab.js";
 
 export function organismFor(id) {
   let org = organisms.get(id);
@@ -51,6 +51,18 @@ export function hmmChip(h) {
     return `<span class="hmm-state untrained" data-testid="hmm-status" data-status="untrained" data-tip="The model is not trained yet; its verdict is the neutral default.\n${h.observation_count ?? NA} candles filtered">untrained</span>`;
   }
   return `<span class="chip h-${h.regime}" data-testid="hmm-status" data-status="ok" data-regime="${h.regime}">${titleCase(h.regime)}</span>`;
+}
+
+/** The HMM's training depth as a badge (compact: its initial), the tiers' rule in its tooltip; "—" untrained. */
+export function depthBadge(h, { compact = false } = {}) {
+  const tier = h && h.trained ? h.depth_tier : null;
+  if (!tier) return compact ? "" : na(); // a table cell keeps just its confidence
+  let tip = `Training depth: ${tier}`;
+  if (isNum(h.training_candles)) tip += `\n${fmtCount(h.training_candles)} training candles`;
+  if (isNum(h.label_agreement)) tip += `\nlabels agree with the previous model on ${fmtPct(h.label_agreement, 0)}`;
+  tip += `\n${depthRule(fmtCount)} (candles)`;
+  const text = compact ? tier.charAt(0).toUpperCase() : tier;
+  return `<span class="depth d-${esc(tier)}${compact ? " sm" : ""}" data-testid="depth-tier" data-tier="${esc(tier)}" data-tip="${esc(tip)}" tabindex="0" aria-label="${esc(tip.replace(/\n/g, "; "))}">${esc(text)}</span>`;
 }
 
 /** "bearish 20% · ranging 80% · bullish 0%": probabilities in the vocabulary's order, each named. */

@@ -7,7 +7,7 @@ import {
 } from "./format.js";
 import { paramsOf } from "./organism.js";
 import {
-  age, biasArrow, freshCell, hmmChip, hmmLabelChip, hmmView, kv, organismFor, organismLabel, placeOrganism,
+  age, biasArrow, depthBadge, freshCell, hmmChip, hmmLabelChip, hmmView, kv, organismFor, organismLabel, placeOrganism,
   probWords, volBadge, volNamed, zeroBar,
 } from "./pieces.js";
 import { S, persist } from "./state.js";
@@ -129,7 +129,8 @@ function hmmCard(snap) {
     return `<div class="prob-row"><span>${titleCase(l)}</span><span class="bar-track"><i class="h-${l}" style="width:${isNum(v) ? v * 100 : 0}%"></i></span><span class="num">${fmtPct(v, 1)}</span></div>`;
   }).join("");
   return `${kv("Regime", hmmLabelChip(h.regime))}<div class="probs">${probs}</div>
-    ${kv("Confidence", fmtPct(h.confidence, 0), "hmm-confidence")}${kv("Bias signal", biasArrow(h.bias_signal))}
+    ${kv("Confidence", fmtPct(h.confidence, 0), "hmm-confidence")}${kv("Training depth", depthBadge(h), "hmm-depth")}
+    ${kv("Bias signal", biasArrow(h.bias_signal))}
     ${kv("In regime since", fmtDateTime(h.since_ts))}${kv("Blend factor", fmtNum(h.blend_factor, 2))}`;
 }
 
@@ -138,9 +139,18 @@ function volCard(snap, thresholds) {
   if (!vol) return `<p class="muted">No volatility verdict yet.</p>${kv("Short vol", na(), "vol-short")}${kv("Long vol", na(), "vol-long")}${kv("Ratio", na(), "vol-ratio")}`;
   return `${kv("Regime", volBadge(snap.vol_regime, vol) + ` <span class="muted">${esc(snap.vol_regime ?? "")}</span>`)}
     ${kv("Short vol", fmtVol(vol.short), "vol-short")}${kv("Long vol", fmtVol(vol.long), "vol-long")}${kv("Ratio", fmtNum(vol.ratio, 2), "vol-ratio")}
+    ${kv("Raw label", vol.raw_label ? volNamed(vol.raw_label) : na(), "vol-raw")}${kv("Pending", pendingText(vol), "vol-pending")}
     ${kv("Thresholds", thresholds ? `${fmtNum(thresholds.low)} / ${fmtNum(thresholds.normal)} / ${fmtNum(thresholds.high)}` : NA)}
     ${kv("Samples", `${vol.samples ?? NA}${vol.sufficient === false ? ` <span class="warn-text">warming up</span>` : ""}`)}
     ${kv("In regime since", fmtDateTime(vol.since_ts))}`;
+}
+
+/** A label that cleared the hysteresis band and waits to lead confirm_bars bars (from /api/config) in a row. */
+function pendingText(vol) {
+  if (!vol.pending_label) return `<span class="muted">none</span>`;
+  const bars = S.config?.vol_confirmation?.confirm_bars;
+  const wait = isNum(bars) ? ` <span class="muted">awaiting confirmation (${bars} bars in a row)</span>` : ` <span class="muted">awaiting confirmation</span>`;
+  return volNamed(vol.pending_label) + wait;
 }
 
 function sizingCard(snap) {

@@ -7,6 +7,8 @@ export let VOL_LABELS = [];
 export let HMM_LABELS = [];
 export let TIERS = [];
 export let COMPONENTS = [];
+export let DEPTH_TIERS = [];
+export let DEPTH_CANDLES = {};
 
 const VOL_LETTER = { low: "L", normal: "N", high: "H", crisis: "C" };
 const HMM_SHORT = { BEARISH: "Bear", RANGING: "Range", BULLISH: "Bull" };
@@ -16,6 +18,8 @@ export function setVocabulary(v) {
   HMM_LABELS = [...v.hmm_labels];
   TIERS = [...v.tiers];
   COMPONENTS = [...v.score_components];
+  DEPTH_TIERS = [...(v.depth_tiers ?? [])];
+  DEPTH_CANDLES = { ...(v.depth_candles ?? {}) };
 }
 
 export const hasVocabulary = () => VOL_LABELS.length > 0 && HMM_LABELS.length > 0;
@@ -25,6 +29,11 @@ export const volLetter = (label) => VOL_LETTER[label] ?? String(label ?? "?").ch
 
 /** "Bear" for BEARISH; a label the page has no short name for shows in title case. */
 export const hmmShort = (label) => HMM_SHORT[label] ?? (label ? label.charAt(0) + label.slice(1).toLowerCase() : "?");
+
+/** "shallow < 1,000 ≤ moderate < 2,000 ≤ deep": the tiers with the candles each begins at, from the API. */
+export function depthRule(fmt) {
+  return DEPTH_TIERS.map((t, i) => (i === 0 ? t : `${fmt(DEPTH_CANDLES[t])} \u2264 ${t}`)).join(" < ");
+}
 
 /** The key of a label in a probabilities object ({bearish, ranging, bullish}). */
 export const probKey = (label) => label.toLowerCase();
