@@ -502,6 +502,7 @@ async def test_training_depth_and_a_pending_vol_label_show_on_the_symbol_view_an
     await expect(pending).to_contain_text("normal")
     await expect(pending).to_contain_text(f"awaiting confirmation ({st.config.vol.confirm_bars} bars in a row)")
     await expect(view.get_by_test_id("symbol-vol").get_by_test_id("vol-badge")).to_have_text("L")  # still confirmed low
+    await dash.screenshot("symbol-depth-desktop")
 
     overview = await open_dashboard(st)
     badge = overview.cell(BTC, "confidence").get_by_test_id("depth-tier")
