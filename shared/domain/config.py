@@ -141,6 +141,9 @@ class HmmConfig:
     min_train_samples: int = _key(500, _int_in(10, 1_000_000))  # usable feature rows (bars after warm-up)
     bias_gain: float = _key(1.0, _float_in(0.0, 100.0))
     blend_with_trend: float = _key(0.5, _float_in(0.0, 1.0))  # 0 = pure HMM, 1 = pure trend (shadow mode)
+    # bars: pseudo-counts added to every state's stay-put transition in EM (a Dirichlet prior), so a model
+    # fitted on 2,000 bars does not switch state on every noisy stretch; 0 = plain maximum likelihood
+    transition_stickiness: float = _key(30_000.0, _float_in(0.0, 1e7))
     # bars: a new regime is reported (and acted on) once the filter has put it on top this many bars in a row
     confirm_bars: int = _key(3, _int_in(1, 1000))
     # scale confidence and bias by sqrt(min(1, model training candles / HMM_TRAINING_CANDLES))

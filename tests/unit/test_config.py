@@ -51,8 +51,12 @@ SEED_HMM_TABLE: dict[str, Any] = {
 }
 # The one documented deviation: 0 selects the exact forward filter (one O(K^2) step per candle).
 DEVIATIONS = {"HMM_INFERENCE_WINDOW": 0}
-# Keys beyond the seed's (issue 10), after its table: confirmed transitions and training-depth scaling.
-ADDED_HMM_KEYS: dict[str, Any] = {"HMM_CONFIRM_BARS": 3, "HMM_DEPTH_SCALING": True}
+# Keys beyond the seed's (issue 10): a sticky transition prior, confirmed transitions, training-depth scaling.
+ADDED_HMM_KEYS: dict[str, Any] = {
+    "HMM_TRANSITION_STICKINESS": 30_000.0,
+    "HMM_CONFIRM_BARS": 3,
+    "HMM_DEPTH_SCALING": True,
+}
 
 
 def raises_naming(key: str, fn: Callable[[], Any]) -> ConfigError:
@@ -467,6 +471,7 @@ ENV_SPELLINGS: dict[str, tuple[str, Any]] = {
     "HMM_MIN_TRAIN_SAMPLES": ("200", 200),
     "HMM_BIAS_GAIN": ("2.5", 2.5),
     "HMM_BLEND_WITH_TREND": ("1.0", 1.0),
+    "HMM_TRANSITION_STICKINESS": ("0", 0.0),
     "HMM_CONFIRM_BARS": ("5", 5),
     "HMM_DEPTH_SCALING": ("off", False),
 }

@@ -173,13 +173,15 @@ def fit_model(
             log.warning("retrain ignores the previous model: %s", reason)
             previous = None
 
-    fresh = _fit(z, k, covariance_type, n_iter, None)
+    sticky = merged.transition_stickiness
+    fresh = _fit(z, k, covariance_type, n_iter, None, sticky)
     order = np.argsort(fresh.means[:, 0], kind="stable").tolist()
     fresh = fresh.permuted(order, covariance_type)
     chosen, labels, warm = fresh, _labels_by_spread(fresh.means[:, 0]), False
 
     if previous is not None:
-        warm_fit = _fit(z, k, covariance_type, n_iter, _warm_params(previous, mean, std)) if warm_start else None
+        start = _warm_params(previous, mean, std)
+        warm_fit = _fit(z, k, covariance_type, n_iter, start, sticky) if warm_start else None
         n = len(z)
         if warm_fit is not None and warm_fit.log_likelihood / n >= fresh.log_likelihood / n - WARM_START_MARGIN_NATS:
             chosen, warm = warm_fit, True
@@ -282,13 +284,24 @@ def _fit(
     covariance_type: str,
     n_iter: int,
     start: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+    stickiness: float = 0.0,
 ) -> _Fitted:
-    """EM on standardised rows ``z``: from a k-means start (``start`` None) or from the given parameters."""
+    """EM on standardised rows ``z``: from a k-means start (``start`` None) or from the given parameters.
+
+    ``stickiness`` (bars, ``HMM_TRANSITION_STICKINESS``) is added to the diagonal of hmmlearn's
+    ``transmat_prior`` (1 elsewhere: no pull between different states), so the M-step counts that
+    many extra stays in every state: MAP instead of maximum likelihood for the transition matrix.
+    """
     from threadpoolctl import threadpool_limits  # comes with scikit-learn, which hmmlearn requires
 
+    prior = 1.0 + stickiness * np.eye(k)
     if start is None:
         hmm = _gaussian_hmm()(
-            n_components=k, covariance_type=covariance_type, n_iter=n_iter, random_state=HMM_RANDOM_SEED
+            n_components=k,
+            covariance_type=covariance_type,
+            n_iter=n_iter,
+            random_state=HMM_RANDOM_SEED,
+            transmat_prior=prior,
         )
     else:
         hmm = _gaussian_hmm()(
@@ -298,6 +311,7 @@ def _fit(
             random_state=HMM_RANDOM_SEED,
             init_params="",
             params="stmc",
+            transmat_prior=prior,
         )
         hmm.n_features = N_FEATURES
         hmm.startprob_, hmm.transmat_, hmm.means_, hmm.covars_ = start
