@@ -28,6 +28,10 @@ class RedisKeys:
         """LIST of JSON history points (close, regimes, probabilities), oldest first, capped."""
         return self.names.redis_key("history", token)
 
+    def consensus(self, symbol_token: str) -> str:
+        """JSON consensus of one symbol across its timeframes; ``symbol_token``: ``kraken.BTC-USD`` (no timeframe)."""
+        return self.names.redis_key("consensus", symbol_token)
+
     @property
     def summary(self) -> str:
         """JSON: symbols per regime (``vol_regime_summary``) and their HMM twin."""
