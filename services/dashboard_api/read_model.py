@@ -30,7 +30,6 @@ from redis.exceptions import RedisError
 from services.dashboard_api import core, readiness
 from services.dashboard_api.live import Fanout
 from services.dashboard_api.models import ServiceHealth
-from services.state_publisher.consensus import symbol_token
 from shared.domain.control import Heartbeat
 from shared.domain.errors import ContractError
 from shared.domain.subjects import Names, SeriesKey, decode_symbol
@@ -330,7 +329,7 @@ class ReadModel:
         """The snapshot, the newest ``history`` points, the transitions and the symbol's consensus: one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.symbol(key.token))
-            pipe.get(self.keys.consensus(symbol_token(key.exchange, key.symbol)))
+            pipe.get(self.keys.consensus(key.exchange, key.symbol))
             if history:
                 pipe.lrange(self.keys.history(key.token), -history, -1)
             pipe.lrange(self.keys.transitions(key.token), 0, -1)
@@ -341,7 +340,7 @@ class ReadModel:
         """The stored consensus of ``exchange``/``symbol`` (``BTC/USD`` or ``BTC-USD``); 404 when there is none."""
         display = symbol if "/" in symbol else _decode(symbol)
         try:
-            key = self.keys.consensus(symbol_token(exchange, display))
+            key = self.keys.consensus(exchange, display)
         except ContractError:  # a symbol no series can have
             key = None
         raw = cast(str | None, await self.redis.get(key)) if key is not None else None

@@ -13,15 +13,10 @@ from collections.abc import Iterable, Mapping
 
 from shared.domain.consensus import TimeframeVerdict, consensus
 from shared.domain.snapshot import SeriesSnapshot, SymbolConsensus
-from shared.domain.subjects import SeriesKey, encode_symbol
+from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import TIMEFRAMES_MS
 
 Symbol = tuple[str, str]  # (exchange, symbol display form)
-
-
-def symbol_token(exchange: str, symbol: str) -> str:
-    """``kraken.BTC-USD``: a series token without its timeframe, the Redis key suffix of the consensus."""
-    return f"{exchange}.{encode_symbol(symbol)}"
 
 
 def symbols_of(keys: Iterable[SeriesKey]) -> set[Symbol]:

@@ -21,7 +21,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from services.state_publisher.consensus import consensuses, symbol_token, symbols_of
+from services.state_publisher.consensus import consensuses, symbols_of
 from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
 from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
@@ -160,7 +160,7 @@ class SnapshotWriter:
             return
         touched = symbols_of(k for k, up in self.pending.items() if up.kinds & {"hmm", "init"})
         for (exchange, symbol), made in consensuses(self.snaps, touched, self.config.consensus.weights).items():
-            pipe.set(self.keys.consensus(symbol_token(exchange, symbol)), snapshot.dumps(made))
+            pipe.set(self.keys.consensus(exchange, symbol), snapshot.dumps(made))
 
 
 def _newest_first(transition: Transition) -> tuple[int, str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
-from services.state_publisher.consensus import consensuses, symbol_consensus, symbol_token
+from services.state_publisher.consensus import consensuses, symbol_consensus
 from services.state_publisher.core import apply_hmm, new_snapshot
 from shared.domain.consensus import Consensus, TimeframeVerdict, consensus
 from shared.domain.contracts import HmmRegimeEvent
 from shared.domain.snapshot import SeriesSnapshot
-from shared.domain.subjects import SeriesKey
+from shared.domain.subjects import Names, SeriesKey
 from shared.domain.vocab import TIMEFRAMES_MS
+from shared.infra.redis_keys import RedisKeys
 from tests.factories import hmm_event
 
 KEYS = {tf: SeriesKey("kraken", "BTC/USD", tf) for tf in ("1m", "15m", "1h")}
@@ -95,4 +96,8 @@ def test_a_dissenting_timeframe_is_named_and_symbols_stay_apart() -> None:
 def test_a_symbol_without_any_verdict_has_no_consensus() -> None:
     snaps = {KEYS["1m"]: new_snapshot(KEYS["1m"], "CORE")}
     assert consensuses(snaps, {("kraken", "BTC/USD")}, {}) == {}
-    assert symbol_token("kraken", "ETH/USDT:USDT") == "kraken.ETH-USDT_3AUSDT"
+
+
+def test_the_consensus_key_names_the_symbol_without_a_timeframe() -> None:
+    keys = RedisKeys(Names("ns"))
+    assert keys.consensus("kraken", "ETH/USDT:USDT") == "regimes:ns:consensus:kraken.ETH-USDT_3AUSDT"
