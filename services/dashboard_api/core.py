@@ -27,6 +27,7 @@ from services.dashboard_api.models import (
     SeriesStatus,
     ServiceHealth,
     Summary,
+    SymbolConsensus,
     SymbolDetail,
     SymbolDetailCompact,
     SymbolSnapshot,
@@ -55,6 +56,7 @@ SERVICES = TypeAdapter(list[ServiceHealth])
 SUMMARY = TypeAdapter(Summary)
 DETAIL = TypeAdapter(SymbolDetail)
 COMPACT = TypeAdapter(SymbolDetailCompact)
+CONSENSUS = TypeAdapter(SymbolConsensus)
 CONFIG = TypeAdapter(ConfigView)
 _ROW = TypeAdapter(TuningRow)  # an item of /api/tuning
 _STR = TypeAdapter(str)
@@ -173,7 +175,12 @@ def thresholds(config: StrategyConfig) -> dict[str, float]:
 
 
 def detail(
-    raw: str, points: Sequence[str], transitions: Sequence[str], thresholds_json: str, compact: bool = False
+    raw: str,
+    points: Sequence[str],
+    transitions: Sequence[str],
+    thresholds_json: str,
+    compact: bool = False,
+    consensus: str | None = None,
 ) -> Body | None:
     """/api/symbols/{exchange}/{symbol}: the stored texts assembled into one document, validated once."""
     text = "".join(
@@ -186,6 +193,8 @@ def detail(
             ",".join(transitions),
             '],"thresholds":',
             thresholds_json,
+            ',"consensus":',
+            consensus or "null",
             "}",
         )
     )
@@ -199,12 +208,24 @@ def detail(
     values: dict[str, Any] = {f: [getattr(p, f) for p in rows.history] for f in HISTORY_FIELDS}
     columns = HistoryColumns.model_construct(**values)
     compacted = SymbolDetailCompact.model_construct(
-        snapshot=rows.snapshot, history=columns, transitions=rows.transitions, thresholds=rows.thresholds
+        snapshot=rows.snapshot,
+        history=columns,
+        transitions=rows.transitions,
+        thresholds=rows.thresholds,
+        consensus=rows.consensus,
     )
     return Body(dump(COMPACT, compacted))
 
 
 HISTORY_FIELDS = tuple(HistoryColumns.model_fields)
+
+
+def consensus(raw: str) -> bytes | None:
+    """/api/consensus/{exchange}/{symbol}: the stored consensus, labels lowered; None if the model rejects it."""
+    try:
+        return dump(CONSENSUS, CONSENSUS.validate_json(raw))
+    except ValidationError:
+        return None
 
 
 def summary(raw: str | None) -> bytes | None:
@@ -309,7 +330,12 @@ def _folded(value: Any) -> Any:
 
 
 def detail_dict(
-    raw: str, points: Sequence[str], transitions: Sequence[str], thresholds: dict[str, float], compact: bool = False
+    raw: str,
+    points: Sequence[str],
+    transitions: Sequence[str],
+    thresholds: dict[str, float],
+    compact: bool = False,
+    consensus: str | None = None,
 ) -> Any:
     history: Any = [json.loads(p) for p in points]
     if compact:
@@ -319,6 +345,7 @@ def detail_dict(
         "history": history,
         "transitions": [json.loads(t) for t in transitions],
         "thresholds": thresholds,
+        "consensus": json.loads(consensus) if consensus else None,
     }
 
 

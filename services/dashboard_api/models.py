@@ -245,11 +245,29 @@ class HistoryPoint(BaseModel):
     score: float
 
 
+class SymbolConsensus(BaseModel):
+    """One symbol's latest HMM verdicts across its timeframes reduced to one (config ``consensus``, off by default)."""
+
+    exchange: str
+    symbol: str
+    regime: HmmLabel = Field(description="the regime with the most voting weight; ranging on a tie or with no vote")
+    agreement: float = Field(description="share of the voting weight behind regime, a fraction in [0, 1]")
+    bias: float = Field(description="weight-averaged bias_signal of the voting timeframes, in [-1, 1]")
+    voting: list[str] = Field(description="timeframes that voted (trained, weight > 0), shortest first")
+    dissenting: list[str] = Field(description="voting timeframes whose regime is not regime")
+    untrained: list[str] = Field(description="timeframes whose model is not trained yet (they do not vote)")
+    as_of: dict[str, int] = Field(description="timeframe -> open time (ms UTC) of the bar of the verdict counted")
+
+
+_CONSENSUS_DOC = "the symbol's consensus across its timeframes; null when consensus is off or no verdict came yet"
+
+
 class SymbolDetail(BaseModel):
     snapshot: SymbolSnapshot
     history: list[HistoryPoint]
     transitions: list[Transition]
     thresholds: dict[str, float] = Field(description="vol ratio boundaries low / normal / high")
+    consensus: SymbolConsensus | None = Field(None, description=_CONSENSUS_DOC)
 
 
 class HistoryColumns(BaseModel):
@@ -273,6 +291,7 @@ class SymbolDetailCompact(BaseModel):
     history: HistoryColumns
     transitions: list[Transition]
     thresholds: dict[str, float] = Field(description="vol ratio boundaries low / normal / high")
+    consensus: SymbolConsensus | None = Field(None, description=_CONSENSUS_DOC)
 
 
 class Readiness(BaseModel):

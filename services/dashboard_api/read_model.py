@@ -170,6 +170,16 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class DetailParts:
+    """What the symbol view's document is assembled from, as stored (texts, not parsed)."""
+
+    snapshot: str | None
+    history: list[str]
+    transitions: list[str]
+    consensus: str | None  # None: consensus off, or no verdict for the symbol yet
+
+
+@dataclass(frozen=True, slots=True)
 class Read:
     """When a read of Redis began: the feed's count then, the monotonic clock, and the read's number."""
 
@@ -318,16 +328,28 @@ class ReadModel:
             raise HTTPException(400, f"{exchange}:{display} has several timeframes ({tfs}); add ?timeframe=")
         return candidates[0]
 
-    async def detail_parts(self, key: SeriesKey, history: int) -> tuple[str | None, list[str], list[str]]:
-        """The snapshot, the newest ``history`` points and the transitions: one round trip."""
+    async def detail_parts(self, key: SeriesKey, history: int) -> DetailParts:
+        """The snapshot, the newest ``history`` points, the transitions and the symbol's consensus: one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self.keys.symbol(key.token))
+            pipe.get(self.keys.consensus(key.exchange, key.symbol))
             if history:
                 pipe.lrange(self.keys.history(key.token), -history, -1)
             pipe.lrange(self.keys.transitions(key.token), 0, -1)
             replies = await pipe.execute()
-        raw, trans = replies[0], replies[-1]
-        return raw, (replies[1] if history else []), trans
+        return DetailParts(replies[0], (replies[2] if history else []), replies[-1], replies[1])
+
+    async def consensus(self, exchange: str, symbol: str) -> str:
+        """The stored consensus of ``exchange``/``symbol`` (``BTC/USD`` or ``BTC-USD``); 404 when there is none."""
+        display = symbol if "/" in symbol else _decode(symbol)
+        try:
+            key = self.keys.consensus(exchange, display)
+        except ContractError:  # a symbol no series can have
+            key = None
+        raw = cast(str | None, await self.redis.get(key)) if key is not None else None
+        if raw is None:
+            raise HTTPException(404, f"no consensus for {exchange}:{display} (consensus off, or no verdict yet)")
+        return raw
 
     # ----------------------------------------------------------------- summary and health
 

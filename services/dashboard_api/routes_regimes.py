@@ -20,8 +20,10 @@ from pydantic import ValidationError
 from services.dashboard_api import core, query
 from services.dashboard_api.models import (
     ConfigView,
+    Problem,
     Status,
     Summary,
+    SymbolConsensus,
     SymbolDetail,
     SymbolDetailCompact,
     SymbolSnapshot,
@@ -66,6 +68,13 @@ class RegimeRoutes:
             "/api/symbols/{exchange}/{symbol:path}",
             self.symbol_detail,
             response_model=SymbolDetail | SymbolDetailCompact,
+            tags=["regimes"],
+        )
+        router.add_api_route(
+            "/api/consensus/{exchange}/{symbol:path}",
+            self.consensus,
+            response_model=SymbolConsensus,
+            responses={404: {"model": Problem, "description": "consensus off, or no verdict for the symbol yet"}},
             tags=["regimes"],
         )
         router.add_api_route("/api/summary", self.summary, response_model=Summary, tags=["regimes"])
@@ -114,14 +123,23 @@ class RegimeRoutes:
             if body is None:
                 read = self.reads.begin()
                 key = await self.reads.find(exchange, symbol, timeframe)
-                raw, points, transitions = await self.reads.detail_parts(key, n)
+                parts = await self.reads.detail_parts(key, n)
+                raw, points, transitions, agreed = parts.snapshot, parts.history, parts.transitions, parts.consensus
                 if raw is None:
                     raise HTTPException(404, f"no snapshot for {key.id} yet")
-                body = core.detail(raw, points, transitions, self._thresholds_json, compact)
+                body = core.detail(raw, points, transitions, self._thresholds_json, compact, agreed)
                 if body is None:
-                    return core.detail_dict(raw, points, transitions, self.thresholds, compact)
+                    return core.detail_dict(raw, points, transitions, self.thresholds, compact, agreed)
                 self.reads.keep_detail(cache_key, read, body)
         return respond(request, body)
+
+    async def consensus(self, request: Request, exchange: str, symbol: str) -> Any:
+        """One symbol's HMM verdicts across its timeframes reduced to one (written when ``consensus.enabled``)."""
+        raw = await self.reads.consensus(exchange, symbol)
+        data = core.consensus(raw)
+        if data is None:  # not what the model accepts: FastAPI's validation says why
+            return json.loads(raw)
+        return Response(data, media_type=JSON)
 
     async def summary(self, request: Request) -> Any:
         raw, body = await self.reads.summary()

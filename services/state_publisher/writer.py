@@ -21,6 +21,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
+from services.state_publisher.consensus import consensuses, symbols_of
 from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
 from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
@@ -136,6 +137,7 @@ class SnapshotWriter:
                 if up.history:
                     pipe.rpush(keys.history(token), *[snapshot.dumps(p) for p in up.history])
                     pipe.ltrim(keys.history(token), -HISTORY_POINTS, -1)
+            self._write_consensus(pipe)
             if self.pending:
                 pipe.set(keys.summary, snapshot.dumps(summarize(self.snaps.values(), now)))
                 kinds = sorted(set().union(*(u.kinds for u in self.pending.values())))
@@ -147,6 +149,18 @@ class SnapshotWriter:
             except WatchError as exc:
                 raise self.reset(f"{position_key} changed under the write: {exc}") from exc
         self.pending.clear()
+
+    def _write_consensus(self, pipe: Any) -> None:
+        """The consensus of every symbol whose HMM verdicts this batch changed, in the batch's MULTI.
+
+        "init" counts as a change: after a load (or a flush's rebuild) every symbol's consensus is written
+        again from the snapshots, so Redis never keeps one the snapshots no longer give.
+        """
+        if not self.config.consensus.enabled:
+            return
+        touched = symbols_of(k for k, up in self.pending.items() if up.kinds & {"hmm", "init"})
+        for (exchange, symbol), made in consensuses(self.snaps, touched, self.config.consensus.weights).items():
+            pipe.set(self.keys.consensus(exchange, symbol), snapshot.dumps(made))
 
 
 def _newest_first(transition: Transition) -> tuple[int, str]:

@@ -193,6 +193,24 @@ class HmmTransition(msgspec.Struct, frozen=True, tag_field="kind", tag="hmm"):
 Transition = Union[VolTransition, HmmTransition]  # noqa: UP007 - a runtime union msgspec decodes by ``kind``
 
 
+class SymbolConsensus(msgspec.Struct, frozen=True):
+    """One symbol's latest HMM verdicts across its timeframes, reduced (shared.domain.consensus); kept per symbol.
+
+    Derived from the snapshots of the symbol's series (their ``hmm_regime``, the
+    newest by candle time), so it depends only on the events, not their order.
+    """
+
+    exchange: str
+    symbol: str
+    regime: HmmLabel  # the regime with the most voting weight; RANGING on a tie or with no vote
+    agreement: float  # share of the voting weight behind ``regime``, a fraction in [0, 1]
+    bias: float  # weight-averaged bias_signal of the voting timeframes, in [-1, 1]
+    voting: tuple[str, ...]  # timeframes that voted (trained, weight > 0), shortest first
+    dissenting: tuple[str, ...]  # voting timeframes whose regime is not ``regime``
+    untrained: tuple[str, ...]  # timeframes whose model is not trained yet
+    as_of: dict[str, int]  # timeframe -> ts (bar open, ms UTC) of the verdict it counted with
+
+
 class Summary(msgspec.Struct, frozen=True):
     """``vol_regime_summary`` (seed 000 §4.1) and its HMM twin: series per regime."""
 

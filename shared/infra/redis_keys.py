@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.domain.subjects import Names
+from shared.domain.subjects import Names, encode_symbol
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,10 @@ class RedisKeys:
     def history(self, token: str) -> str:
         """LIST of JSON history points (close, regimes, probabilities), oldest first, capped."""
         return self.names.redis_key("history", token)
+
+    def consensus(self, exchange: str, symbol: str) -> str:
+        """JSON consensus of one symbol across its timeframes: ``consensus:kraken.BTC-USD`` (no timeframe)."""
+        return self.names.redis_key("consensus", f"{exchange}.{encode_symbol(symbol)}")
 
     @property
     def summary(self) -> str:

@@ -38,6 +38,7 @@ from tests.factories import (
     VOL_LONG,
     Bar,
     candles_from_returns,
+    hmm_event,
     hmm_verdict,
     pipeline_status,
     recent_start,
@@ -512,6 +513,50 @@ async def test_training_depth_and_a_pending_vol_label_show_on_the_symbol_view_an
     await expect(overview.cell(DOGE, "confidence").get_by_test_id("depth-tier")).to_have_count(0)  # untrained
     dash.assert_console_clean()
     overview.assert_console_clean()
+
+
+async def test_symbol_view_shows_the_consensus_across_timeframes_and_the_api_serves_it(
+    make_stack: StackFactory, open_dashboard: OpenDashboard
+) -> None:
+    universe = [{"exchange": "test", "symbol": "BTC/USD", "timeframe": "1m", "tier": "CORE", "aggregate": ["15m"]}]
+    st = await make_stack(small_config([], universe=universe, consensus={"enabled": True, "weights": {"1m": 3}}))
+    for service in ("state_publisher", "dashboard_api"):
+        await st.start(service)
+    await api_up(st)
+    start = recent_start(30) // 900_000 * 900_000
+    fast, slow = key("BTC/USD"), SeriesKey("test", "BTC/USD", "15m")
+    await publish_events(
+        st,
+        [
+            hmm_event(1, "BULLISH", (0.1, 0.2, 0.7), key=fast, ts=start + 60_000),
+            hmm_event(1, "BEARISH", (0.7, 0.2, 0.1), key=slow, ts=start),
+        ],
+    )
+    agreed = await api_get(st, "/api/consensus/test/BTC-USD")
+    assert (agreed["regime"], agreed["dissenting"], agreed["voting"]) == ("bullish", ["15m"], ["1m", "15m"])
+    assert agreed["agreement"] == pytest.approx(0.75)
+    assert agreed["bias"] == pytest.approx(0.3)
+    assert (await api_get(st, "/api/symbols/test/BTC-USD?timeframe=1m"))["consensus"] == agreed
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{st.settings.api_port}", timeout=5) as http:
+        missing = await http.get("/api/consensus/test/ETH-USD")
+    assert missing.status_code == 404
+    assert "no consensus" in missing.json()["detail"]
+
+    dash = await open_dashboard(st, "/#/symbol/test/BTC-USD/1m")
+    card = dash.page.get_by_test_id("consensus-card")
+    await expect(card.get_by_test_id("consensus-regime")).to_contain_text("Bullish")
+    await expect(card.get_by_test_id("consensus-agreement").locator(".v")).to_have_text("75%")
+    await expect(card.get_by_test_id("consensus-bias")).to_contain_text(signed(0.3))
+    await expect(card.get_by_test_id("consensus-dissenting").locator(".v")).to_have_text("15m")
+    await dash.screenshot("consensus-desktop")
+    await dash.mark_loaded()
+
+    # Only the 15m series changes: the 1m view follows, its consensus being the symbol's.
+    await publish_events(st, [hmm_event(2, "BULLISH", (0.1, 0.2, 0.7), key=slow, ts=start + 900_000)])
+    await expect(card.get_by_test_id("consensus-dissenting").locator(".v")).to_have_text("none")
+    await expect(card.get_by_test_id("consensus-agreement").locator(".v")).to_have_text("100%")
+    assert await dash.never_reloaded()
+    dash.assert_console_clean()
 
 
 async def test_advanced_tab_shows_vol_regimes_weights_tuning_and_pipeline(

@@ -10,11 +10,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from regimes.servers import ManagedServer
-from services.state_publisher.core import apply_vol
+from services.state_publisher.core import apply_hmm, apply_vol
 from services.state_publisher.writer import RedisReset, SnapshotWriter
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.redis_keys import RedisKeys
-from tests.factories import T0, vol_event
+from tests.factories import T0, hmm_event, vol_event
 from tests.harness import small_config
 
 KEY = SeriesKey("test", "AAA/USD", "1m")
@@ -60,3 +60,27 @@ async def test_a_flushed_redis_resets_every_consumer_of_the_writer(writer: Snaps
         await b.verify()
     assert await a.load(ONE) == {0: 0}  # both start over from the streams' beginning
     assert await b.load(ONE) == {0: 0}
+
+
+async def test_the_consensus_is_written_with_the_batch_only_when_enabled(redis_server: ManagedServer) -> None:
+    r = aioredis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for enabled in (False, True):
+            config = small_config([("AAA/USD", "CORE")], consensus={"enabled": enabled})
+            w = SnapshotWriter(r, RedisKeys(Names("w" + uuid.uuid4().hex[:10])), config)
+            position = w.position("a")
+            await position.load(ONE)
+            handle = w.handler(lambda s, e: apply_hmm(s, e, 0.5, 0))
+            await handle(hmm_event(0, "BULLISH", key=KEY), 1)
+            key = w.keys.consensus("test", "AAA/USD")
+            assert await r.get(key) is None  # nothing before the batch's MULTI
+            await position.commit(1)
+            stored = await r.get(key)
+            if not enabled:
+                assert stored is None
+                continue
+            assert stored is not None
+            agreed = json.loads(stored)
+            assert (agreed["regime"], agreed["voting"], agreed["as_of"]) == ("BULLISH", ["1m"], {"1m": T0})
+    finally:
+        await r.aclose()

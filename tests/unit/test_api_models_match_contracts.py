@@ -120,6 +120,7 @@ PAIRS = [
     (snapshot.SeriesSnapshot, api.SymbolSnapshot),
     (snapshot.Summary, api.Summary),
     (snapshot.HistoryPoint, api.HistoryPoint),
+    (snapshot.SymbolConsensus, api.SymbolConsensus),
     (control.Heartbeat, api.ServiceHealth),
     (control.BackfillRequest, api.BackfillRequest),
     (control.BackfillReply, api.BackfillResponse),

@@ -18,7 +18,14 @@ import pytest
 from pydantic import TypeAdapter
 
 from services.dashboard_api import core, read_model
-from services.dashboard_api.models import SeriesStatus, Summary, SymbolDetail, SymbolSnapshot, TuningRow
+from services.dashboard_api.models import (
+    SeriesStatus,
+    Summary,
+    SymbolConsensus,
+    SymbolDetail,
+    SymbolSnapshot,
+    TuningRow,
+)
 from services.state_publisher.core import apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
 from shared.domain import snapshot
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
@@ -161,3 +168,27 @@ async def test_concurrent_health_reads_share_one_and_expire() -> None:
     assert len(calls) == 1
     cache.ttl = 0.0
     assert await cache.get(compute) == [2]
+
+
+STORED_CONSENSUS = snapshot.SymbolConsensus(
+    "test", "BTC/USD", "BULLISH", 2 / 3, 0.25, ("1m", "15m", "1h"), ("1h",), (), {"1m": 60_000, "15m": 0, "1h": 0}
+)
+
+
+def test_the_consensus_renders_as_fastapi_serializes_it_and_rides_in_the_detail() -> None:
+    raw = snapshot.dumps(STORED_CONSENSUS)
+    data = core.consensus(raw)
+    assert data is not None
+    assert data == fastapi_bytes(SymbolConsensus, json.loads(raw))
+    assert json.loads(data)["regime"] == "bullish"  # lowered, as every label the API serves
+    snap = json.dumps(snapshots()[1])
+    thresholds = core.thresholds(CONFIG)
+    for agreed in (raw, None):
+        body = core.detail(snap, [], [], json.dumps(thresholds), consensus=agreed)
+        assert body is not None
+        assert body.data == fastapi_bytes(SymbolDetail, core.detail_dict(snap, [], [], thresholds, consensus=agreed))
+        assert json.loads(body.data)["consensus"] == (None if agreed is None else json.loads(data))
+
+
+def test_a_consensus_the_model_rejects_goes_to_the_reference_path() -> None:
+    assert core.consensus(json.dumps({**json.loads(snapshot.dumps(STORED_CONSENSUS)), "regime": "SIDEWAYS"})) is None

@@ -91,7 +91,10 @@ async function refresh(all, changed) {
     const route = S.route;
     if (route.name === "symbol") {
       const id = routeSeriesId(route);
-      if (all || !S.detail || S.detailKey !== route.hash || changed.has(id)) await loadDetail();
+      // A sibling timeframe's change moves the symbol's consensus, which the detail carries.
+      const symbol = symbolOf(id);
+      const touched = [...changed].some((c) => symbolOf(c) === symbol);
+      if (all || !S.detail || S.detailKey !== route.hash || touched) await loadDetail();
     }
     if (route.name === "advanced") await loadStatus();
     S.apiError = null;
@@ -103,6 +106,9 @@ async function refresh(all, changed) {
   S.flash = changed;
   render();
 }
+
+/** ``kraken:BTC/USD`` of the series id ``kraken:BTC/USD:1m`` (a symbol may hold ":" itself: the timeframe is last). */
+const symbolOf = (id) => id.slice(0, id.lastIndexOf(":"));
 
 /** Once per page: the config in force, and with it the vocabulary every view is built from. */
 async function loadConfig() {

@@ -30,6 +30,7 @@ export function pageLabels(data) {
     data.forEach(series);
   } else if (data && data.snapshot) {
     series(data.snapshot);
+    if (data.consensus) data.consensus.regime = up(data.consensus.regime);
     if (Array.isArray(data.history)) data.history.forEach((p) => { p.hmm = up(p.hmm); });
     (data.transitions || []).forEach((t) => {
       if (t.kind === "hmm") {

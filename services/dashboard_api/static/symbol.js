@@ -67,6 +67,7 @@ function symbolLayout(snap, detail, now) {
       <aside class="side">
         <div class="card organism-card"><div class="card-h"><h2>HMM regime</h2><span class="muted">${ok ? `${h.observation_count ?? NA} candles since training` : ""}</span></div>
           <div class="org-wrap"><div class="org-slot xl" id="sym-organism" data-testid="symbol-organism"></div></div>${hmmCard(snap)}</div>
+        ${card("Consensus across timeframes", consensusCard(detail.consensus, snap.timeframe), ' data-testid="consensus-card"')}
         ${card("Volatility", volCard(snap, detail.thresholds))}
         ${card("Data pipeline", pipelineCard(snap, now))}
       </aside>
@@ -132,6 +133,18 @@ function hmmCard(snap) {
     ${kv("Confidence", fmtPct(h.confidence, 0), "hmm-confidence")}${kv("Training depth", depthBadge(h), "hmm-depth")}
     ${kv("Bias signal", biasArrow(h.bias_signal))}
     ${kv("In regime since", fmtDateTime(h.since_ts))}${kv("Blend factor", fmtNum(h.blend_factor, 2))}`;
+}
+
+/** The symbol's timeframes reduced to one verdict (state_publisher writes it when consensus.enabled). */
+function consensusCard(c, timeframe) {
+  if (!c) return `<p class="muted" data-testid="consensus-missing">No consensus: off in the config (consensus.enabled) or no HMM verdict yet.</p>`;
+  const tfs = (list) => (list.length ? list.map((tf) => (tf === timeframe ? `<b>${esc(tf)}</b>` : esc(tf))).join(", ") : "none");
+  const asOf = Object.entries(c.as_of || {}).map(([tf, ts]) => `${esc(tf)} ${fmtDateTime(ts)}`).join(" · ");
+  return `${kv("Agreed regime", c.voting.length ? hmmLabelChip(c.regime) : `<span class="muted">no trained timeframe yet</span>`, "consensus-regime")}
+    ${kv("Agreement", fmtPct(c.agreement, 0), "consensus-agreement")}${kv("Bias", biasArrow(c.bias), "consensus-bias")}
+    ${kv("Dissenting", c.dissenting.length ? `<span class="warn-text">${tfs(c.dissenting)}</span>` : "none", "consensus-dissenting")}
+    ${kv("Voting", tfs(c.voting))}${c.untrained.length ? kv("Untrained", tfs(c.untrained)) : ""}
+    ${asOf ? `<p class="muted small" data-testid="consensus-as-of">as of ${asOf}</p>` : ""}`;
 }
 
 function volCard(snap, thresholds) {
