@@ -47,14 +47,14 @@ def symbol_consensus(
 def consensuses(
     snaps: Mapping[SeriesKey, SeriesSnapshot], symbols: Iterable[Symbol], weights: Mapping[str, float]
 ) -> dict[Symbol, SymbolConsensus]:
-    """The consensus of each of ``symbols`` that has a verdict (one pass over the snapshots per call)."""
-    by_symbol: dict[Symbol, list[SeriesSnapshot]] = {s: [] for s in symbols}
-    for key, snap in snaps.items():
-        group = by_symbol.get((key.exchange, key.symbol))
-        if group is not None:
-            group.append(snap)
+    """The consensus of each of ``symbols`` that has a verdict.
+
+    Looks each symbol's timeframes up by key (one probe per known timeframe), so a batch that touched
+    a few symbols costs the same whether the stack holds ten series or ten thousand.
+    """
     out: dict[Symbol, SymbolConsensus] = {}
-    for (exchange, symbol), group in by_symbol.items():
+    for exchange, symbol in symbols:
+        group = [s for tf in TIMEFRAMES_MS if (s := snaps.get(SeriesKey(exchange, symbol, tf))) is not None]
         made = symbol_consensus(exchange, symbol, group, weights)
         if made is not None:
             out[(exchange, symbol)] = made
