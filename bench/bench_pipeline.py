@@ -212,9 +212,12 @@ async def wait_ready(js: Any, names: Names, procs: Procs, timeout: float = 90.0)
         for name in list(missing):
             if procs.running[name].poll() is not None:
                 raise CaseFailed(f"{name} exited with {procs.running[name].returncode}\n{procs.tails()}")
+            # A replica's consumer is named ``<service>-<replica id>``: any of them means the service is reading.
+            prefix = names.durable(name) + "-"
             with contextlib.suppress(NotFoundError):
-                await js.consumer_info(streams.get(name, names.stream_regimes), names.durable(name))
-                missing.remove(name)
+                consumers = await js.consumers_info(streams.get(name, names.stream_regimes))
+                if any(c.name.startswith(prefix) for c in consumers):
+                    missing.remove(name)
         await asyncio.sleep(0.2)
     if missing:
         raise CaseFailed(f"not ready after {timeout:.0f}s: {missing}\n{procs.tails()}")
