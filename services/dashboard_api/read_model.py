@@ -238,6 +238,7 @@ class ReadModel:
         self._summary: tuple[str | None, core.Body | None] | None = None
         self._health = _TtlCache(health_ttl)
         self._registry = _TtlCache(health_ttl)
+        self._registered: dict[str, int] = {}  # grows only: a registry entry never changes once written
 
     async def aclose(self) -> None:
         await self.feed.aclose()
@@ -381,7 +382,9 @@ class ReadModel:
     async def _read_registry(self) -> dict[str, int] | None:
         try:
             # Bound, never created: the bucket is the candle consumers'; the API only reads it.
-            return await registered(await self._nc.jetstream().key_value(self._names.bucket("series")))
+            kv = await self._nc.jetstream().key_value(self._names.bucket("series"))
+            self._registered = await registered(kv, self._registered)
+            return self._registered
         except nats.js.errors.BucketNotFoundError:
             return {}  # no candle consumer has started yet: nothing is admitted
         except (nats.errors.Error, OSError, TimeoutError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import nats.js.errors
@@ -64,13 +65,21 @@ class Admission:
             bisect.insort(self._order, first)
 
 
-async def registered(kv: KeyValue) -> dict[str, int]:
-    """Every series in the registry: token -> stream sequence of its first candle (gets 256 at a time)."""
+async def registered(kv: KeyValue, known: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Every series in the registry: token -> stream sequence of its first candle (gets 256 at a time).
+
+    An entry never changes once written, so ``known`` (a previous answer) is kept as it is and only
+    tokens new since then are read: a reader polling the registry pays one key listing, not one get
+    per series.
+    """
     try:
-        tokens = await kv.keys()
+        listed = await kv.keys()
     except nats.js.errors.NoKeysError:
         return {}
-    out: dict[str, int] = {}
+    before = known or {}
+    # Only what the bucket still lists: a purged or recreated bucket must not leave ghosts behind.
+    out = {t: before[t] for t in listed if t in before}
+    tokens = [t for t in listed if t not in out]
     for start in range(0, len(tokens), 256):
         chunk = tokens[start : start + 256]
         entries = await asyncio.gather(*(kv.get(t) for t in chunk))

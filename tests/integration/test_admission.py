@@ -8,6 +8,7 @@ import httpx
 
 from shared.domain.contracts import MESSAGE_TYPES, DeadLetter, events_in
 from shared.domain.subjects import SeriesKey
+from shared.infra.admission import registered
 from shared.infra.bus import read_subject
 from tests.factories import candle
 from tests.harness import StackFactory, eventually, small_config
@@ -109,3 +110,19 @@ async def test_the_api_lists_the_admitted_series_a_page_at_a_time_and_refuses_ba
             answer = await client.get("/api/series", params=bad)
             assert answer.status_code == 400, bad
             assert named in answer.json()["detail"], answer.json()
+
+
+async def test_reading_the_registry_again_fetches_only_what_is_new_and_forgets_what_is_gone(
+    make_stack: StackFactory,
+) -> None:
+    st = await make_stack(small_config([("N0/USD", "CORE")]))
+    kv = await st.js.create_key_value(bucket=st.names.bucket("series"))
+    for seq, k in enumerate(KEYS[:2], start=1):
+        await kv.put(k.token, str(seq).encode())
+    first = await registered(kv)
+    await kv.put(KEYS[2].token, b"3")
+    await kv.purge(KEYS[0].token)
+
+    again = await registered(kv, first)
+
+    assert again == await registered(kv) == {KEYS[1].token: 2, KEYS[2].token: 3}
