@@ -84,6 +84,7 @@ class Bench:
     quick: bool
     max_wait: float | None
     stamp: str
+    profile: Path | None = None  # py-spy's collapsed stacks of every service go here (--profile)
     filled: dict[int, tuple[str, Path]] = field(default_factory=dict)
 
     def env(self, namespace: str, config: Path) -> dict[str, str]:
@@ -196,10 +197,21 @@ def services(bench: Bench, env: dict[str, str], names: tuple[str, ...]) -> Itera
     procs = Procs(logs)
     try:
         for name in names:
-            procs.running[name] = popen([sys.executable, "-m", f"services.{name}"], env=env, log=logs / name)
+            cmd = [sys.executable, "-m", f"services.{name}"]
+            if bench.profile is not None:  # py-spy stops with its target and writes the stacks then
+                out = bench.profile / f"{env['REGIMES_NAMESPACE']}-{name}.txt"
+                cmd = ["py-spy", "record", "--format", "raw", "--subprocesses", "--rate", "200", "-o", str(out),
+                       "--", *cmd]
+            procs.running[name] = popen(cmd, env=env, log=logs / name)
         yield procs
     finally:
         for proc in procs.running.values():
+            if bench.profile is not None:  # the service itself, so py-spy sees it end and writes its stacks
+                for child in [p for p, (pp, _) in _proc_table().items() if pp == proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(15)
             stop_process(proc)
 
 
@@ -655,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"small cases: {' '.join(QUICK_CASES)}")
     parser.add_argument("--cases", nargs="+", help=f"cases by name (default: {' '.join(FULL_CASES)})")
     parser.add_argument("--max-wait", type=float, help="cap on each case's wait for the stack, s")
+    parser.add_argument("--profile", type=Path, help="run every service under py-spy; collapsed stacks go to DIR")
     args = parser.parse_args(argv)
     cases = args.cases or list(QUICK_CASES if args.quick else FULL_CASES)
     stamp, load = time.strftime("%Y%m%d-%H%M%S"), ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -667,7 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         servers.append(start_nats(tmp / "nats", port=free_port()))
         servers.append(start_redis(tmp / "redis", port=free_port()))
-        bench = Bench(tmp, servers[0], servers[1], args.quick, args.max_wait, stamp.replace("-", "")[-6:])
+        bench = Bench(tmp, servers[0], servers[1], args.quick, args.max_wait, stamp.replace("-", "")[-6:],
+                      args.profile)
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
         asyncio.run(run_all(bench, cases, results))
     except KeyboardInterrupt:
         interrupted = True
