@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import nats.errors
-from nats.js import JetStreamContext
 
 from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
@@ -20,6 +19,7 @@ from shared.domain.config import load_strategy_config
 from shared.domain.contracts import Candle, ContractError, candles_in, decode_json, encode_json
 from shared.domain.control import BackfillReply, BackfillRequest, Heartbeat
 from shared.domain.subjects import Names
+from shared.infra.acks import AckPipeline
 from shared.infra.bus import (
     PUBLISH_WINDOW,
     candle_messages,
@@ -101,28 +101,28 @@ async def publish_files(
         await ensure_streams(js, names, config.hmm.ohlcv_retention_days, settings.nats_replicas)
         started = time.monotonic()
         if speed is None:
-            new = await _import(js, names, candles, started)
+            new = await _import(AckPipeline(nc), names, candles, started)
         else:
-            new = await _replay(js, names, candles, speed, started)
+            new = await _replay(AckPipeline(nc), names, candles, speed, started)
         print(f"published {len(candles)} candles ({new} new, {len(candles) - new} already in the stream)")
     finally:
         await nc.drain()
     return 0
 
 
-async def _import(js: JetStreamContext, names: Names, candles: list[Candle], started: float) -> int:
+async def _import(acks: AckPipeline, names: Names, candles: list[Candle], started: float) -> int:
     """As fast as possible: batches of up to MAX_BATCH_BARS candles per series, pipelined."""
     messages = candle_messages(candles)
     new = done = 0
     for i in range(0, len(messages), PUBLISH_WINDOW):
         window = messages[i : i + PUBLISH_WINDOW]
-        new += await publish_messages(js, names, window)
+        new += await publish_messages(acks, names, window)
         done += sum(len(candles_in(m)) for m in window)
         progress(done, len(candles), "candles", started)
     return new
 
 
-async def _replay(js: JetStreamContext, names: Names, candles: list[Candle], speed: float, started: float) -> int:
+async def _replay(acks: AckPipeline, names: Names, candles: list[Candle], speed: float, started: float) -> int:
     """At ``speed`` x real time, one candle per message, as a live feed would publish them."""
     plan = ReplayPlan(candles, speed, max_delay_s=5.0)
     new = 0
@@ -130,7 +130,7 @@ async def _replay(js: JetStreamContext, names: Names, candles: list[Candle], spe
         wait = plan.seconds_until(i, time.monotonic() - started)
         if wait > 0:
             await asyncio.sleep(wait)
-        new += await publish_candles(js, names, [candle])
+        new += await publish_candles(acks, names, [candle])
         if i % 200 == 0 or i == len(candles) - 1:
             progress(i + 1, len(candles), "candles", started)
     return new

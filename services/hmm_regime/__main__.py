@@ -32,6 +32,7 @@ async def build(rt: Runtime) -> list[Any]:
         log.error("hmmlearn is not installed: every series stays RANGING with zero bias")
     store: StateStore[SeriesHmm] = StateStore(
         await rt.kv("hmm_state"),
+        rt.bus.acks,
         new=lambda _key: SeriesHmm.new(cfg),
         dump=SeriesHmm.dump,
         load=lambda _key, raw: SeriesHmm.load(cfg, raw),

@@ -92,7 +92,7 @@ class Ingest:
         (10 min) would not catch a page re-fetched later than that.
         """
         fresh = [c for c in candles if not self.book(c.key).holds(c.ts)]
-        new = await publish_candles(self.rt.js, self.rt.names, fresh)
+        new = await publish_candles(self.rt.bus.acks, self.rt.names, fresh)
         for candle in fresh:
             self.book(candle.key).add(candle.ts)
         if candles:

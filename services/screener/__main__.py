@@ -29,6 +29,7 @@ async def build(rt: Runtime) -> list[Any]:
     names = rt.names
     store: StateStore[SeriesScreen] = StateStore(
         await rt.kv("screener_state"),
+        rt.bus.acks,
         new=lambda _key: SeriesScreen(),
         dump=SeriesScreen.dump,
         load=lambda _key, raw: SeriesScreen.load(raw),

@@ -17,6 +17,7 @@ async def build(rt: Runtime) -> list[Any]:
     cfg = rt.config.vol
     store: StateStore[SeriesVol] = StateStore(
         await rt.kv("vol_state"),
+        rt.bus.acks,
         new=lambda _key: SeriesVol.new(cfg),
         dump=SeriesVol.dump,
         load=lambda _key, raw: SeriesVol.load(cfg, raw),

@@ -108,6 +108,11 @@ class SeriesKey:
         return cls(exchange, decode_symbol(sym), tf)
 
 
+@lru_cache(maxsize=1 << 16)  # asked of every message a consumer fetches, twice: pure, and worth remembering
+def _series_of(subject: str) -> SeriesKey:
+    return SeriesKey.from_token(".".join(subject.split(".")[-3:]))
+
+
 @lru_cache(maxsize=1 << 16)
 def fnv1a(token: str) -> int:
     """32-bit FNV-1a of a string: a stable hash (Python's ``hash`` is salted per process)."""
@@ -193,7 +198,7 @@ class Names:
 
     def series_of(self, subject: str) -> SeriesKey:
         """The series named by the last three tokens of any per-series subject."""
-        return SeriesKey.from_token(".".join(subject.split(".")[-3:]))
+        return _series_of(subject)
 
     # --- streams and buckets ------------------------------------------
     @property

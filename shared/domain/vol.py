@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import mul
 from typing import Any
 
@@ -340,6 +341,13 @@ def classify_vol_regime(vol_inputs: VolInputs, cfg: VolRegimeConfig) -> VolRegim
     return VolRegime(label_for_ratio(ratio, cfg), vol_short, vol_long, ratio)
 
 
+@lru_cache(maxsize=64)
+def _window_weights(window: int, halflife_bars: float) -> tuple[float, ...]:
+    """``lambda ** age`` for ages window-1 .. 0, oldest first (``lambda = 0.5 ** (1 / halflife)``)."""
+    lam = 0.5 ** (1.0 / halflife_bars)
+    return tuple(lam ** (window - 1 - i) for i in range(window))
+
+
 class VolTracker:
     """Incremental :func:`classify_vol_regime` for one series: O(1) per bar, exact over the window.
 
@@ -377,9 +385,10 @@ class VolTracker:
         long_n, short_n = cfg.long_window_bars, cfg.short_window_bars
         lam_s = 0.5 ** (1.0 / cfg.short_halflife_bars)
         lam_l = 0.5 ** (1.0 / cfg.long_halflife_bars)
-        # Oldest-first weights, for rebuilds; S0 is their sum and never changes once full.
-        self._w_s = [lam_s ** (short_n - 1 - i) for i in range(short_n)]
-        self._w_l = [lam_l ** (long_n - 1 - i) for i in range(long_n)]
+        # Oldest-first weights, for rebuilds; S0 is their sum and never changes once full. Shared by every
+        # tracker of these windows (about 28 kB a series otherwise: most of the service's memory at 10,000).
+        self._w_s = _window_weights(short_n, cfg.short_halflife_bars)
+        self._w_l = _window_weights(long_n, cfg.long_halflife_bars)
         s0_s, s0_l = math.fsum(self._w_s), math.fsum(self._w_l)
         # Right after a rebuild variance / second moment >= 1 / (1 + S0) (the newest return
         # carries weight 1 / S0 and is the centre), so staying under half that bound means a

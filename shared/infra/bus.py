@@ -28,6 +28,7 @@ from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLet
 from shared.domain.control import Heartbeat
 from shared.domain.errors import ConfigError, ContractError
 from shared.domain.subjects import Names, SeriesKey
+from shared.infra.acks import AckPipeline, Publish
 from shared.infra.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ class Bus:
     def __init__(self, nc: NATS, names: Names, service: str, metrics: Metrics) -> None:
         self.nc = nc
         self.js = nc.jetstream()
+        self.acks = AckPipeline(nc)  # every publish and state write of the service's batches goes through it
         self.names = names
         self.service = service
         self.metrics = metrics
@@ -238,14 +240,15 @@ class Bus:
         """Publish ``outs`` pipelined (all sent, then every ack awaited); raises if any is not stored."""
         if not outs:
             return
-        await asyncio.gather(
-            *(
-                self.js.publish(o.subject, encode(o.msg), headers={"Nats-Msg-Id": o.msg_id} if o.msg_id else None)
-                for o in outs
-            )
+        await self.acks.send(
+            [Publish(o.subject, encode(o.msg), {"Nats-Msg-Id": o.msg_id} if o.msg_id else None) for o in outs]
         )
+        kinds: dict[str, int] = {}
         for o in outs:
-            self.metrics.published.labels(self.service, type(o.msg).KIND).inc()
+            kind = type(o.msg).KIND
+            kinds[kind] = kinds.get(kind, 0) + 1
+        for kind, n in kinds.items():
+            self.metrics.published.labels(self.service, kind).inc(n)
 
     async def dead_letter(self, reason: str, subject: str, payload: bytes, origin: str | None = None) -> None:
         """Park a refused message; ``origin`` (stream and sequence) dedupes a redelivered batch's second letter.
@@ -281,25 +284,23 @@ def candle_messages(candles: Sequence[Candle]) -> list[Candle | CandleBatch]:
     return [run[0] if len(run) == 1 else CandleBatch.of(run) for run in ordered]
 
 
-async def publish_candles(js: JetStreamContext, names: Names, candles: Sequence[Candle]) -> int:
+async def publish_candles(acks: AckPipeline, names: Names, candles: Sequence[Candle]) -> int:
     """Publish ``candles`` (batched, pipelined, each message with its ``Nats-Msg-Id``); returns how many were new.
 
     The one way candles enter the stack: ingest, ``regimes import`` and the
     tests use it. One connection keeps the stream in publish order, so
     pipelining changes nothing a consumer sees.
     """
-    return await publish_messages(js, names, candle_messages(candles))
+    return await publish_messages(acks, names, candle_messages(candles))
 
 
-async def publish_messages(js: JetStreamContext, names: Names, messages: Sequence[Candle | CandleBatch]) -> int:
+async def publish_messages(acks: AckPipeline, names: Names, messages: Sequence[Candle | CandleBatch]) -> int:
     """Publish candle messages in order, PUBLISH_WINDOW at a time; returns how many candles were new."""
     new = 0
     for start in range(0, len(messages), PUBLISH_WINDOW):
         window = messages[start : start + PUBLISH_WINDOW]
-        acks = await asyncio.gather(
-            *(js.publish(names.ohlcv(m.key), encode(m), headers={"Nats-Msg-Id": m.msg_id}) for m in window)
-        )
-        new += sum(len(candles_in(m)) for m, ack in zip(window, acks, strict=True) if not ack.duplicate)
+        stored = await acks.send([Publish(names.ohlcv(m.key), encode(m), {"Nats-Msg-Id": m.msg_id}) for m in window])
+        new += sum(len(candles_in(m)) for m, ack in zip(window, stored, strict=True) if not ack.duplicate)
     return new
 
 

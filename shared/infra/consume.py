@@ -51,6 +51,7 @@ from shared.domain.contracts import decode, time_problem
 from shared.domain.errors import ContractError
 from shared.domain.partitions import partition_of
 from shared.domain.subjects import SeriesKey
+from shared.infra.acks import Ack, AckPipeline, kv_write
 from shared.infra.admission import Admission, refusal
 from shared.infra.bus import BUS_ERRORS, Bus, Out, now_ms
 from shared.infra.ownership import Everything, Owner
@@ -118,6 +119,7 @@ class KvPosition:
 
     kv: KeyValue
     key: str
+    acks: AckPipeline
     _held: dict[int, tuple[int, int | None]] = field(default_factory=dict)  # partition -> (seq, revision)
 
     async def load(self, partitions: frozenset[int]) -> dict[int, int]:
@@ -131,9 +133,11 @@ class KvPosition:
 
     async def commit(self, seq: int) -> None:
         behind = [p for p, (at, _rev) in self._held.items() if at < seq]
-        revs = await asyncio.gather(*(self._put(p, seq) for p in behind))
-        for p, rev in zip(behind, revs, strict=True):
-            self._held[p] = (seq, rev)
+        value = str(seq).encode()
+        writes = [(f"{self.key}.p{p}", self._held[p][1] or 0) for p in behind]
+        outcomes = await self.acks.send_each([kv_write(self.kv, key, value, rev) for key, rev in writes])
+        for p, (key, rev), outcome in zip(behind, writes, outcomes, strict=True):
+            self._held[p] = (seq, await _revision(self.kv, key, value, rev, outcome, f"position of partition {p}"))
 
     async def verify(self) -> None:
         return None
@@ -145,14 +149,27 @@ class KvPosition:
             return None
         return int(entry.value or b"0"), entry.revision or 0
 
-    async def _put(self, p: int, seq: int) -> int:
-        key, rev = f"{self.key}.p{p}", self._held[p][1]
+
+
+async def _revision(
+    kv: KeyValue, key: str, value: bytes, expected: int, outcome: Ack | BaseException, what: str
+) -> int:
+    """The new revision of a compare-and-set write of ``key`` (expected revision ``expected``, 0: none), given its
+    outcome; Repositioned if another writer got there first.
+
+    A create that missed may have met a deleted key's marker rather than a value: nats-py's
+    ``create`` knows that case, so it gets a second try there.
+    """
+    if isinstance(outcome, Ack):
+        return outcome.seq
+    if not isinstance(outcome, nats.js.errors.KeyWrongLastSequenceError):
+        raise outcome
+    if expected == 0:
         try:
-            if rev is None:
-                return await self.kv.create(key, str(seq).encode())
-            return await self.kv.update(key, str(seq).encode(), last=rev)
+            return await kv.create(key, value)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
-            raise Repositioned(f"position of partition {p} was moved by another replica") from exc
+            raise Repositioned(f"{what} was written by another replica") from exc
+    raise Repositioned(f"{what} was written by another replica") from outcome
 
 
 class StateStore(Generic[S]):
@@ -168,12 +185,14 @@ class StateStore(Generic[S]):
     def __init__(
         self,
         kv: KeyValue,
+        acks: AckPipeline,
         *,
         new: Callable[[SeriesKey], S],
         dump: Callable[[S], dict[str, Any]],
         load: Callable[[SeriesKey, dict[str, Any]], S],
     ) -> None:
         self._kv = kv
+        self._acks = acks
         self._new = new
         self._dump = dump
         self._load = load
@@ -221,19 +240,14 @@ class StateStore(Generic[S]):
     async def flush(self) -> None:
         """Write every dirty series, pipelined; raises if any put fails (the batch is then replayed)."""
         dirty = sorted(self._dirty)
-        revisions = await asyncio.gather(*(self._put(k) for k in dirty))
-        self._revision.update(zip(dirty, revisions, strict=True))
+        values = [msgpack.packb(self._dump(self._cache[k]), use_bin_type=True) for k in dirty]
+        revs = [self._revision.get(k, 0) for k in dirty]
+        outcomes = await self._acks.send_each(
+            [kv_write(self._kv, k.token, v, r) for k, v, r in zip(dirty, values, revs, strict=True)]
+        )
+        for key, value, rev, outcome in zip(dirty, values, revs, outcomes, strict=True):
+            self._revision[key] = await _revision(self._kv, key.token, value, rev, outcome, f"state of {key.id}")
         self._dirty.clear()
-
-    async def _put(self, key: SeriesKey) -> int:
-        value = msgpack.packb(self._dump(self._cache[key]), use_bin_type=True)
-        rev = self._revision.get(key)
-        try:
-            if rev is None:
-                return await self._kv.create(key.token, value)
-            return await self._kv.update(key.token, value, last=rev)
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
-            raise Repositioned(f"state of {key.id} was written by another replica") from exc
 
     def discard(self) -> None:
         """Forget everything in memory: after a failed batch, KV is the truth."""
@@ -285,6 +299,12 @@ class Consumer:
     _verified_at: float = field(default=0.0, init=False)
     _uncommitted: bool = field(default=False, init=False)
     _committed_at: float = field(default=0.0, init=False)
+    _counted: dict[str, Any] = field(default_factory=dict, init=False)  # outcome -> its counter, looked up once
+
+    def __post_init__(self) -> None:
+        metrics, service = self.bus.metrics, self.bus.service
+        self._counted = {o: metrics.messages.labels(service, o) for o in ("handled", "skipped", "not_owned")}
+        self._counted["seconds"] = metrics.handle_seconds.labels(service)
 
     @property
     def _retryable(self) -> tuple[type[BaseException], ...]:
@@ -455,14 +475,13 @@ class Consumer:
         except ContractError as exc:
             await self.bus.dead_letter(exc.reason, msg.subject, msg.data, _origin(msg))
             return
-        metrics, service = self.bus.metrics, self.bus.service
         if isinstance(key, SeriesKey):
             if self.admission is not None and not await self.admission.admit(key, seq):
                 if self._mine(key, seq):  # one dead letter per refused candle, from the replica that owns it
                     await self.bus.dead_letter(refusal(self.admission.max_series), msg.subject, msg.data, _origin(msg))
                 return
             if not self._mine(key, seq):
-                metrics.messages.labels(service, "not_owned").inc()
+                self._counted["not_owned"].inc()
                 return
             held = self._held.get(key)
             if held is not None:
@@ -509,11 +528,11 @@ class Consumer:
             outs.extend(produced.outs)
             return
         if produced is None:
-            metrics.messages.labels(service, "skipped").inc()
+            self._counted["skipped"].inc()
             return
         outs.extend(produced)
-        metrics.messages.labels(service, "handled").inc()
-        metrics.handle_seconds.labels(service).observe(time.perf_counter() - started)
+        self._counted["handled"].inc()
+        self._counted["seconds"].observe(time.perf_counter() - started)
         if isinstance(key, SeriesKey):
             metrics.last_event_ts.labels(service, key.id).set(getattr(obj, "ts", 0))
 

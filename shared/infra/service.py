@@ -86,7 +86,7 @@ class Runtime:
         kv = await self.kv("positions")
         key = self.position_key(suffix)
         await _check_partitions(kv, f"{key}.partitions", self.settings.partitions)
-        return KvPosition(kv, key)
+        return KvPosition(kv, key, self.bus.acks)
 
     async def admission(self) -> Admission:
         """The series cap shared by every candle consumer of the stack (``MAX_SERIES``)."""

@@ -32,6 +32,7 @@ from services.ohlcv_ingest.__main__ import build_with
 from shared.domain.access import SERVICES
 from shared.domain.contracts import Candle, ScoreEvent, encode
 from shared.domain.subjects import Names, SeriesKey
+from shared.infra.acks import AckPipeline
 from shared.infra.bus import ensure_streams, publish_candles
 from shared.infra.settings import Settings
 from tests.fakes import RecordedSeries, recorded_factory
@@ -160,7 +161,7 @@ async def test_the_stack_runs_end_to_end_as_its_own_users(
         # The operator publishes a candle (what `regimes import` does), which the bot then sees decided.
         last = exchange.first_ts + 299 * 60_000
         more = Candle(KEY.exchange, KEY.symbol, KEY.timeframe, last + 60_000, 100.0, 101.0, 99.0, 100.5, 1.0)
-        assert await publish_candles(operator.jetstream(), NAMES, [more]) == 1
+        assert await publish_candles(AckPipeline(operator), NAMES, [more]) == 1
         await eventually(lambda: _got(decisions, 1), timeout=30)
         await bot.close()
 
