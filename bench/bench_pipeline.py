@@ -480,7 +480,12 @@ async def burst_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
             await wait_ready(js, names, procs)
             fed = asyncio.ensure_future(publish(js, names, warm, 2000))
             await settle(js, r, names, {k.token: base - BAR_MS for k in keys}, fed, bench.budget(len(warm)))
+            pids = {n: p.pid for n, p in procs.running.items()} | {
+                "nats-server": bench.nats.proc.pid, "redis-server": bench.redis.proc.pid}
+            cpu0 = tree_cpu_us(pids)
             res = await burst(bench, nc, r, names, [candle(k, base, p * 1.001**WARM_BARS) for k, p in prices.items()])
+            cpu1 = tree_cpu_us(pids)
+            res["cpu_us_per_series"] = {n: (cpu1[n] - cpu0[n]) / series for n in pids}
     bench.filled[series] = (ns, Path(env["STRATEGY_CONFIG"]))
     return {"case": name, "series": series, "warm_bars": WARM_BARS, **res}
 
@@ -584,7 +589,9 @@ def block(res: dict[str, Any]) -> list[str]:
                 f"  all acked in {res['published_s'] * 1000:,.0f} ms; decided {res['decided']}, "
                 f"in Redis {res['in_redis']}; all in Redis after {fmt(res['all_in_redis_s'], ',.2f')} s",
                 *(f"  candle -> {k:8}: p50 {fmt(res[k]['p50_ms'])} ms, p99 {fmt(res[k]['p99_ms'])} ms, "
-                  f"max {fmt(res[k]['max_ms'])} ms" for k in ("vol", "hmm", "decision", "redis") if k in res)]
+                  f"max {fmt(res[k]['max_ms'])} ms" for k in ("vol", "hmm", "decision", "redis") if k in res),
+                "  CPU µs per series (the burst, until the wait ended): "
+                + ", ".join(f"{n} {v:,.0f}" for n, v in res.get("cpu_us_per_series", {}).items())]
     if "import" not in res:
         return [f"[{res['case']}] dashboard_api over {res['series']} series, wrk 16 connections x {res['seconds']} s",
                 *(f"  {k:8}: {fmt(res[k]['rps'], ',.1f')} req/s, p99 {fmt(res[k]['p99_ms'], ',.1f')} ms, "

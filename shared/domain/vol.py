@@ -568,7 +568,7 @@ class VolTracker:
             "long_halflife_bars": self._cfg.long_halflife_bars,
             "samples": self._samples,
             "since_rebuild": self._since_rebuild,
-            "returns": [float(x) for x in self._chronological()],  # oldest first
+            "returns": self._chronological(),  # oldest first; a new list, of plain floats (update() makes them so)
             "shift": float(self._shift),
             "sums": [float(x) for x in self._sums],  # S1, S2 short; S1, S2 long
             "peaks": [float(x) for x in self._peaks],

@@ -29,7 +29,7 @@ from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.errors import ConfigError
 from shared.domain.subjects import Names
 from shared.infra.admission import Admission
-from shared.infra.bus import Bus, Health, connect, ensure_streams, kv_bucket
+from shared.infra.bus import BUS_ERRORS, Bus, Health, connect, ensure_streams, kv_bucket
 from shared.infra.consume import KvPosition
 from shared.infra.ownership import Leases, Owner
 from shared.infra.settings import Settings, new_replica_id
@@ -150,6 +150,13 @@ def run(service: str, build: Build) -> None:
     raise SystemExit(code)
 
 
+class _StartInterrupted(Exception):
+    """NATS failed the wiring (a server restarting just then): the start is tried again, not the service failed."""
+
+
+_START_RETRY_S = 60.0  # s a service keeps trying to start while NATS fails its wiring, then it exits 1
+
+
 async def serve(
     service: str,
     build: Build,
@@ -158,7 +165,12 @@ async def serve(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
 ) -> int:
-    """Run one service until ``stop`` is set (by a signal, or by a test) or one of its tasks fails."""
+    """Run one service until ``stop`` is set (by a signal, or by a test) or one of its tasks fails.
+
+    A start that NATS interrupts (streams, buckets or leases that time out while the server restarts)
+    starts over after a second, for up to a minute: a replica restarted by its supervisor at the moment
+    NATS also restarts must come up, not exit.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
@@ -166,42 +178,70 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.create(service)
-    closed = asyncio.Event()
-    async with AsyncExitStack() as stack:
-        nc = await connect(settings.nats_url, service, stop, closed=closed, credentials=settings.nats_credentials)
-        stack.push_async_callback(_close, nc)
-        bus = Bus(nc, settings.names, service, metrics)
-        # Only the streams this service uses: its NATS user may create no others.
-        used = roles(settings.names)[service].streams if service in SERVICES else None
-        await ensure_streams(
-            bus.js, settings.names, config.hmm.ohlcv_retention_days, settings.nats_replicas, only=used
-        )
-        health_kv = await kv_bucket(bus.js, settings.names.bucket("health"), ttl=60.0, replicas=settings.nats_replicas)
-        replica = settings.replica_id or new_replica_id()
-        health = Health(health_kv, service, replica, metrics)
+    async with AsyncExitStack() as outer:
         if settings.metrics_port:
             server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
-            stack.callback(server.shutdown)
-        rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack, replica)
-        coros = [*await build(rt), health.run(stop, settings.health_interval_sec), _watch_closed(closed, stop)]
-        tasks = [asyncio.create_task(c) for c in coros]
-        stopper = asyncio.create_task(stop.wait())
-        log.info("started", extra={"fields": {"nats": settings.nats_url, "namespace": settings.namespace}})
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
-        for task in failed:
-            log.error("task failed; stopping", exc_info=task.exception())
-        stop.set()
-        # Tasks watch `stop` and finish their batch; give them a moment before cancelling.
-        pending = [t for t in tasks if not t.done()]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=5.0)
-            for t in still:
-                t.cancel()
-            await asyncio.gather(*still, return_exceptions=True)
-        stopper.cancel()
-        log.info("stopped")
-        return 1 if failed else 0
+            outer.callback(server.server_close)
+            outer.callback(server.shutdown)
+        deadline = loop.time() + _START_RETRY_S
+        while True:
+            try:
+                return await _serve_once(service, build, settings, config, stop, metrics)
+            except _StartInterrupted as exc:
+                cause = exc.__cause__ or exc
+                if stop.is_set() or loop.time() > deadline:
+                    raise cause from None
+                log.warning("start-up interrupted by NATS (%s: %s); starting again", type(cause).__name__, cause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def _serve_once(
+    service: str, build: Build, settings: Settings, config: StrategyConfig, stop: asyncio.Event, metrics: Metrics
+) -> int:
+    closed = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        try:
+            nc = await connect(settings.nats_url, service, stop, closed=closed, credentials=settings.nats_credentials)
+            stack.push_async_callback(_close, nc)
+            bus = Bus(nc, settings.names, service, metrics)
+            # Only the streams this service uses: its NATS user may create no others.
+            used = roles(settings.names)[service].streams if service in SERVICES else None
+            await ensure_streams(
+                bus.js, settings.names, config.hmm.ohlcv_retention_days, settings.nats_replicas, only=used
+            )
+            health_kv = await kv_bucket(
+                bus.js, settings.names.bucket("health"), ttl=60.0, replicas=settings.nats_replicas
+            )
+            replica = settings.replica_id or new_replica_id()
+            health = Health(health_kv, service, replica, metrics)
+            rt = Runtime(service, settings, config, nc, bus, metrics, health, stop, stack, replica)
+            coros = [*await build(rt), health.run(stop, settings.health_interval_sec), _watch_closed(closed, stop)]
+        except BUS_ERRORS as exc:
+            raise _StartInterrupted from exc
+        return await _run_tasks(coros, settings, stop)
+
+
+async def _run_tasks(coros: list[Coroutine[Any, Any, None]], settings: Settings, stop: asyncio.Event) -> int:
+    """The service's tasks until ``stop`` or a failure; 1 when a task died."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    stopper = asyncio.create_task(stop.wait())
+    log.info("started", extra={"fields": {"nats": settings.nats_url, "namespace": settings.namespace}})
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
+    for task in failed:
+        log.error("task failed; stopping", exc_info=task.exception())
+    stop.set()
+    # Tasks watch `stop` and finish their batch; give them a moment before cancelling.
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=5.0)
+        for t in still:
+            t.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+    stopper.cancel()
+    log.info("stopped")
+    return 1 if failed else 0
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:

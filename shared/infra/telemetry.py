@@ -61,8 +61,12 @@ class Metrics:
 
     def count(self, service: str, outcome: str) -> float:
         """Messages consumed with ``outcome`` so far (0 before the first)."""
-        value = self.registry.get_sample_value("regimes_messages_total", {"service": service, "outcome": outcome})
-        return value or 0.0
+        # From this one metric, not the registry: a registry read collects every metric, the per-series gauge too.
+        for family in self.messages.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels == {"service": service, "outcome": outcome}:
+                    return sample.value
+        return 0.0
 
     @classmethod
     def create(cls, service: str) -> Metrics:

@@ -9,13 +9,17 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import pytest
 
-from regimes.servers import start_nats
+from regimes.servers import ManagedServer, start_nats
+from shared.infra import service as service_module
 from shared.infra.bus import connect, disconnect_level
-from tests.harness import eventually
+from shared.infra.service import Runtime
+from shared.infra.settings import Settings
+from tests.harness import StackFactory, eventually, small_config
 
 
 def _records(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
@@ -93,3 +97,46 @@ async def test_once_connected_it_reconnects_to_a_server_that_comes_back(
     finally:
         await nc.close()
         server.stop()
+
+
+# --------------------------------------------------------------------------- a start that NATS interrupts
+
+
+async def test_a_start_that_nats_interrupts_starts_again_and_runs(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica restarted just as NATS restarts sees its wiring time out: it starts over, it does not exit."""
+    from services.vol_regime.__main__ import build
+
+    calls = 0
+
+    async def interrupted_once(rt: Runtime) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await rt.kv("vol_state")  # part of the wiring done, on the stack that is then unwound
+            raise nats.errors.TimeoutError
+        return await build(rt)
+
+    caplog.set_level(logging.WARNING, logger="shared.infra.service")
+    st = await make_stack(small_config([("AAA/USD", "CORE")]))
+    await st.start("vol_regime", build=interrupted_once)
+    assert calls == 2
+    assert any("start-up interrupted by NATS" in r.getMessage() for r in caplog.records)
+    assert await st.stop("vol_regime") == 0
+
+
+async def test_a_start_nats_keeps_failing_gives_up_with_the_error(
+    nats_server: ManagedServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "_START_RETRY_S", 1.5)
+
+    async def never(_rt: Runtime) -> list[Any]:
+        raise nats.errors.TimeoutError
+
+    settings = Settings(nats_url=nats_server.url, namespace=namespace)
+    started = time.monotonic()
+    with pytest.raises(nats.errors.TimeoutError):
+        await service_module.serve("vol_regime", never, settings, small_config([("AAA/USD", "CORE")]),
+                                   asyncio.Event(), handle_signals=False)
+    assert 1.5 <= time.monotonic() - started < 10
