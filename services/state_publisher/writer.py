@@ -49,6 +49,7 @@ class SnapshotWriter:
         self.pending: dict[SeriesKey, Update] = {}
         self.epoch = 0  # bumped on every reset, so each consumer of this writer starts over too
         self._loaded = False
+        self._listed: set[SeriesKey] = set()  # series known to be in the symbols set (since the last load)
 
     async def load(self) -> None:
         """Snapshots from Redis, plus an empty one per universe series (shown at once as rows of "—")."""
@@ -57,6 +58,7 @@ class SnapshotWriter:
         tokens = sorted(cast(set[str], await self.redis.smembers(self.keys.symbols)))  # decode_responses: str
         raws = await self.redis.mget([self.keys.symbol(t) for t in tokens]) if tokens else []
         self.snaps = {}
+        self._listed = set()  # a loaded series is added again with its first write: SADD of a member is a no-op
         for token, raw in zip(tokens, raws, strict=True):
             if raw:
                 try:
@@ -130,9 +132,11 @@ class SnapshotWriter:
                 merged = sorted([*_transitions(old), *self.pending[key].transitions], key=_newest_first)
                 pipe.delete(keys.transitions(key.token))
                 pipe.rpush(keys.transitions(key.token), *[snapshot.dumps(t) for t in merged[:TRANSITIONS_KEPT]])
+            listing = [k for k in self.pending if k not in self._listed]
+            if listing:  # a command per new series, not per series written
+                pipe.sadd(keys.symbols, *[k.token for k in listing])
             for key, up in self.pending.items():
                 token = key.token
-                pipe.sadd(keys.symbols, token)
                 pipe.set(keys.symbol(token), snapshot.dumps(self.snaps[key]))
                 if up.history:
                     pipe.rpush(keys.history(token), *[snapshot.dumps(p) for p in up.history])
@@ -148,6 +152,7 @@ class SnapshotWriter:
                 await pipe.execute()
             except WatchError as exc:
                 raise self.reset(f"{position_key} changed under the write: {exc}") from exc
+        self._listed.update(listing)
         self.pending.clear()
 
     def _write_consensus(self, pipe: Any) -> None:
