@@ -47,18 +47,32 @@ async def build(rt: Runtime) -> list[Any]:
                 outs.append(Out(names.screener(key), m, f"screener.{ident}"))
         return outs
 
+    # Series whose join buffer may hold events: the position's low water is looked for among these only,
+    # not over every series cached (10,000 of them at every commit). The join buffer changes only in the
+    # two handlers below, which keep this set a superset of the series with something waiting.
+    waiting: set[SeriesKey] = set()
+
     async def vol(msg: VolRegimeEvent | VolRegimeBatch, seq: int) -> list[Out]:
         state = await store.get(msg.key)
         store.mark(msg.key)
+        waiting.add(msg.key)  # before the buffer changes: a handler that raises midway must not hide it
         return publish([d for e in events_in(msg) for d in on_vol(state, e, cfg, seq)])
 
     async def hmm(msg: HmmRegimeEvent | HmmRegimeBatch, seq: int) -> list[Out]:
         state = await store.get(msg.key)
         store.mark(msg.key)
+        waiting.add(msg.key)  # before the buffer changes: a handler that raises midway must not hide it
         return publish([d for e in events_in(msg) for d in on_hmm(state, e, cfg, seq)])
 
     def low_water() -> int | None:
-        marks = [m for m in (s.low_water() for s in store.cached().values()) if m is not None]
+        cached, marks = store.cached(), []
+        for key in list(waiting):
+            state = cached.get(key)
+            mark = state.low_water() if state is not None else None
+            if mark is None:  # nothing waits there (or the cache was discarded, and the buffer with it)
+                waiting.discard(key)
+            else:
+                marks.append(mark)
         return min(marks) if marks else None
 
     async def score(event: ScoreEvent, _seq: int) -> list[Out]:
