@@ -69,6 +69,7 @@ class AckPipeline:
     _sub: Subscription | None = None
     _next: int = 0
     _waiting: dict[str, asyncio.Future[Ack]] = field(default_factory=dict)
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)  # two first sends must not open two inboxes
 
     async def send(self, items: Sequence[Publish]) -> list[Ack]:
         """Publish ``items`` in order and return their acks; raises the first failure (nothing is retried here)."""
@@ -83,8 +84,11 @@ class AckPipeline:
         if not items:
             return []
         if self._sub is None:
-            self._prefix = self.nc.new_inbox() + "."
-            self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_reply)
+            async with self._opening:
+                if self._sub is None:
+                    prefix = self.nc.new_inbox() + "."
+                    self._prefix = prefix  # before the subscription exists: its first reply is matched by it
+                    self._sub = await self.nc.subscribe(prefix + "*", cb=self._on_reply)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         tokens: list[str] = []

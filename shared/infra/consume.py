@@ -150,7 +150,6 @@ class KvPosition:
         return int(entry.value or b"0"), entry.revision or 0
 
 
-
 async def _revision(
     kv: KeyValue, key: str, value: bytes, expected: int, outcome: Ack | BaseException, what: str
 ) -> int:

@@ -6,6 +6,8 @@ Real nats-server with JetStream (the session's); each test has its own namespace
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 import nats.errors
 import nats.js.errors
@@ -133,5 +135,29 @@ async def test_a_state_store_writes_through_the_pipeline_recreates_a_deleted_key
         with pytest.raises(Repositioned):
             await again.flush()
         assert (await _store(kv, AckPipeline(nc)).get(keys[1]))["n"] == 5
+    finally:
+        await nc.close()
+
+
+async def test_sends_from_many_tasks_at_once_each_get_their_own_acks(
+    nats_server: ManagedServer, namespace: str
+) -> None:
+    """Ingest's sources publish concurrently through one pipeline: no ack may reach another task's message."""
+    nc = await _connect(nats_server)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(js_api.StreamConfig(name=f"{namespace}_S", subjects=[f"{namespace}.s.>"]))
+        acks = AckPipeline(nc)
+
+        async def one_task(t: int) -> list[Ack]:
+            return await acks.send([Publish(f"{namespace}.s.{t}", f"{t}.{i}".encode(), {"Nats-Msg-Id": f"{t}.{i}"})
+                                    for i in range(50)])
+
+        results = await asyncio.gather(*(one_task(t) for t in range(8)))
+        seqs = sorted(a.seq for r in results for a in r)
+        assert seqs == list(range(1, 401))
+        for t, result in enumerate(results):
+            stored = [(await js.get_msg(f"{namespace}_S", a.seq)).data for a in result]
+            assert stored == [f"{t}.{i}".encode() for i in range(50)]
     finally:
         await nc.close()
