@@ -11,6 +11,7 @@ the same decisions.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,8 +111,10 @@ class SeriesScreen:
     last_vol_ts: int | None = None  # newest vol event seen, ms
     last_hmm_ts: int | None = None  # newest HMM event seen, ms
     scores: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # component -> [(ts ms, score)]
-    pending_vol: dict[int, tuple[VolRegimeEvent, int]] = field(default_factory=dict)  # ts -> (event, seq)
-    pending_hmm: dict[int, tuple[HmmRegimeEvent, int]] = field(default_factory=dict)
+    # ts -> (event, seq). OrderedDict, not dict: the join takes from the front, and a dict's first key is found
+    # by stepping over every slot deleted before it (O(n) a look while vol runs thousands of candles ahead).
+    pending_vol: OrderedDict[int, tuple[VolRegimeEvent, int]] = field(default_factory=OrderedDict)
+    pending_hmm: OrderedDict[int, tuple[HmmRegimeEvent, int]] = field(default_factory=OrderedDict)
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -171,7 +174,7 @@ def on_hmm(state: SeriesScreen, event: HmmRegimeEvent, cfg: StrategyConfig, seq:
     return _drain(state, cfg)
 
 
-def _queue(pending: dict[int, tuple[Any, int]], event: Any, seq: int) -> None:
+def _queue(pending: OrderedDict[int, tuple[Any, int]], event: Any, seq: int) -> None:
     """Keep a join buffer in ts order: events of one kind arrive in order, so this is an append."""
     late = bool(pending) and event.ts < next(reversed(pending))
     pending[event.ts] = (event, seq)

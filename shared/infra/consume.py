@@ -391,7 +391,11 @@ class Consumer:
             if self._held:
                 # A series waits: go on the moment its model is ready, looking for new messages meanwhile.
                 waits = {h.ready for h in self._held.values()}
-                await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                if done:  # go on at once: a fetch first would wait out its timeout once nothing new is left
+                    async with self.lock:
+                        await self.process([])
+                    continue
                 timeout = 0.01
             try:
                 msgs = await sub.fetch(self.batch, timeout=timeout)
