@@ -16,7 +16,7 @@ import nats.errors
 from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
 from shared.domain.config import load_strategy_config
-from shared.domain.contracts import Candle, ContractError, candles_in, decode_json, encode_json
+from shared.domain.contracts import Candle, ContractError, candle_count, decode_json, encode_json
 from shared.domain.control import BackfillReply, BackfillRequest, Heartbeat
 from shared.domain.subjects import Names
 from shared.infra.acks import AckPipeline
@@ -117,7 +117,7 @@ async def _import(acks: AckPipeline, names: Names, candles: list[Candle], starte
     for i in range(0, len(messages), PUBLISH_WINDOW):
         window = messages[i : i + PUBLISH_WINDOW]
         new += await publish_messages(acks, names, window)
-        done += sum(len(candles_in(m)) for m in window)
+        done += sum(candle_count(m) for m in window)
         progress(done, len(candles), "candles", started)
     return new
 

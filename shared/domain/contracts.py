@@ -496,6 +496,11 @@ def candles_in(msg: Any) -> list[Candle]:
     return msg.candles() if isinstance(msg, CandleBatch) else [msg]
 
 
+def candle_count(msg: Any) -> int:
+    """How many candles a Candle or a CandleBatch carries (without building them)."""
+    return len(msg.bars) if isinstance(msg, CandleBatch) else 1
+
+
 def events_in(msg: Any) -> list[Any]:
     """The events a single event or an event batch carries."""
     return list(msg.events) if isinstance(msg, _EventBatch) else [msg]

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
-from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candles_in, decode, encode
+from shared.domain.contracts import MAX_BATCH_BARS, Candle, CandleBatch, DeadLetter, candle_count, decode, encode
 from shared.domain.control import Heartbeat
 from shared.domain.errors import ConfigError, ContractError
 from shared.domain.subjects import Names, SeriesKey
@@ -300,7 +300,7 @@ async def publish_messages(acks: AckPipeline, names: Names, messages: Sequence[C
     for start in range(0, len(messages), PUBLISH_WINDOW):
         window = messages[start : start + PUBLISH_WINDOW]
         stored = await acks.send([Publish(names.ohlcv(m.key), encode(m), {"Nats-Msg-Id": m.msg_id}) for m in window])
-        new += sum(len(candles_in(m)) for m, ack in zip(window, stored, strict=True) if not ack.duplicate)
+        new += sum(candle_count(m) for m, ack in zip(window, stored, strict=True) if not ack.duplicate)
     return new
 
 
