@@ -18,7 +18,8 @@ from typing import Any
 from services.hmm_regime.core import Row, SeriesHmm, TrainingResult, applied_history
 from shared.domain.config import HmmConfig
 from shared.domain.contracts import Candle, CandleBatch, candles_in
-from shared.domain.hmm import TrainedModel, fit_model
+from shared.domain.hmm import Fitted, TrainedModel, fit_model, fit_part
+from shared.domain.hmm.fit import FitPart
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import now_ms, read_subject
 from shared.infra.consume import Repositioned
@@ -26,6 +27,9 @@ from shared.infra.lifetime import die_with_parent
 from shared.infra.service import Runtime
 
 log = logging.getLogger("hmm_regime")
+# Training processes: a retrain's warm and fresh EM runs go to one each at once (on 2 cores the wait a retrain
+# holds its series for is the longer run, not both); many series due at once train two at a time.
+_WORKERS = 2
 
 
 def _worker_start(parent: int) -> None:
@@ -40,13 +44,24 @@ def _warm() -> None:
     import hmmlearn.hmm  # noqa: F401
 
 
-def _fit(rows: tuple[Row, ...], cfg: HmmConfig, previous: TrainedModel | None, upto: int) -> Any:
-    """In the worker: the model, or the reason the data could not be fitted (the same input fails the same way)."""
+def _fit(
+    rows: tuple[Row, ...], cfg: HmmConfig, previous: TrainedModel | None, upto: int,
+    fits: tuple[Fitted, Fitted | None] | None = None,
+) -> Any:
+    """In a worker: the model, or the reason the data could not be fitted (the same input fails the same way)."""
     closes = [c for _, c, _ in rows]
     volumes = [v for _, _, v in rows]
     try:
-        return fit_model(closes, volumes, cfg, previous, upto)
+        return fit_model(closes, volumes, cfg, previous, upto, fits=fits)
     except Exception as exc:  # hmmlearn/scikit-learn internals included: a property of the data, not of the run
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _fit_part(rows: tuple[Row, ...], cfg: HmmConfig, previous: TrainedModel, part: FitPart) -> Any:
+    """In a worker: one of a retrain's two EM runs, or the reason it failed."""
+    try:
+        return fit_part([c for _, c, _ in rows], [v for _, _, v in rows], cfg, previous, part)
+    except Exception as exc:  # as in _fit
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -58,16 +73,17 @@ class Trainer:
         self.jobs: dict[SeriesKey, asyncio.Future[TrainingResult]] = {}
         self.pool = self._new_pool()
         rt.stack.callback(lambda: self.pool.shutdown(wait=False, cancel_futures=True))
-        # Start the worker now (spawning it and importing scikit-learn takes seconds), not at the first training,
-        # which would hold its series meanwhile.
-        self.pool.submit(_warm)
+        # Start the workers now (spawning one and importing scikit-learn takes seconds), not at the first
+        # training, which would hold its series meanwhile.
+        for _ in range(_WORKERS):
+            self.pool.submit(_warm)
 
     @staticmethod
     def _new_pool() -> ProcessPoolExecutor:
         # spawn: a forked child would inherit the event loop and the NATS socket; the death signal
         # ends the worker with the service even on SIGKILL, instead of leaving it fitting for nobody.
         return ProcessPoolExecutor(
-            max_workers=1,
+            max_workers=_WORKERS,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_start,
             initargs=(os.getpid(),),
@@ -91,10 +107,9 @@ class Trainer:
         if rows is None:
             rows = await self._history(key, upto)
         started = now_ms()
-        loop = asyncio.get_running_loop()
         try:
-            fitted = await loop.run_in_executor(self.pool, _fit, rows, self.cfg, previous, upto)
-        except BrokenExecutor as exc:  # the worker died (OOM killer): not the data's fault, so no verdict on it
+            fitted = await self._fitted(rows, previous, upto)
+        except BrokenExecutor as exc:  # a worker died (OOM killer): not the data's fault, so no verdict on it
             self.pool = self._new_pool()
             raise Repositioned(f"training worker died: {exc}") from exc
         took = now_ms() - started
@@ -104,6 +119,20 @@ class Trainer:
             return TrainingResult(None, rows, upto)
         log.info("trained %s on %d candles up to %d in %d ms", key.id, len(rows), upto, took)
         return TrainingResult(fitted, rows, upto)
+
+    async def _fitted(self, rows: tuple[Row, ...], previous: TrainedModel | None, upto: int) -> Any:
+        """The model (or why not): a retrain's warm and fresh EM runs in two workers at once, then put together."""
+        loop = asyncio.get_running_loop()
+        if previous is None:
+            return await loop.run_in_executor(self.pool, _fit, rows, self.cfg, None, upto)
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, _fit_part, rows, self.cfg, previous, p) for p in ("fresh", "warm"))
+        )
+        failed = [p for p in parts if isinstance(p, str)]
+        if failed:
+            return failed[0]
+        fresh, warm = parts
+        return await loop.run_in_executor(self.pool, _fit, rows, self.cfg, previous, upto, (fresh, warm))
 
     async def _history(self, key: SeriesKey, upto: int) -> tuple[Row, ...]:
         names = self.rt.names

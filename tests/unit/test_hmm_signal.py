@@ -30,6 +30,7 @@ from shared.domain.hmm import (
     TrainedModel,
     depth_factor,
     fit_model,
+    fit_part,
     label_agreement,
     restore_from_snapshot,
     serialize_for_snapshot,
@@ -108,6 +109,41 @@ def test_a_retrain_on_the_same_window_continues_from_the_old_model(
     assert again.label_agreement >= 0.99
     assert again.log_likelihood >= first.log_likelihood - 1e-6 * abs(first.log_likelihood)
     assert_allclose(again.means, first.means, atol=0.05)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full", "spherical", "tied"])
+@pytest.mark.parametrize("shift", [0, 1440])
+def test_a_retrain_put_together_from_its_two_runs_made_apart_is_the_same_model(
+    market: tuple[np.ndarray, np.ndarray, np.ndarray], covariance_type: str, shift: int
+) -> None:
+    """hmm_regime runs a retrain's fresh and warm EM in two processes; the backtest runs them in one."""
+    closes, volumes, _ = market
+    cfg = {"HMM_COVARIANCE_TYPE": covariance_type}
+    previous = fit_model(closes[:WINDOW], volumes[:WINDOW], cfg, None, 0)
+    c, v = closes[shift : shift + WINDOW], volumes[shift : shift + WINDOW]
+    together = fit_model(c, v, cfg, previous, 1)
+    fresh, warm = (fit_part(c, v, cfg, previous, part) for part in ("fresh", "warm"))
+    assert fresh is not None
+    apart = fit_model(c, v, cfg, previous, 1, fits=(fresh, warm))
+    assert dumps_model(apart) == dumps_model(together)
+
+
+def test_without_a_usable_previous_model_there_is_no_warm_run(
+    first: TrainedModel, market: tuple[np.ndarray, ...]
+) -> None:
+    closes, volumes, _ = market
+    other_shape = {"HMM_N_STATES": 4}
+    assert fit_part(closes[:WINDOW], volumes[:WINDOW], other_shape, first, "warm") is None
+    assert fit_part(closes[:WINDOW], volumes[:WINDOW], {}, None, "warm") is None
+
+
+def dumps_model(model: TrainedModel) -> bytes:
+    """Every field of a model, bit for bit (arrays as their bytes)."""
+    return msgpack.packb(
+        {f.name: (getattr(model, f.name).tobytes() if isinstance(getattr(model, f.name), np.ndarray)
+                  else getattr(model, f.name)) for f in dataclasses.fields(model)},
+        use_bin_type=True,
+    )
 
 
 def test_the_warm_start_is_the_previous_model_in_the_new_standardisation(first: TrainedModel) -> None:

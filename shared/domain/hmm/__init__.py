@@ -42,7 +42,15 @@ from shared.domain.hmm.features import (
     FeatureExtractor,
     usable_rows,
 )
-from shared.domain.hmm.fit import HMM_AVAILABLE, WARM_START_MARGIN_NATS, as_hmmlearn, fit_model, label_agreement
+from shared.domain.hmm.fit import (
+    HMM_AVAILABLE,
+    WARM_START_MARGIN_NATS,
+    Fitted,
+    as_hmmlearn,
+    fit_model,
+    fit_part,
+    label_agreement,
+)
 from shared.domain.hmm.model import HMM_RANDOM_SEED, TrainedModel, validate_model
 from shared.domain.hmm.snapshot import SNAPSHOT_KEY, restore_from_snapshot, serialize_for_snapshot
 from shared.domain.sizing import (  # the seed's names live here too
@@ -68,6 +76,7 @@ __all__ = [
     "WARMUP_BARS",
     "WARM_START_MARGIN_NATS",
     "FeatureExtractor",
+    "Fitted",
     "HmmConfig",
     "Regime",
     "RegimeDetector",
@@ -78,6 +87,7 @@ __all__ = [
     "compute_grid_bias",
     "depth_factor",
     "fit_model",
+    "fit_part",
     "label_agreement",
     "restore_from_snapshot",
     "serialize_for_snapshot",

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -118,6 +118,7 @@ def fit_model(
     now_ms: int | None = None,
     *,
     warm_start: bool = True,
+    fits: tuple[Fitted, Fitted | None] | None = None,
 ) -> TrainedModel:
     """Baum-Welch fit of a GaussianHMM on the features of a candle history; pure and process-pool safe.
 
@@ -148,7 +149,9 @@ def fit_model(
     that agrees most with the previous model's labels over the window (rather
     than a plain sort by spread, which can rename every state at once).
     ``warm_start=False`` skips the warm fit (the behaviour before it existed;
-    benchmarks compare the two).
+    benchmarks compare the two). ``fits`` hands in the two EM runs made
+    elsewhere by :func:`fit_part` (hmm_regime runs them in two processes at
+    once): the result is the same model.
 
     The model records ``warm_started`` and ``label_agreement``: the fraction of
     the new training window's rows where the previous and the new model's
@@ -158,6 +161,50 @@ def fit_model(
     Raises RuntimeError without hmmlearn, ValueError for bad input or fewer
     than ``max(HMM_MIN_TRAIN_SAMPLES, HMM_N_STATES)`` feature rows.
     """
+    w = _window(closes, volumes, cfg, previous)
+    if fits is not None:
+        return _assemble(w, *fits, now_ms)
+    fresh = _run(w, "fresh")
+    assert fresh is not None  # the fresh run always fits
+    return _assemble(w, fresh, _run(w, "warm") if warm_start else None, now_ms)
+
+
+FitPart = Literal["fresh", "warm"]
+
+
+def fit_part(
+    closes: Sequence[float] | np.ndarray,
+    volumes: Sequence[float] | np.ndarray,
+    cfg: HmmConfig | Mapping[str, Any],
+    previous: TrainedModel | None,
+    part: FitPart,
+) -> Fitted | None:
+    """One of a retrain's two EM runs (the warm one: None without a usable ``previous``), for ``fit_model(fits=)``."""
+    return _run(_window(closes, volumes, cfg, previous, quiet=True), part)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A fit's standardised feature rows, its settings, and the previous model if it can seed a warm start."""
+
+    x: np.ndarray
+    z: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    k: int
+    covariance_type: str
+    n_iter: int
+    sticky: float
+    previous: TrainedModel | None
+
+
+def _window(
+    closes: Sequence[float] | np.ndarray,
+    volumes: Sequence[float] | np.ndarray,
+    cfg: HmmConfig | Mapping[str, Any],
+    previous: TrainedModel | None,
+    quiet: bool = False,
+) -> _Window:
     if not HMM_AVAILABLE:
         raise RuntimeError("hmmlearn is not installed")
     merged = as_hmm_config(cfg)
@@ -178,53 +225,66 @@ def fit_model(
     std = x.std(axis=0)
     # A constant feature (flat volume, say) carries nothing; std 1 keeps it at 0 instead of dividing by 0.
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-    z = (x - mean) / std
-
     if previous is not None:
         reason = validate_model(previous, n_states=k, covariance_type=covariance_type)
         if reason is not None:
-            log.warning("retrain ignores the previous model: %s", reason)
+            if not quiet:
+                log.warning("retrain ignores the previous model: %s", reason)
             previous = None
+    return _Window(x, (x - mean) / std, mean, std, k, covariance_type, n_iter, merged.transition_stickiness, previous)
 
-    sticky = merged.transition_stickiness
-    fresh = _fit(z, k, covariance_type, n_iter, None, sticky)
-    order = np.argsort(fresh.means[:, 0], kind="stable").tolist()
-    fresh = fresh.permuted(order, covariance_type)
-    chosen, labels, warm = fresh, _labels_by_spread(fresh.means[:, 0]), False
 
-    if previous is not None:
-        start = _warm_params(previous, mean, std)
-        warm_fit = _fit(z, k, covariance_type, n_iter, start, sticky) if warm_start else None
-        n = len(z)
-        if warm_fit is not None and warm_fit.log_likelihood / n >= fresh.log_likelihood / n - WARM_START_MARGIN_NATS:
-            chosen, warm = warm_fit, True
-        else:
-            if warm_fit is not None:
-                log.info(
-                    "retrain: warm start %.4f nats/row is below the fresh fit's %.4f by more than %.2f; fresh fit kept",
-                    warm_fit.log_likelihood / n,
-                    fresh.log_likelihood / n,
-                    WARM_START_MARGIN_NATS,
-                )
-            in_prev_units = (fresh.means * std + mean - previous.scaler_mean) / previous.scaler_std
-            cost = np.linalg.norm(in_prev_units[:, None, :] - previous.means[None, :, :], axis=2)
-            slot = _match_states(cost)
-            inverse = [0] * k
-            for new_i, old_j in enumerate(slot):
-                inverse[old_j] = new_i
-            chosen = fresh.permuted(inverse, covariance_type)
+def _run(w: _Window, part: FitPart) -> Fitted | None:
+    """The fresh fit (states in spread order) or the warm one (None without a previous model)."""
+    if part == "fresh":
+        fresh = _fit(w.z, w.k, w.covariance_type, w.n_iter, None, w.sticky)
+        order = np.argsort(fresh.means[:, 0], kind="stable").tolist()
+        return fresh.permuted(order, w.covariance_type)
+    if w.previous is None:
+        return None
+    start = _warm_params(w.previous, w.mean, w.std)
+    return _fit(w.z, w.k, w.covariance_type, w.n_iter, start, w.sticky)
 
+
+def _chosen(w: _Window, fresh: Fitted, warm_fit: Fitted | None) -> tuple[Fitted, bool]:
+    """The fit kept (the warm one unless clearly worse, else the fresh one matched to the old states), warm or not."""
+    previous = w.previous
+    if previous is None:
+        return fresh, False
+    n = len(w.z)
+    if warm_fit is not None and warm_fit.log_likelihood / n >= fresh.log_likelihood / n - WARM_START_MARGIN_NATS:
+        return warm_fit, True
+    if warm_fit is not None:
+        log.info(
+            "retrain: warm start %.4f nats/row is below the fresh fit's %.4f by more than %.2f; fresh fit kept",
+            warm_fit.log_likelihood / n,
+            fresh.log_likelihood / n,
+            WARM_START_MARGIN_NATS,
+        )
+    in_prev_units = (fresh.means * w.std + w.mean - previous.scaler_mean) / previous.scaler_std
+    cost = np.linalg.norm(in_prev_units[:, None, :] - previous.means[None, :, :], axis=2)
+    slot = _match_states(cost)
+    inverse = [0] * w.k
+    for new_i, old_j in enumerate(slot):
+        inverse[old_j] = new_i
+    return fresh.permuted(inverse, w.covariance_type), False
+
+
+def _assemble(w: _Window, fresh: Fitted, warm_fit: Fitted | None, now_ms: int | None) -> TrainedModel:
+    """The model of the fit kept, its labels checked against the new spreads and its agreement recorded."""
+    previous = w.previous
+    chosen, warm = _chosen(w, fresh, warm_fit)
     model = TrainedModel(
-        covariance_type=covariance_type,
+        covariance_type=w.covariance_type,
         startprob=chosen.startprob,
         transmat=chosen.transmat,
         means=chosen.means,
         covars=chosen.covars,
-        scaler_mean=mean,
-        scaler_std=std,
-        label_order=labels if previous is None else previous.label_order,
+        scaler_mean=w.mean,
+        scaler_std=w.std,
+        label_order=_labels_by_spread(fresh.means[:, 0]) if previous is None else previous.label_order,
         trained_at=now_ms_utc() if now_ms is None else int(now_ms),
-        n_samples=len(x),
+        n_samples=len(w.x),
         log_likelihood=chosen.log_likelihood,
         warm_started=warm,
     )
@@ -232,9 +292,9 @@ def fit_model(
         return model
     # The previous model's labels and the new model's states along their Viterbi paths over this window:
     # what the labels are judged by, and what the recorded agreement is.
-    old_labels = viterbi_labels(previous, x)
-    new_states = np.asarray(as_hmmlearn(model).predict(z), dtype=np.intp)
-    spread_raw = chosen.means[:, 0] * std[0] + mean[0]
+    old_labels = viterbi_labels(previous, w.x)
+    new_states = np.asarray(as_hmmlearn(model).predict(w.z), dtype=np.intp)
+    spread_raw = chosen.means[:, 0] * w.std[0] + w.mean[0]
     if not _labels_agree_with_spread(previous.label_order, spread_raw):
         labels = _closest_consistent_labels(spread_raw, old_labels, new_states)
         log.warning(
@@ -275,7 +335,7 @@ def _closest_consistent_labels(spreads: np.ndarray, old_labels: np.ndarray, new_
 
 
 @dataclass(frozen=True)
-class _Fitted:
+class Fitted:
     """One Baum-Welch result, in TrainedModel's array forms; ``log_likelihood`` in nats over all rows."""
 
     startprob: np.ndarray
@@ -284,11 +344,11 @@ class _Fitted:
     covars: np.ndarray
     log_likelihood: float
 
-    def permuted(self, order: Sequence[int], covariance_type: str) -> _Fitted:
+    def permuted(self, order: Sequence[int], covariance_type: str) -> Fitted:
         startprob, transmat, means, covars = _permuted(
             order, self.startprob, self.transmat, self.means, self.covars, covariance_type
         )
-        return _Fitted(startprob, transmat, means, covars, self.log_likelihood)
+        return Fitted(startprob, transmat, means, covars, self.log_likelihood)
 
 
 def _fit(
@@ -298,7 +358,7 @@ def _fit(
     n_iter: int,
     start: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
     stickiness: float = 0.0,
-) -> _Fitted:
+) -> Fitted:
     """EM on standardised rows ``z``: from a k-means start (``start`` None) or from the given parameters.
 
     ``stickiness`` (bars, ``HMM_TRANSITION_STICKINESS``) is added to the diagonal of hmmlearn's
@@ -345,7 +405,7 @@ def _fit(
     covars = np.array(hmm._covars_, dtype=np.float64)
     if covariance_type == "spherical" and covars.ndim == 2:
         covars = covars[:, 0]  # hmmlearn keeps spherical variances tiled over features; its setter takes (K,)
-    return _Fitted(startprob, transmat, means, covars, log_likelihood)
+    return Fitted(startprob, transmat, means, covars, log_likelihood)
 
 
 def _warm_params(
