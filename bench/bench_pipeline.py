@@ -272,7 +272,7 @@ async def in_redis(r: aioredis.Redis, names: Names, want: dict[str, int]) -> set
 
 async def settle(js: Any, r: aioredis.Redis, names: Names, want: dict[str, int], fed: asyncio.Future[Any],
                  budget: float) -> float:
-    """Monotonic time (to 0.1 s) from which the feed was done, state_publisher's position was REGIMES' last
+    """Monotonic time (to 0.02 s) from which the feed was done, state_publisher's position was REGIMES' last
     sequence and every series' snapshot showed its last candle (written in one MULTI with the position);
     CaseFailed with what was reached after ``budget`` s."""
     deadline, checked, since, done = time.monotonic() + budget, 0.0, 0.0, set[str]()
@@ -289,7 +289,7 @@ async def settle(js: Any, r: aioredis.Redis, names: Names, want: dict[str, int],
             done |= await in_redis(r, names, {t: ts for t, ts in want.items() if t not in done})
             if len(done) == len(want):
                 return since
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
     raise CaseFailed(f"not settled in {budget:.0f}s: position {reached[0]} of REGIMES last_seq {reached[1]}, "
                      f"feed {'done' if fed.done() else 'still running'}, {len(done)}/{len(want)} series in Redis")
 
