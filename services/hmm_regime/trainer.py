@@ -30,6 +30,7 @@ log = logging.getLogger("hmm_regime")
 # Training processes: a retrain's warm and fresh EM runs go to one each at once (on 2 cores the wait a retrain
 # holds its series for is the longer run, not both); many series due at once train two at a time.
 _WORKERS = 2
+_NICENESS = 10  # added to the workers' scheduling niceness
 
 
 def _worker_start(parent: int) -> None:
@@ -37,6 +38,9 @@ def _worker_start(parent: int) -> None:
     die_with_parent()
     if os.getppid() != parent:  # the death signal only covers a parent still alive when it was set
         os._exit(0)
+    # Fitting is background work: where the CPU is short, the services' own loops (lease renewals, live
+    # candles) go first. Two workers importing scikit-learn at once starved a loop past its lease otherwise.
+    os.nice(_NICENESS)
 
 
 def _warm() -> None:

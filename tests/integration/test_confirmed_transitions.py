@@ -38,14 +38,25 @@ VOL = {**SMALL_VOL, "defaults": {**SMALL_VOL["defaults"], "confirm_bars": CONFIR
 
 
 class Collected:
-    """Every event of the given kinds published in the test's namespace, by series, in arrival order."""
+    """Every event of the given kinds published in the test's namespace, by series, in arrival order.
+
+    A batch a service replays (its leases lapsed on a loaded machine, say) is published again and reaches a
+    core subscriber twice: a repeat must equal the first (same candles, same events), and is kept once.
+    """
 
     def __init__(self, *kinds: type[Any]) -> None:
         self.kinds = kinds
         self.events: dict[SeriesKey, list[Any]] = {}
+        self._seen: dict[tuple[SeriesKey, int], Any] = {}
+        self.differing: list[Any] = []  # repeats unlike their first (a callback cannot fail the test itself)
 
     async def on_msg(self, msg: Any) -> None:
         for event in events_in(decode(msg.data, self.kinds)):
+            first = self._seen.setdefault((event.key, event.ts), event)
+            if first is not event:
+                if first != event:
+                    self.differing.append(event)
+                continue
             self.events.setdefault(event.key, []).append(event)
 
     def of(self, key: SeriesKey) -> list[Any]:
@@ -103,6 +114,7 @@ async def test_events_carry_raw_and_confirmed_labels_and_the_confirmed_lags_by_t
         )
 
     await eventually(decided, timeout=60)
+    assert (vols.differing, hmms.differing, decisions.differing) == ([], [], [])
 
     # Vol: label is the plain label confirmed over CONFIRM bars, once the long window is full.
     live = [e for e in vols.of(VOL_KEY) if e.sufficient]
