@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from shared.domain.vol import VolInputs, VolRegime, VolRegimeConfig, VolTracker, classify_vol_regime
+from shared.domain.vol import VolInputs, VolRegime, VolRegimeConfig, classify_vol_regime
+from shared.domain.vol_tracker import VolTracker
 
 
 def synthetic_returns(candles: int, seed: int) -> np.ndarray:

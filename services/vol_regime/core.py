@@ -7,7 +7,8 @@ from typing import Any
 
 from shared.domain.contracts import Candle, VolRegimeEvent
 from shared.domain.vocab import VolLabel
-from shared.domain.vol import VolLabelFilter, VolRegime, VolRegimeConfig, VolTracker
+from shared.domain.vol import VolLabelFilter, VolRegime, VolRegimeConfig
+from shared.domain.vol_tracker import VolTracker
 
 _NO_DATA = VolRegime("normal", 0.0, 0.0, 1.0)
 

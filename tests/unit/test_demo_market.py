@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from services.ohlcv_ingest.demo import DemoClock, DemoMarket, start_price
 from shared.domain.contracts import Candle
 from shared.domain.subjects import SeriesKey
-from shared.domain.vol import VolRegimeConfig, VolTracker
+from shared.domain.vol import VolRegimeConfig
+from shared.domain.vol_tracker import VolTracker
 from tests.factories import T0, TF_MS
 
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOGE/USD", "PEPE/USD", "LINK/USD")

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from shared.domain.vol import VolInputs, VolRegime, VolRegimeConfig, VolTracker, classify_vol_regime
+from shared.domain.vol import VolInputs, VolRegime, VolRegimeConfig, classify_vol_regime
+from shared.domain.vol_tracker import VolTracker
 
 NORMAL_WITH_ZEROS = VolRegime("normal", 0.0, 0.0, 1.0)
 SEED_CFG = VolRegimeConfig()
