@@ -23,6 +23,7 @@ import msgspec
 
 import shared.domain.contracts as c
 from shared.domain.errors import ContractError
+from shared.domain.finite import NonFinite
 
 T = TypeVar("T")
 
@@ -183,7 +184,7 @@ def _explain(cls: type[Any], raw: dict[str, Any], exc: msgspec.ValidationError) 
     steps: list[tuple[str | None, ...]] = [(m.group(1), m.group(2), m.group(3)) for m in _STEP.finditer(path)]
     cause = exc.__cause__
     tp, value, where = _resolve(cls, raw, steps)
-    if isinstance(cause, c.NonFinite):
+    if isinstance(cause, NonFinite):
         return ContractError(f"{where}{cause.where}: {cause.value} is not finite")
     if isinstance(cause, ContractError):
         return ContractError(_rule_reason(cls, raw, steps, cause.reason))
