@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from services.hmm_regime.core import SeriesHmm, TrainingResult, adopt, training_due
 from services.hmm_regime.core import apply_candle as hmm_apply
-from services.screener.core import SeriesScreen, on_hmm, on_vol
+from services.screener.core import SeriesScreen, on_hmm, on_peer, on_vol, siblings
 from services.vol_regime.core import SeriesVol
 from services.vol_regime.core import apply_candle as vol_apply
 from shared.domain.config import HmmConfig, StrategyConfig
@@ -42,12 +42,17 @@ def backtest(
     hmm_cfg = config.hmm
     hmm_on = hmm_cfg.enabled
     series: dict[SeriesKey, _Series] = {}
+
+    def of(key: SeriesKey) -> _Series:
+        s = series.get(key)
+        if s is None:
+            s = series[key] = _Series(SeriesVol.new(config.vol), SeriesHmm.new(hmm_cfg))
+        return s
+
     for candle in candles:
         if time_problem(candle, now_ms, tolerance_ms) is not None:
             continue  # the stack dead-letters it
-        s = series.get(candle.key)
-        if s is None:
-            s = series[candle.key] = _Series(SeriesVol.new(config.vol), SeriesHmm.new(hmm_cfg))
+        s = of(candle.key)
         vol = vol_apply(s.vol, candle, config.vol)
         if vol is None:
             continue
@@ -61,6 +66,8 @@ def backtest(
         if hmm is not None:
             yield hmm
             yield from on_hmm(s.screen, hmm, config)
+            for sibling in siblings(config, candle.key):  # the consensus join (``consensus.screener``)
+                yield from on_peer(of(sibling).screen, hmm, config)
 
 
 def _train(state: SeriesHmm, cfg: HmmConfig) -> TrainingResult:

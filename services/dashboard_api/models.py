@@ -86,6 +86,21 @@ class GridBiasModel(BaseModel):
     size_skew_override: float | None
 
 
+class DecisionConsensus(BaseModel):
+    """What the decision's hmm_bias and grid_bias came from with config ``consensus.screener``: the symbol's
+    timeframes' HMM verdicts as of the bar's close."""
+
+    regime: HmmLabel = Field(description="the regime with the most voting weight; ranging on a tie or with no vote")
+    agreement: float = Field(description="share of the voting weight behind regime, a fraction in [0, 1]")
+    bias: float = Field(description="weight-averaged bias_signal of the voting timeframes, in [-1, 1]")
+    confidence: float = Field(description="agreement x the voting timeframes' weighted mean confidence, in [0, 1]")
+    voting: list[str] = Field(description="timeframes that voted (trained, weight > 0), shortest first")
+    dissenting: list[str] = Field(description="voting timeframes whose regime is not regime")
+    untrained: list[str] = Field(description="timeframes whose model was not trained yet (they do not vote)")
+    absent: list[str] = Field(description="timeframes with no bar closed by then (a gap in the base candles)")
+    as_of: dict[str, int] = Field(description="timeframe -> open time (ms UTC) of the bar of the verdict counted")
+
+
 class ScreenerBlock(BaseModel):
     ts: int
     tier: str
@@ -103,6 +118,9 @@ class ScreenerBlock(BaseModel):
     blend_factor: float
     dynamic_idle_target: float
     grid_bias: GridBiasModel
+    consensus: DecisionConsensus | None = Field(
+        None, description="with consensus.screener: the consensus hmm_bias and grid_bias came from; else null"
+    )
 
 
 class PipelineBlock(BaseModel):

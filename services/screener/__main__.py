@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
+from services.screener.core import SeriesScreen, on_hmm, on_peer, on_score, on_vol, siblings
 from shared.domain.contracts import (
     DECISIONS_PER_BATCH,
     HmmRegimeBatch,
@@ -62,7 +62,19 @@ async def build(rt: Runtime) -> list[Any]:
         state = await store.get(msg.key)
         store.mark(msg.key)
         waiting.add(msg.key)  # before the buffer changes: a handler that raises midway must not hide it
-        return publish([d for e in events_in(msg) for d in on_hmm(state, e, cfg, seq)])
+        events = events_in(msg)
+        decided = [d for e in events for d in on_hmm(state, e, cfg, seq)]
+        return publish(decided + await to_siblings(msg.key, events))
+
+    async def to_siblings(key: SeriesKey, events: list[HmmRegimeEvent]) -> list[ScreenerDecision]:
+        """The verdicts go to the symbol's other timeframes too, deciding the bars of theirs that waited on them
+        (one replica holds them all: the consumer partitions by symbol)."""
+        decided: list[ScreenerDecision] = []
+        for sibling in siblings(cfg, key):
+            peer = await store.get(sibling)
+            store.mark(sibling)
+            decided += [d for e in events for d in on_peer(peer, e, cfg)]
+        return decided
 
     def low_water() -> int | None:
         cached, marks = store.cached(), []
@@ -87,7 +99,8 @@ async def build(rt: Runtime) -> list[Any]:
     consumer = Consumer(
         rt.bus, names.stream_regimes, subjects, rt.durable(),
         {VolRegimeEvent: vol, VolRegimeBatch: vol, HmmRegimeEvent: hmm, HmmRegimeBatch: hmm, ScoreEvent: score},
-        await rt.kv_position(), stores=[store], owner=await rt.leases(), low_water=low_water,
+        await rt.kv_position(by="symbol"), stores=[store], owner=await rt.leases(), low_water=low_water,
+        partition_by="symbol",  # a symbol's timeframes in one replica: the consensus join reads them together
     )
     return [consumer.run(rt.stop)]
 

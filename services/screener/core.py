@@ -6,10 +6,17 @@ hybrid weights and score, the blended idle target and the grid bias. Waiting
 for both events of a candle makes the decision a function of its inputs only,
 never of which service happened to answer first, so replays and restarts give
 the same decisions.
+
+With ``consensus.screener`` a bar of a symbol's timeframe also waits for the
+HMM verdict of each of the symbol's other timeframes as of the bar's close:
+timeframe T's bar that opened at ``close // T * T - T``, the last one closed
+by then (see :func:`peer_verdicts`). The decision's HMM inputs are then the
+consensus of those verdicts (:func:`decision_consensus`).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.domain.config import StrategyConfig, TrendConfig
+from shared.domain.consensus import TimeframeVerdict, consensus
 from shared.domain.contracts import (
     SCORE_COMPONENTS,
+    DecisionConsensus,
     GridBias,
     HmmRegimeEvent,
     ScoreEvent,
@@ -26,8 +35,8 @@ from shared.domain.contracts import (
     VolRegimeEvent,
 )
 from shared.domain.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
-from shared.domain.subjects import timeframe_ms
-from shared.domain.vocab import HYBRID_COMPONENTS
+from shared.domain.subjects import SeriesKey, timeframe_ms
+from shared.domain.vocab import HYBRID_COMPONENTS, TIMEFRAMES_MS, HmmLabel
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
 
@@ -95,6 +104,9 @@ class Trend:
 
 SCORES_KEPT = 32  # per component and series: scores newer than the last decision, plus the one in force
 
+PeerVerdict = tuple[HmmLabel, float, float, bool]  # another timeframe's HMM (regime, bias, confidence, trained)
+PeerPoint = tuple[int, PeerVerdict]  # (open time of its bar, ms; the verdict)
+
 
 @dataclass
 class SeriesScreen:
@@ -108,21 +120,26 @@ class SeriesScreen:
 
     trend: Trend = field(default_factory=Trend)
     last_decided_ts: int | None = None
-    last_vol_ts: int | None = None  # newest vol event seen, ms
-    last_hmm_ts: int | None = None  # newest HMM event seen, ms
     scores: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # component -> [(ts ms, score)]
     # ts -> (event, seq). OrderedDict, not dict: the join takes from the front, and a dict's first key is found
     # by stepping over every slot deleted before it (O(n) a look while vol runs thousands of candles ahead).
     pending_vol: OrderedDict[int, tuple[VolRegimeEvent, int]] = field(default_factory=OrderedDict)
     pending_hmm: OrderedDict[int, tuple[HmmRegimeEvent, int]] = field(default_factory=OrderedDict)
+    # The consensus join (``consensus.screener``), persisted: the verdicts of the symbol's other timeframes not yet
+    # superseded for this series' next bar, in ts order, and the newest ts seen of each; the newest bar of this
+    # series decided or dropped (ms), which tells a gap in the candles from a verdict still to come.
+    peers: dict[str, list[PeerPoint]] = field(default_factory=dict)
+    peer_seen: dict[str, int] = field(default_factory=dict)
+    last_bar_ts: int | None = None
 
     def dump(self) -> dict[str, Any]:
         return {
             "trend": [self.trend.fast, self.trend.slow, self.trend.bars],
             "last_decided_ts": self.last_decided_ts,
-            "last_vol_ts": self.last_vol_ts,
-            "last_hmm_ts": self.last_hmm_ts,
             "scores": {c: [list(p) for p in pts] for c, pts in self.scores.items()},
+            "peers": {tf: [[t, *v] for t, v in pts] for tf, pts in self.peers.items()},
+            "peer_seen": self.peer_seen,
+            "last_bar_ts": self.last_bar_ts,
         }
 
     @classmethod
@@ -131,9 +148,10 @@ class SeriesScreen:
         return cls(
             trend=Trend(fast, slow, bars),
             last_decided_ts=raw["last_decided_ts"],
-            last_vol_ts=raw.get("last_vol_ts"),
-            last_hmm_ts=raw.get("last_hmm_ts"),
             scores={c: [(int(t), float(v)) for t, v in pts] for c, pts in raw["scores"].items()},
+            peers={tf: [_peer_point(p) for p in pts] for tf, pts in raw.get("peers", {}).items()},
+            peer_seen={tf: int(t) for tf, t in raw.get("peer_seen", {}).items()},
+            last_bar_ts=raw.get("last_bar_ts"),
         )
 
     def low_water(self) -> int | None:
@@ -154,15 +172,21 @@ class SeriesScreen:
         return found
 
 
+def _peer_point(raw: list[Any]) -> PeerPoint:
+    t, regime, bias, confidence, trained = raw
+    return int(t), (regime, float(bias), float(confidence), bool(trained))
+
+
 def _stale(state: SeriesScreen, ts: int) -> bool:
-    return state.last_decided_ts is not None and ts <= state.last_decided_ts
+    """Whether the candle ``ts`` (ms) was decided or dropped already (an event read again after a restart)."""
+    done = max((t for t in (state.last_decided_ts, state.last_bar_ts) if t is not None), default=None)
+    return done is not None and ts <= done
 
 
 def on_vol(state: SeriesScreen, event: VolRegimeEvent, cfg: StrategyConfig, seq: int = 0) -> list[ScreenerDecision]:
     if _stale(state, event.ts) or event.ts in state.pending_vol:
         return []
     _queue(state.pending_vol, event, seq)
-    state.last_vol_ts = max(event.ts, state.last_vol_ts or event.ts)
     return _drain(state, cfg)
 
 
@@ -170,7 +194,29 @@ def on_hmm(state: SeriesScreen, event: HmmRegimeEvent, cfg: StrategyConfig, seq:
     if _stale(state, event.ts) or event.ts in state.pending_hmm:
         return []
     _queue(state.pending_hmm, event, seq)
-    state.last_hmm_ts = max(event.ts, state.last_hmm_ts or event.ts)
+    return _drain(state, cfg)
+
+
+def siblings(cfg: StrategyConfig, key: SeriesKey) -> tuple[SeriesKey, ...]:
+    """The series whose decisions join ``key``'s HMM verdicts (:func:`on_peer`): its symbol's other timeframes,
+    with ``consensus.screener`` and the HMM on; none otherwise."""
+    if not (cfg.consensus.screener and cfg.hmm.enabled):
+        return ()
+    return tuple(SeriesKey(key.exchange, key.symbol, tf) for tf in cfg.timeframes_of(key) if tf != key.timeframe)
+
+
+def on_peer(state: SeriesScreen, event: HmmRegimeEvent, cfg: StrategyConfig) -> list[ScreenerDecision]:
+    """File the HMM verdict of another timeframe of this series' symbol; decide the bars it completes.
+
+    A verdict not newer than the newest of its timeframe seen is a replay, and changes nothing.
+    """
+    tf = event.timeframe
+    seen = state.peer_seen.get(tf)
+    if seen is not None and event.ts <= seen:
+        return []
+    verdict: PeerVerdict = (event.regime, event.bias_signal, event.confidence, event.trained)
+    state.peers.setdefault(tf, []).append((event.ts, verdict))
+    state.peer_seen[tf] = event.ts
     return _drain(state, cfg)
 
 
@@ -220,18 +266,116 @@ def _drain(state: SeriesScreen, cfg: StrategyConfig) -> list[ScreenerDecision]:
         vol = state.pending_vol.get(ts)
         hmm = state.pending_hmm.get(ts) if hmm_on else None
         if vol is None or (hmm_on and hmm is None):
-            lagging = state.last_vol_ts if vol is None else state.last_hmm_ts
-            if lagging is None or lagging <= ts:
+            # The missing half's kind has come for a later candle: events of a kind come in order, so not for
+            # this one. Only what the buffers hold is asked, never a newest-seen mark kept in the state: after a
+            # restart the buffers are read again from the stream, and such a mark would be ahead of them.
+            missing = state.pending_vol if vol is None else state.pending_hmm
+            if not missing or next(reversed(missing)) <= ts:
                 break  # the missing half may still come
             state.pending_vol.pop(ts, None)
             state.pending_hmm.pop(ts, None)
+            state.last_bar_ts = ts
             continue
-        out.append(decide(state, vol[0], hmm[0] if hmm is not None else None, cfg))
-        state.last_decided_ts = ts
+        verdict = hmm[0] if hmm is not None else None
+        family = cfg.timeframes_of(vol[0].key) if verdict is not None and cfg.consensus.screener else ()
+        peers = peer_verdicts(state, vol[0].timeframe, ts, family)
+        if peers is None:
+            break  # another timeframe's verdict as of this bar may still come
+        agreed = decision_consensus(verdict, peers, cfg.consensus.weights) if verdict is not None and family else None
+        out.append(decide(state, vol[0], verdict, cfg, agreed))
+        state.last_decided_ts = state.last_bar_ts = ts
         del state.pending_vol[ts]
         state.pending_hmm.pop(ts, None)
-        _prune_scores(state, ts + timeframe_ms(vol[0].timeframe))
+        close = ts + timeframe_ms(vol[0].timeframe)
+        _prune_scores(state, close)
+        _prune_peers(state, close)
     return out
+
+
+def last_closed(close: int, timeframe: str) -> int:
+    """Open time (ms) of ``timeframe``'s last bar closed at or before ``close`` (ms): bars open on multiples of it."""
+    t_ms = timeframe_ms(timeframe)
+    return close // t_ms * t_ms - t_ms
+
+
+def peer_verdicts(
+    state: SeriesScreen, timeframe: str, ts: int, family: tuple[str, ...]
+) -> dict[str, PeerPoint | None] | None:
+    """The verdict of each other timeframe of ``family`` as of the close of this series' bar ``ts`` (ms); None
+    while one may still come.
+
+    Timeframe T counts its newest verdict for a bar that opened at or before :func:`last_closed`, once its
+    verdicts have reached that bar: they come in bar order, so none older can follow. That depends on the
+    verdicts only, never on when they came. A T with no bar in that bucket at all (this series, built from the
+    same candles, had none there: a gap in the base candles) is absent (None), instead of waiting for T's next
+    bar; without such a bar in the stack's history it has no verdict to count, and is absent too.
+    """
+    out: dict[str, PeerPoint | None] = {}
+    own_ms = timeframe_ms(timeframe)
+    for tf in family:
+        if tf == timeframe:
+            continue
+        start = last_closed(ts + own_ms, tf)
+        seen = state.peer_seen.get(tf)
+        if seen is None or seen < start:
+            if not _bucket_empty(state, ts, own_ms, tf, start):
+                return None
+            out[tf] = None
+            continue
+        points = state.peers.get(tf, [])
+        i = bisect.bisect_right(points, start, key=lambda p: p[0])
+        out[tf] = points[i - 1] if i else None
+    return out
+
+
+def _bucket_empty(state: SeriesScreen, ts: int, own_ms: int, timeframe: str, start: int) -> bool:
+    """Whether ``timeframe``'s bucket opening at ``start`` (ms) holds no candle, as this series' own bars show.
+
+    Only a coarser timeframe that this one divides, and a bar of this series after the bucket, can tell: the bucket
+    then holds a candle only if this series had a bar in it, and its newest bar before ``ts`` is the last one.
+    """
+    t_ms = timeframe_ms(timeframe)
+    if t_ms <= own_ms or t_ms % own_ms or ts < start + t_ms:
+        return False
+    return state.last_bar_ts is None or state.last_bar_ts < start
+
+
+def _prune_peers(state: SeriesScreen, decided_close: int) -> None:
+    """Verdicts superseded for every later bar: keep each timeframe's one in force as of the last close, and newer."""
+    for tf, points in state.peers.items():
+        i = bisect.bisect_right(points, last_closed(decided_close, tf), key=lambda p: p[0])
+        if i > 1:
+            del points[: i - 1]
+
+
+def decision_consensus(
+    own: HmmRegimeEvent, peers: Mapping[str, PeerPoint | None], weights: Mapping[str, float]
+) -> DecisionConsensus:
+    """The consensus of this bar's own verdict and the other timeframes' (shared.domain.consensus).
+
+    Its confidence is the agreement x the voting timeframes' weight-averaged confidence: a split vote, or
+    unsure models, hold the grid bias back as one unsure model does (``HMM_CONFIDENCE_THRESHOLD``).
+    """
+    verdicts = {own.timeframe: TimeframeVerdict(own.regime, own.bias_signal, own.trained)}
+    confidence, as_of = {own.timeframe: own.confidence}, {own.timeframe: own.ts}
+    for tf, point in peers.items():
+        if point is not None:
+            t, (regime, bias, conf, trained) = point
+            verdicts[tf], confidence[tf], as_of[tf] = TimeframeVerdict(regime, bias, trained), conf, t
+    c = consensus(verdicts, weights)
+    total = sum(weights.get(tf, 1.0) for tf in c.voting)
+    mean = sum(weights.get(tf, 1.0) * confidence[tf] for tf in c.voting) / total if total > 0 else 0.0
+    return DecisionConsensus(
+        regime=c.regime,
+        agreement=c.agreement,
+        bias=c.bias,
+        confidence=min(1.0, max(0.0, c.agreement * mean)),
+        voting=c.voting,
+        dissenting=c.dissenting,
+        untrained=c.untrained,
+        absent=tuple(sorted((tf for tf, p in peers.items() if p is None), key=TIMEFRAMES_MS.__getitem__)),
+        as_of={tf: as_of[tf] for tf in sorted(as_of, key=TIMEFRAMES_MS.__getitem__)},
+    )
 
 
 def _hmm_state(event: HmmRegimeEvent) -> RegimeState:
@@ -244,10 +388,32 @@ def _hmm_state(event: HmmRegimeEvent) -> RegimeState:
     )
 
 
+def _hmm_inputs(
+    hmm: HmmRegimeEvent | None, agreed: DecisionConsensus | None, cfg: StrategyConfig, shadow: bool
+) -> tuple[float, GridBias]:
+    """The HMM's bias in the blend and its grid advice: from the consensus when one is given, else the verdict."""
+    if agreed is not None and hmm is not None:
+        if not agreed.voting:
+            return 0.0, NEUTRAL_GRID
+        state = RegimeState(
+            Regime[agreed.regime], hmm.probabilities, agreed.confidence, agreed.bias, hmm.observation_count
+        )
+        # Shadow mode means the HMM changes nothing a bot acts on, grid spacing included.
+        return agreed.bias, NEUTRAL_GRID if shadow else compute_grid_bias(state, cfg.hmm.confidence_threshold)
+    if hmm is None or not hmm.trained:
+        return 0.0, NEUTRAL_GRID
+    return hmm.bias_signal, NEUTRAL_GRID if shadow else compute_grid_bias(_hmm_state(hmm), cfg.hmm.confidence_threshold)
+
+
 def decide(
-    state: SeriesScreen, vol: VolRegimeEvent, hmm: HmmRegimeEvent | None, cfg: StrategyConfig
+    state: SeriesScreen,
+    vol: VolRegimeEvent,
+    hmm: HmmRegimeEvent | None,
+    cfg: StrategyConfig,
+    agreed: DecisionConsensus | None = None,
 ) -> ScreenerDecision:
-    """One decision: every number in it is derived here from the events and the config."""
+    """One decision: every number in it is derived here from the events and the config (and ``agreed``, the
+    symbol's consensus as of the bar, with ``consensus.screener``)."""
     key = vol.key
     tier = cfg.tier_of(key)
     trend_score = state.trend.update(vol.close, cfg.trend)
@@ -267,8 +433,7 @@ def decide(
             scores[comp] = value
     # With the HMM off the bot falls back to the trend alone (seed 003 §5), exactly as in shadow mode.
     blend = cfg.hmm.blend_with_trend if cfg.hmm.enabled else 1.0
-    shadow = blend >= 1.0
-    hmm_bias = hmm.bias_signal if hmm is not None and hmm.trained else 0.0
+    hmm_bias, grid = _hmm_inputs(hmm, agreed, cfg, shadow=blend >= 1.0)
     idle = cfg.idle
     target = compute_blended_idle_target(
         trend_score=trend_score,
@@ -279,11 +444,6 @@ def decide(
         floor=idle.floor,
         ceiling=idle.ceiling,
     )
-    # Shadow mode means the HMM changes nothing a bot acts on, grid spacing included.
-    if hmm is None or not hmm.trained or shadow:
-        grid = NEUTRAL_GRID
-    else:
-        grid = compute_grid_bias(_hmm_state(hmm), cfg.hmm.confidence_threshold)
     return ScreenerDecision(
         exchange=key.exchange,
         symbol=key.symbol,
@@ -312,4 +472,5 @@ def decide(
         grid_bias=grid,
         hmm_trained=hmm is not None and hmm.trained,
         hmm_probabilities=hmm.probabilities if hmm is not None else None,
+        consensus=agreed,
     )

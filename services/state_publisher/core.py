@@ -122,7 +122,7 @@ def _screener_block(d: ScreenerDecision) -> ScreenerBlock:
     return ScreenerBlock(
         d.ts, d.tier, d.sizing_multiplier, d.base_per_trade_nav_pct, d.effective_per_trade_nav_pct, d.capped,
         d.weights, d.scores, d.defaulted, d.hybrid_score, d.trend_score, d.hmm_bias, d.hmm_confidence,
-        d.blend_factor, d.dynamic_idle_target, d.grid_bias,
+        d.blend_factor, d.dynamic_idle_target, d.grid_bias, d.consensus,
     )  # fmt: skip
 
 

@@ -233,7 +233,8 @@ class ConsensusConfig:
     """The ``consensus`` block: a symbol's timeframes reduced to one verdict (shared.domain.consensus); off by default.
 
     ``weights`` per timeframe (a timeframe not named weighs 1); ``screener``:
-    whether the screener blends the consensus bias instead of the series' own.
+    whether the screener decides each bar of a symbol's timeframes on their consensus as of the bar's close
+    (the regime, bias and confidence in the blend and the grid bias) instead of the series' own verdict.
     """
 
     enabled: bool = False
@@ -274,6 +275,23 @@ class StrategyConfig:
             for key in spec.aggregated:
                 tiers.setdefault(key, spec.tier)
         return tiers
+
+    def timeframes_of(self, key: SeriesKey) -> tuple[str, ...]:
+        """Every timeframe of ``key``'s universe entry, its own first, then those built from it (``aggregate``).
+
+        Empty for a series outside the universe or of an entry that builds none: it has no other timeframe.
+        """
+        return self._families.get(key, ())
+
+    @functools.cached_property
+    def _families(self) -> Mapping[SeriesKey, tuple[str, ...]]:
+        families: dict[SeriesKey, tuple[str, ...]] = {}
+        for spec in self.universe:
+            if spec.aggregate and spec.key not in families:
+                family = (spec.key.timeframe, *spec.aggregate)
+                for key in (spec.key, *spec.aggregated):
+                    families.setdefault(key, family)
+        return families
 
     @property
     def series(self) -> tuple[SeriesKey, ...]:

@@ -219,6 +219,21 @@ class GridBias(_Contract, frozen=True):
     size_skew_override: float | None  # inventory skew in [-1, 1] to force, None = leave the rebalancer's
 
 
+class DecisionConsensus(_Contract, frozen=True):
+    """The symbol's consensus a decision was made on (``consensus.screener``): its timeframes' HMM verdicts as of
+    the bar's close (shared.domain.consensus), with the confidence the grid bias was held to."""
+
+    regime: HmmLabel  # the regime with the most voting weight; RANGING on a tie or with no vote
+    agreement: float  # share of the voting weight behind ``regime``, a fraction in [0, 1]
+    bias: float  # weight-averaged bias_signal of the voting timeframes, in [-1, 1]; the blend's and grid's bias
+    confidence: float  # agreement x the voting timeframes' weight-averaged confidence, in [0, 1]
+    voting: tuple[str, ...]  # timeframes that voted (trained, weight > 0), shortest first
+    dissenting: tuple[str, ...]  # voting timeframes whose regime is not ``regime``
+    untrained: tuple[str, ...]  # timeframes whose model was not trained yet
+    absent: tuple[str, ...]  # timeframes with no bar in the bucket closed by then (a gap in the base candles)
+    as_of: dict[str, int]  # timeframe -> open time (ms) of the bar whose verdict was counted
+
+
 class ScreenerDecision(_PerSeries, tag="screener_decision", frozen=True):
     """The screener's decision for one series after one candle, with every input it used (seed 000 §3)."""
 
@@ -250,6 +265,8 @@ class ScreenerDecision(_PerSeries, tag="screener_decision", frozen=True):
     # The HMM verdict joined, so a reader needs no other event of the candle (absent in older decisions).
     hmm_trained: bool = False  # whether that verdict came from a trained model
     hmm_probabilities: tuple[float, float, float] | None = None  # (bearish, ranging, bullish); None without HMM
+    # With ``consensus.screener``: the consensus hmm_bias and grid_bias came from; None: the series' own verdict.
+    consensus: DecisionConsensus | None = None
     v: int = SCHEMA_VERSION
 
 

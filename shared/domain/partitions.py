@@ -1,7 +1,9 @@
 """Which replica processes which series: fixed partitions of the series, spread over the live replicas.
 
 A series belongs to partition ``fnv1a(token) % partitions`` for good (the number
-of partitions is fixed per deployment). Partitions are spread over the replicas
+of partitions is fixed per deployment). A service that joins a symbol's
+timeframes (the screener's consensus) partitions by the symbol instead
+(``fnv1a(symbol_token)``), so every timeframe of a symbol is in one replica. Partitions are spread over the replicas
 alive at the moment by rendezvous hashing: every replica computes the same
 answer from the same member list, and a replica joining or leaving moves only
 the partitions that must move (about 1/n of them), never a shuffle.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, Literal
 
 from shared.domain.subjects import SeriesKey, fnv1a
 
@@ -19,9 +21,12 @@ DEFAULT_PARTITIONS: Final[int] = 16  # enough to spread over a handful of replic
 MAX_PARTITIONS: Final[int] = 256
 
 
-def partition_of(key: SeriesKey, partitions: int) -> int:
+PartitionBy = Literal["series", "symbol"]  # what a service's partitions split: series, or whole symbols
+
+
+def partition_of(key: SeriesKey, partitions: int, by: PartitionBy = "series") -> int:
     """The partition (0-based) of a series, stable across processes and releases."""
-    return fnv1a(key.token) % partitions
+    return fnv1a(key.token if by == "series" else key.symbol_token) % partitions
 
 
 def assign(members: Iterable[str], partitions: int) -> dict[str, frozenset[int]]:

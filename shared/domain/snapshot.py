@@ -19,7 +19,7 @@ from typing import Any, TypeVar, Union
 import msgspec
 
 from shared.domain.codec import plain_scalar
-from shared.domain.contracts import GridBias
+from shared.domain.contracts import DecisionConsensus, GridBias
 from shared.domain.errors import ContractError
 from shared.domain.vocab import DepthTier, HmmLabel, VolLabel
 
@@ -69,7 +69,7 @@ class HmmBlock(msgspec.Struct, frozen=True):
     label_agreement: float | None = None  # fraction of the window where the previous and this model's labels agree
 
 
-class ScreenerBlock(msgspec.Struct, frozen=True):
+class ScreenerBlock(msgspec.Struct, frozen=True, omit_defaults=True):  # no consensus key when off
     """The screener's last decision, the parts bots read (ScreenerDecision documents each)."""
 
     ts: int
@@ -88,6 +88,7 @@ class ScreenerBlock(msgspec.Struct, frozen=True):
     blend_factor: float
     dynamic_idle_target: float  # fraction of NAV
     grid_bias: GridBias
+    consensus: DecisionConsensus | None = None  # with ``consensus.screener``: what hmm_bias and grid_bias came from
 
 
 class PipelineBlock(msgspec.Struct, frozen=True):

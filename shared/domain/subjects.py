@@ -93,6 +93,11 @@ class SeriesKey:
         return f"{self.exchange}.{encode_symbol(self.symbol)}.{self.timeframe}"
 
     @property
+    def symbol_token(self) -> str:
+        """``kraken.BTC-USD``: the symbol's series of every timeframe share it (the consensus keys, partitions)."""
+        return f"{self.exchange}.{encode_symbol(self.symbol)}"
+
+    @property
     def id(self) -> str:
         """``kraken:BTC/USD:1m``: how the API and logs name the series."""
         return f"{self.exchange}:{self.symbol}:{self.timeframe}"

@@ -49,7 +49,7 @@ from nats.js.kv import KeyValue
 
 from shared.domain.contracts import decode, time_problem
 from shared.domain.errors import ContractError
-from shared.domain.partitions import partition_of
+from shared.domain.partitions import PartitionBy, partition_of
 from shared.domain.subjects import SeriesKey
 from shared.infra.acks import Ack, AckPipeline, kv_write
 from shared.infra.admission import Admission, refusal
@@ -274,6 +274,7 @@ class Consumer:
     stores: Sequence[Resettable] = ()
     # The partitions of the series this replica may process now (leases); Everything: a replica alone by design.
     owner: Owner = field(default_factory=Everything)
+    partition_by: PartitionBy = "series"  # "symbol": a symbol's timeframes in one replica (the screener's join)
     # Candle consumers: the series cap (every series is registered here, those of other partitions too).
     admission: Admission | None = None
     batch: int = 256
@@ -494,7 +495,7 @@ class Consumer:
 
     def _mine(self, key: SeriesKey, seq: int) -> bool:
         """Whether this replica applies ``seq``: its series' partition is held, and not yet past ``seq``."""
-        p = partition_of(key, self.owner.partitions)
+        p = partition_of(key, self.owner.partitions, self.partition_by)
         return self.owner.owns(p) and seq > self._floors.get(p, 0)
 
     def _admit(self, obj: Any, key: Any, subject: str) -> None:

@@ -27,6 +27,7 @@ from prometheus_client import start_http_server
 from shared.domain.access import SERVICES, roles
 from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.errors import ConfigError
+from shared.domain.partitions import PartitionBy
 from shared.domain.subjects import Names
 from shared.infra.admission import Admission
 from shared.infra.bus import BUS_ERRORS, Bus, Health, connect, ensure_streams, kv_bucket
@@ -76,16 +77,18 @@ class Runtime:
         """KV bucket ``name`` of this stack, created with the configured replica count when missing."""
         return await kv_bucket(self.js, self.names.bucket(name), ttl=ttl, replicas=self.settings.nats_replicas)
 
-    async def kv_position(self, suffix: str = "") -> KvPosition:
+    async def kv_position(self, suffix: str = "", by: PartitionBy = "series") -> KvPosition:
         """The committed stream positions of the service's consumer ``suffix``, per partition, in bucket ``positions``.
 
         The number of partitions is recorded there the first time: state laid out
         by one number cannot be read by another, so a changed ``PARTITIONS`` stops
         the service with the reason instead of silently reprocessing or skipping.
+        What the partitions split (``by``) is recorded too; see :func:`_check_partitioning`.
         """
         kv = await self.kv("positions")
         key = self.position_key(suffix)
         await _check_partitions(kv, f"{key}.partitions", self.settings.partitions)
+        await _check_partitioning(kv, key, by, self.settings.partitions)
         return KvPosition(kv, key, self.bus.acks)
 
     async def admission(self) -> Admission:
@@ -123,6 +126,37 @@ async def _check_partitions(kv: KeyValue, key: str, partitions: int) -> None:
             f"{partitions} does not match the {stored} this stack's positions were laid out with "
             f"(set PARTITIONS={stored}, or reset the stack's state to change it)",
         )
+
+
+async def _check_partitioning(kv: KeyValue, key: str, by: PartitionBy, partitions: int) -> None:
+    """Record what the positions' partitions split; on a change (a release that moved the screener from series
+    to symbols), every partition restarts from the lowest position any of them had.
+
+    A series may land in a partition whose position is past events of its own it never applied; from the
+    lowest position nothing is skipped, and what is read twice is ignored (every consumer drops a candle or
+    event not newer than its state's). Layouts from before this key split by series.
+    """
+    marker = f"{key}.by"
+    stored = await _text(kv, marker) or "series"
+    if stored != by:
+        legacy = await _text(kv, key)
+        found = [await _text(kv, f"{key}.p{p}") for p in range(partitions)]
+        if legacy is not None or any(v is not None for v in found):
+            # A partition with no position yet starts where KvPosition.load starts it: the legacy key, or 0.
+            low = min(int(v if v is not None else legacy or 0) for v in found)
+            for p in range(partitions):  # before the marker: a crash in between migrates again, to the same floor
+                await kv.put(f"{key}.p{p}", str(low).encode())
+            log.warning("positions of %s now split by %s: every partition restarts from %d", key, by, low)
+    if await _text(kv, marker) != by:
+        await kv.put(marker, by.encode())
+
+
+async def _text(kv: KeyValue, key: str) -> str | None:
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return (entry.value or b"").decode() or None
 
 
 Build = Callable[[Runtime], Awaitable[list[Coroutine[Any, Any, None]]]]

@@ -22,6 +22,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from shared.domain.contracts import DecisionConsensus
 from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import (
     DEPTH_DEEP_CANDLES,
@@ -38,6 +39,7 @@ from tests.factories import (
     VOL_LONG,
     Bar,
     candles_from_returns,
+    decision,
     hmm_event,
     hmm_verdict,
     pipeline_status,
@@ -560,6 +562,21 @@ async def test_symbol_view_shows_the_consensus_across_timeframes_and_the_api_ser
     await publish_events(st, [hmm_event(2, "BULLISH", (0.1, 0.2, 0.7), key=slow, ts=start + 900_000)])
     await expect(card.get_by_test_id("consensus-dissenting").locator(".v")).to_have_text("none")
     await expect(card.get_by_test_id("consensus-agreement").locator(".v")).to_have_text("100%")
+
+    # A decision made on the consensus (consensus.screener) says so where it shows the bias it used.
+    source = dash.page.get_by_test_id("bias-source").locator(".v")
+    await publish_events(st, [decision(2, key=fast, ts=start + 120_000, hmm_regime="BULLISH", hmm_bias=0.4)])
+    await expect(source).to_have_text("this timeframe")
+    agreed_on = DecisionConsensus(
+        regime="BULLISH", agreement=0.75, bias=0.3, confidence=0.4, voting=("1m", "15m"), dissenting=("15m",),
+        untrained=(), absent=(), as_of={"1m": start + 180_000, "15m": start},
+    )
+    await publish_events(
+        st, [decision(3, key=fast, ts=start + 180_000, hmm_regime="BULLISH", hmm_bias=0.3, consensus=agreed_on)]
+    )
+    await expect(source).to_have_text("consensus of 1m + 15m (bullish, agreement 75%)")
+    served = (await api_get(st, "/api/symbols/test/BTC-USD?timeframe=1m"))["snapshot"]["screener"]["consensus"]
+    assert (served["regime"], served["voting"], served["absent"]) == ("bullish", ["1m", "15m"], [])
     assert await dash.never_reloaded()
     dash.assert_console_clean()
 

@@ -29,6 +29,17 @@ def test_a_series_partition_is_a_stable_hash_every_process_agrees_on() -> None:
         assert partition_of(key, 16) == fnv1a_32(key.token.encode()) % 16
 
 
+def test_by_symbol_every_timeframe_of_a_symbol_is_in_the_symbols_partition() -> None:
+    for key in universe(50):
+        by_symbol = {partition_of(SeriesKey(key.exchange, key.symbol, tf), 16, "symbol") for tf in ("1m", "15m", "1h")}
+        assert by_symbol == {fnv1a_32(f"{key.exchange}.{key.symbol.replace('/', '-')}".encode()) % 16}
+
+
+def test_symbols_spread_over_every_partition() -> None:
+    load = Counter(partition_of(k, 16, "symbol") for k in universe(800))
+    assert set(load) == set(range(16))
+
+
 def test_series_spread_over_every_partition() -> None:
     load = Counter(partition_of(k, 16) for k in universe(800))
     assert set(load) == set(range(16))

@@ -32,10 +32,12 @@ DELETE = -1
 SAMPLE_NAMES = [name for name in RECORDED["wire"] if name != "VOL_NUMPY"]
 
 
-# Fields added since the recording (confirmed regimes, training depth): trailing keys, null when not carried.
+# Fields added since the recording (confirmed regimes, training depth, the consensus decided on): trailing keys,
+# null when not carried.
 ADDED = {
     "vol_regime": ("raw_label", "pending_label"),
     "hmm_regime": ("raw_regime", "raw_confidence", "depth_tier", "training_candles", "label_agreement"),
+    "screener_decision": ("consensus",),
 }
 
 

@@ -198,7 +198,15 @@ function gridCard(sc) {
     ${kv("Size skew override", gb && isNum(gb.size_skew_override) ? fmtSigned(gb.size_skew_override) : na())}
     ${kv("Blended idle target", sc ? fmtPct(sc.dynamic_idle_target, 1) : na(), "idle-target")}
     ${kv("Trend score", sc ? fmtSigned(sc.trend_score) : na())}${kv("HMM bias used", sc ? fmtSigned(sc.hmm_bias) : na())}
+    ${kv("Bias from", sc ? biasSource(sc.consensus) : na(), "bias-source")}
     ${kv("Blend with trend", sc ? fmtNum(sc.blend_factor, 2) : na())}`;
+}
+
+// With consensus.screener the decision's HMM inputs are the symbol's consensus as of the bar, not the series' own.
+function biasSource(c) {
+  if (!c) return "this timeframe";
+  const voting = c.voting.length ? c.voting.map(esc).join(" + ") : "no trained timeframe";
+  return `consensus of ${voting} (${esc(c.regime)}, agreement ${fmtPct(c.agreement, 0)})`;
 }
 
 function pipelineCard(snap, now) {
