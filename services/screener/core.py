@@ -151,7 +151,7 @@ class SeriesScreen:
             scores={c: [(int(t), float(v)) for t, v in pts] for c, pts in raw["scores"].items()},
             peers={tf: [_peer_point(p) for p in pts] for tf, pts in raw.get("peers", {}).items()},
             peer_seen={tf: int(t) for tf, t in raw.get("peer_seen", {}).items()},
-            last_bar_ts=raw.get("last_bar_ts"),
+            last_bar_ts=raw.get("last_bar_ts", raw["last_decided_ts"]),  # a state from before it: the last decided
         )
 
     def low_water(self) -> int | None:
@@ -179,8 +179,7 @@ def _peer_point(raw: list[Any]) -> PeerPoint:
 
 def _stale(state: SeriesScreen, ts: int) -> bool:
     """Whether the candle ``ts`` (ms) was decided or dropped already (an event read again after a restart)."""
-    done = max((t for t in (state.last_decided_ts, state.last_bar_ts) if t is not None), default=None)
-    return done is not None and ts <= done
+    return state.last_bar_ts is not None and ts <= state.last_bar_ts
 
 
 def on_vol(state: SeriesScreen, event: VolRegimeEvent, cfg: StrategyConfig, seq: int = 0) -> list[ScreenerDecision]:

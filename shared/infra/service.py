@@ -137,8 +137,8 @@ async def _check_partitioning(kv: KeyValue, key: str, by: PartitionBy, partition
     event not newer than its state's). Layouts from before this key split by series.
     """
     marker = f"{key}.by"
-    stored = await _text(kv, marker) or "series"
-    if stored != by:
+    recorded = await _text(kv, marker)
+    if (recorded or "series") != by:
         legacy = await _text(kv, key)
         found = [await _text(kv, f"{key}.p{p}") for p in range(partitions)]
         if legacy is not None or any(v is not None for v in found):
@@ -147,7 +147,7 @@ async def _check_partitioning(kv: KeyValue, key: str, by: PartitionBy, partition
             for p in range(partitions):  # before the marker: a crash in between migrates again, to the same floor
                 await kv.put(f"{key}.p{p}", str(low).encode())
             log.warning("positions of %s now split by %s: every partition restarts from %d", key, by, low)
-    if await _text(kv, marker) != by:
+    if recorded != by:
         await kv.put(marker, by.encode())
 
 
