@@ -117,7 +117,8 @@ def _offline(args: argparse.Namespace) -> int:
 
     try:
         cfg = _check(args.config or Settings.from_env().strategy_config)
-        candles = interleave(*feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe))
+        files = feed.load_files(args.paths, args.exchange, args.symbol, args.timeframe)
+        candles = interleave(*feed.with_built(files, cfg))
     except (ConfigError, feed.FeedError) as exc:
         print(f"regimes: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

@@ -15,7 +15,8 @@ import nats.errors
 
 from services.ohlcv_ingest.files import CandleFileError, find_freqtrade_files, parse_freqtrade_filename, read_candles
 from services.ohlcv_ingest.replay import ReplayPlan, interleave
-from shared.domain.config import load_strategy_config
+from shared.domain.aggregate import built_series
+from shared.domain.config import StrategyConfig, load_strategy_config
 from shared.domain.contracts import Candle, ContractError, candle_count, decode_json, encode_json
 from shared.domain.control import BackfillReply, BackfillRequest, Heartbeat
 from shared.domain.subjects import Names
@@ -82,6 +83,15 @@ def load_files(paths: list[Path], exchange: str, symbol: str | None, timeframe: 
     return series
 
 
+def with_built(series: list[list[Candle]], config: StrategyConfig) -> list[list[Candle]]:
+    """The files' series plus the higher timeframes the universe's ``aggregate`` builds from them, as ingest
+    builds them from live candles, so an import of the 1m file alone feeds every timeframe of its symbol.
+
+    A target timeframe whose own file is given too is taken from that file.
+    """
+    return series + built_series(series, config.aggregates)
+
+
 async def publish_files(
     paths: list[Path],
     exchange: str,
@@ -91,9 +101,12 @@ async def publish_files(
     settings: Settings | None = None,
 ) -> int:
     """Publish the files' candles in time order; ``speed`` x real time, None as fast as possible."""
-    candles = interleave(*load_files(paths, exchange, symbol, timeframe))
     settings = settings or Settings.from_env()
     config = load_strategy_config(settings.strategy_config)
+    files = load_files(paths, exchange, symbol, timeframe)
+    every = with_built(files, config)
+    built = [s for s in every[len(files):] if s]
+    candles = interleave(*every)
     nc = await connect(settings.nats_url, "regimes-feed", attempts=3, credentials=settings.nats_credentials)
     try:
         js = nc.jetstream()
@@ -105,6 +118,8 @@ async def publish_files(
         else:
             new = await _replay(AckPipeline(nc), names, candles, speed, started)
         print(f"published {len(candles)} candles ({new} new, {len(candles) - new} already in the stream)")
+        for bars in built:
+            print(f"  of them {len(bars)} bars of {bars[0].key.id}, built by the universe's aggregate")
     finally:
         await nc.drain()
     return 0

@@ -14,8 +14,10 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
@@ -52,6 +54,11 @@ SMALL_VOL = {
 
 def small_config(series: Iterable[tuple[str, str]], **overrides: Any) -> StrategyConfig:
     """A strategy config with short windows (32 bars) so a test needs few candles."""
+    return parse_strategy_config(small_raw(series, **overrides), {})
+
+
+def small_raw(series: Iterable[tuple[str, str]], **overrides: Any) -> dict[str, Any]:
+    """:func:`small_config` as the JSON a user writes (for the CLI, which reads a file)."""
     raw: dict[str, Any] = {
         "universe": [{"exchange": "test", "symbol": s, "timeframe": "1m", "tier": t} for s, t in series] or None,
         "sizing": {"per_trade_nav_pct": 0.02},
@@ -61,7 +68,7 @@ def small_config(series: Iterable[tuple[str, str]], **overrides: Any) -> Strateg
     }
     for key, value in overrides.items():
         raw[key] = value
-    return parse_strategy_config(raw, {})
+    return raw
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:
@@ -152,6 +159,15 @@ class Stack:
 
 
 StackFactory = Callable[..., Awaitable[Stack]]
+
+
+def point_cli_at(st: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, raw: dict[str, Any]) -> None:
+    """The CLI reads its settings from the environment, as a user's shell would pass them (``raw``: the config)."""
+    cfg = tmp_path / "strategy.json"
+    cfg.write_text(json.dumps(raw))
+    monkeypatch.setenv("NATS_URL", st.settings.nats_url)
+    monkeypatch.setenv("REGIMES_NAMESPACE", st.settings.namespace)
+    monkeypatch.setenv("STRATEGY_CONFIG", str(cfg))
 
 
 async def _make_stack(nats_server: ManagedServer, redis_server: ManagedServer) -> AsyncIterator[StackFactory]:

@@ -1,8 +1,10 @@
 """Pacing for replaying candle files: when each candle is due, as pure arithmetic (no sleeping here).
 
-A replay plays recorded candles in ts order, either as fast as possible or at
+A replay plays recorded candles in the order they closed (open ts + timeframe:
+a bar is published when it closes, as live, so a 1h bar goes out after the 1m
+bar that ends its hour, not at its open), either as fast as possible or at
 ``speed`` times real time: at speed 60 a 1m series plays one bar per second,
-and candles of several series with the same ts go out together.
+and candles of several series closing together go out together.
 
 The schedule is anchored to the start of the replay (candle ``i`` is due
 ``offset_s(i)`` seconds after it) rather than chained delay after delay, so
@@ -10,7 +12,7 @@ time spent publishing does not accumulate into drift; a loop asks
 :meth:`ReplayPlan.due_count` how many candles are due after ``elapsed_s``
 seconds and :meth:`ReplayPlan.seconds_until` how long to sleep.
 
-Units: ``ts`` in ms UTC; ``speed`` is simulated seconds per real second;
+Units: ``ts`` and close times in ms UTC; ``speed`` is simulated seconds per real second;
 offsets, delays and elapsed times in real seconds.
 """
 
@@ -23,12 +25,18 @@ import math
 from collections.abc import Sequence
 
 from shared.domain.contracts import Candle
+from shared.domain.subjects import timeframe_ms
+
+
+def closes_at(candle: Candle) -> int:
+    """When the bar closed: its open ts plus its timeframe, ms UTC."""
+    return candle.ts + timeframe_ms(candle.timeframe)
 
 
 def interleave(*series: Sequence[Candle]) -> list[Candle]:
-    """Merge per-series candle lists into one list ordered by ts.
+    """Merge per-series candle lists into one list ordered by close time (:func:`closes_at`).
 
-    Stable: candles with equal ts keep the order of the arguments (the first
+    Stable: candles closing together keep the order of the arguments (the first
     list's candle first). Each input must already be in strictly increasing ts
     order, as :func:`services.ohlcv_ingest.files.read_candles` returns it;
     ValueError otherwise, since a merge of unsorted input would silently be
@@ -39,11 +47,11 @@ def interleave(*series: Sequence[Candle]) -> list[Candle]:
             if cur.ts <= prev.ts:
                 raise ValueError(f"series {n} ({cur.key.id}) is not in increasing ts order: {cur.ts} after {prev.ts}")
     # heapq.merge is stable across its inputs for equal keys.
-    return list(heapq.merge(*series, key=lambda c: c.ts))
+    return list(heapq.merge(*series, key=closes_at))
 
 
 class ReplayPlan:
-    """The schedule of a replay of ``candles`` (already in non-decreasing ts order).
+    """The schedule of a replay of ``candles`` (already in non-decreasing close-time order, as :func:`interleave`).
 
     ``speed`` None plays as fast as possible (every candle due at once); a
     positive ``speed`` plays ``speed`` times real time. ``max_delay_s`` caps
@@ -57,22 +65,24 @@ class ReplayPlan:
         if max_delay_s is not None and not max_delay_s >= 0:  # also refuses NaN
             raise ValueError(f"max_delay_s must be >= 0 or None, got {max_delay_s!r}")
         for i in range(1, len(candles)):
-            if candles[i].ts < candles[i - 1].ts:
+            if closes_at(candles[i]) < closes_at(candles[i - 1]):
                 raise ValueError(
-                    f"candle {i} has ts {candles[i].ts} before {candles[i - 1].ts}: interleave the series first"
+                    f"candle {i} closes at {closes_at(candles[i])}, before {closes_at(candles[i - 1])}:"
+                    " interleave the series first"
                 )
         self.candles: tuple[Candle, ...] = tuple(candles)
         self.speed = speed
         self.max_delay_s = max_delay_s
         self._delays: list[float] = [
-            self._gap_s(self.candles[i - 1].ts, self.candles[i].ts) if i else 0.0 for i in range(len(self.candles))
+            self._gap_s(closes_at(self.candles[i - 1]), closes_at(self.candles[i])) if i else 0.0
+            for i in range(len(self.candles))
         ]
         self._offsets: list[float] = list(itertools.accumulate(self._delays))
 
-    def _gap_s(self, prev_ts: int, ts: int) -> float:
+    def _gap_s(self, prev_close: int, close: int) -> float:
         if self.speed is None:
             return 0.0
-        gap = (ts - prev_ts) / 1000.0 / self.speed
+        gap = (close - prev_close) / 1000.0 / self.speed
         return gap if self.max_delay_s is None else min(gap, self.max_delay_s)
 
     def __len__(self) -> int:
@@ -100,4 +110,4 @@ class ReplayPlan:
         return max(0.0, self._offsets[index] - elapsed_s)
 
 
-__all__ = ["ReplayPlan", "interleave"]
+__all__ = ["ReplayPlan", "closes_at", "interleave"]

@@ -53,7 +53,7 @@ class Ingest:
         self.sources: dict[SeriesKey, ExchangeSource] = {}
         # The higher timeframes a universe entry names ("aggregate"), built from the candles ingest publishes.
         self.aggregators: dict[SeriesKey, list[Aggregator]] = {
-            spec.key: [Aggregator(tf) for tf in spec.aggregate] for spec in rt.config.universe if spec.aggregate
+            key: [Aggregator(tf) for tf in tfs] for key, tfs in rt.config.aggregates.items()
         }
 
     def book(self, key: SeriesKey, source: str = "replay", sync: float = 0.0) -> SeriesBook:

@@ -306,8 +306,9 @@ def peer_verdicts(
     Timeframe T counts its newest verdict for a bar that opened at or before :func:`last_closed`, once its
     verdicts have reached that bar: they come in bar order, so none older can follow. That depends on the
     verdicts only, never on when they came. A T with no bar in that bucket at all (this series, built from the
-    same candles, had none there: a gap in the base candles) is absent (None), instead of waiting for T's next
-    bar; without such a bar in the stack's history it has no verdict to count, and is absent too.
+    same candles, had none there: a gap in the base candles) is absent (None), whether T's later bars came
+    already or not (asked first, so the answer cannot depend on which came first); without such a bar in the
+    stack's history it has no verdict to count, and is absent too.
     """
     out: dict[str, PeerPoint | None] = {}
     own_ms = timeframe_ms(timeframe)
@@ -315,12 +316,12 @@ def peer_verdicts(
         if tf == timeframe:
             continue
         start = last_closed(ts + own_ms, tf)
-        seen = state.peer_seen.get(tf)
-        if seen is None or seen < start:
-            if not _bucket_empty(state, ts, own_ms, tf, start):
-                return None
+        if _bucket_empty(state, ts, own_ms, tf, start):
             out[tf] = None
             continue
+        seen = state.peer_seen.get(tf)
+        if seen is None or seen < start:
+            return None
         points = state.peers.get(tf, [])
         i = bisect.bisect_right(points, start, key=lambda p: p[0])
         out[tf] = points[i - 1] if i else None

@@ -20,13 +20,13 @@ taken is ignored, the stack's rule everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.domain.contracts import Candle
 from shared.domain.errors import ContractError
-from shared.domain.subjects import timeframe_ms
+from shared.domain.subjects import SeriesKey, timeframe_ms
 
 
 def check_aggregate(base: str, target: str) -> None:
@@ -100,3 +100,19 @@ def aggregate(candles: Iterable[Candle], timeframe: str) -> list[Candle]:
             agg = Aggregator(timeframe)
         out.extend(agg.push(candle))
     return out
+
+
+def built_series(series: Sequence[Sequence[Candle]], targets: Mapping[SeriesKey, Sequence[str]]) -> list[list[Candle]]:
+    """The series ingest would build from ``series`` (each one series, in ts order): one per target timeframe of a
+    series that ``targets`` names (the universe's ``aggregate``), in ``targets``' order.
+
+    A target given in ``series`` already (its own file) is not built: what the caller has for it stands.
+    """
+    given = {s[0].key for s in series if s}
+    return [
+        aggregate(candles, tf)
+        for candles in series
+        if candles
+        for tf in targets.get(candles[0].key, ())
+        if SeriesKey(candles[0].exchange, candles[0].symbol, tf) not in given
+    ]

@@ -293,6 +293,15 @@ class StrategyConfig:
                     families.setdefault(key, family)
         return families
 
+    @functools.cached_property
+    def aggregates(self) -> Mapping[SeriesKey, tuple[str, ...]]:
+        """The timeframes built from each universe series that names some (``aggregate``); the first entry wins."""
+        built: dict[SeriesKey, tuple[str, ...]] = {}
+        for spec in self.universe:
+            if spec.aggregate:
+                built.setdefault(spec.key, spec.aggregate)
+        return built
+
     @property
     def series(self) -> tuple[SeriesKey, ...]:
         return tuple(s.key for s in self.universe)

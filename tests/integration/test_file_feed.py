@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -18,22 +17,13 @@ from shared.domain.subjects import SeriesKey
 from shared.infra.bus import read_subject
 from tests.factories import candles_from_returns
 from tests.fakes import RecordedSeries, recorded_factory
-from tests.harness import Stack, StackFactory, eventually, small_config
+from tests.harness import Stack, StackFactory, eventually, point_cli_at, small_config
 
 KEY = SeriesKey("binance", "ETH/USDT", "1m")
 
 
 def bars(n: int) -> list[Candle]:
     return candles_from_returns(KEY, [0.001 * ((-1) ** i) for i in range(n - 1)])
-
-
-def point_cli_at(st: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, raw: dict[str, Any]) -> None:
-    """The CLI reads its settings from the environment, as a user's shell would pass them."""
-    cfg = tmp_path / "strategy.json"
-    cfg.write_text(json.dumps(raw))
-    monkeypatch.setenv("NATS_URL", st.settings.nats_url)
-    monkeypatch.setenv("REGIMES_NAMESPACE", st.settings.namespace)
-    monkeypatch.setenv("STRATEGY_CONFIG", str(cfg))
 
 
 async def stream_count(st: Stack) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.domain.aggregate import Aggregator, aggregate, check_aggregate
+from shared.domain.aggregate import Aggregator, aggregate, built_series, check_aggregate
 from shared.domain.contracts import Candle
 from shared.domain.errors import ContractError
 from shared.domain.subjects import SeriesKey, timeframe_ms
@@ -114,3 +114,20 @@ def test_an_aggregator_dumped_and_loaded_mid_bucket_goes_on_as_if_never_stopped(
 def test_a_target_that_is_not_a_longer_whole_multiple_of_the_base_is_refused(base: str, target: str) -> None:
     with pytest.raises(ContractError):
         check_aggregate(base, target)
+
+
+# --- what a file import builds (the universe's ``aggregate``) ----------------------------
+
+
+def test_the_series_built_from_files_are_the_aggregates_of_each_named_series() -> None:
+    other = SeriesKey("demo", "ETH/USD", "1m")
+    btc, eth = minute_bars(2, seed=5), demo_candles(180, key=other, seed=6, start_ts=DAY0)
+    built = built_series([btc, eth], {KEY: ("15m", "1h")})
+    assert built == [aggregate(btc, "15m"), aggregate(btc, "1h")]  # ETH names no target: nothing built of it
+
+
+def test_a_target_given_as_a_file_of_its_own_is_taken_from_the_file_not_built() -> None:
+    btc = minute_bars(2, seed=5)
+    own_hourly = aggregate(btc, "1h")[:3]  # what an exchange's own 1h file holds, however it differs
+    assert built_series([btc, own_hourly], {KEY: ("15m", "1h")}) == [aggregate(btc, "15m")]
+    assert built_series([[], btc[:0]], {KEY: ("15m",)}) == []

@@ -400,3 +400,19 @@ def test_an_unknown_extension_needs_an_explicit_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot tell the format"):
         read_candles(path, "binance", "BTC/USDT", "1h")
     assert len(read_candles(path, "binance", "BTC/USDT", "1h", fmt="csv")) == 1
+
+
+def test_an_import_of_the_base_file_alone_brings_the_timeframes_the_universe_builds_from_it(tmp_path: Path) -> None:
+    from regimes import feed
+    from shared.domain.aggregate import aggregate
+    from shared.domain.config import parse_strategy_config
+
+    walk = SeriesKey("file", "WALK/USD", "1m")
+    candles = [candle(i, 10.0 + 0.01 * i, key=walk, ts=DAY0 + i * 60_000, volume=1.0) for i in range(40)]
+    write_csv(tmp_path / "WALK_USD-1m.csv", candles)
+    entry = {"exchange": "file", "symbol": "WALK/USD", "timeframe": "1m", "aggregate": ["15m"]}
+    cfg = parse_strategy_config({"universe": [entry]}, {})
+    files = feed.load_files([tmp_path / "WALK_USD-1m.csv"], "file", None, None)
+    assert feed.with_built(files, cfg) == [candles, aggregate(candles, "15m")]
+    other = parse_strategy_config({"universe": [{**entry, "exchange": "kraken"}]}, {})
+    assert feed.with_built(files, other) == [candles]  # another exchange's entry builds nothing of these

@@ -39,17 +39,23 @@ def test_interleave_orders_by_ts_and_keeps_argument_order_on_ties() -> None:
     assert [c.symbol for c in interleave(eth, btc) if c.ts == DAY0 + TF_MS] == ["ETH/USDT", "BTC/USDT"]
 
 
-def test_interleave_mixes_timeframes_by_open_time() -> None:
+def test_interleave_mixes_timeframes_by_close_time_as_live_publishes_them() -> None:
     hourly = series("BTC/USDT", [0, 1], "1h", 60 * TF_MS)
-    minutes = series("BTC/USDT", list(range(0, 61, 30)))
-    merged = interleave(hourly, minutes)
-    assert [(c.timeframe, c.ts - DAY0) for c in merged] == [
-        ("1h", 0),
+    minutes = series("BTC/USDT", [0, 30, 59, 60])
+    assert [(c.timeframe, c.ts - DAY0) for c in interleave(hourly, minutes)] == [
         ("1m", 0),
         ("1m", 30 * TF_MS),
-        ("1h", 60 * TF_MS),
+        ("1h", 0),  # closes at 60 min with the 1m bar 59: the arguments' order breaks the tie
+        ("1m", 59 * TF_MS),
         ("1m", 60 * TF_MS),
+        ("1h", 60 * TF_MS),
     ]
+    assert [(c.timeframe, c.ts - DAY0) for c in interleave(minutes, hourly)][2:4] == [("1m", 59 * TF_MS), ("1h", 0)]
+
+
+def test_a_replay_paces_an_hourly_bar_by_its_close() -> None:
+    merged = interleave(series("BTC/USDT", [0, 59]), series("BTC/USDT", [0], "1h", 60 * TF_MS))
+    assert ReplayPlan(merged, speed=60).delays() == [0.0, 59.0, 0.0]
 
 
 def test_interleave_of_nothing_is_empty() -> None:
