@@ -19,6 +19,7 @@ from shared.domain.contracts import (
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import Out
 from shared.infra.consume import Consumer, StateStore
+from shared.infra.low_water import LowWaters
 from shared.infra.service import Runtime, run
 
 SERVICE = "screener"
@@ -47,21 +48,25 @@ async def build(rt: Runtime) -> list[Any]:
                 outs.append(Out(names.screener(key), m, f"screener.{ident}"))
         return outs
 
-    # Series whose join buffer may hold events: the position's low water is looked for among these only,
-    # not over every series cached (10,000 of them at every commit). The join buffer changes only in the
-    # two handlers below, which keep this set a superset of the series with something waiting.
-    waiting: set[SeriesKey] = set()
+    def buffered_since(key: SeriesKey) -> int | None:
+        state = store.cached().get(key)
+        return state.low_water() if state is not None else None
+
+    # The position's low water over the series whose join buffer holds events, kept as a heap: not a look at
+    # every series waiting (10,000 in a burst) at every commit. The join buffer changes only in the two handlers
+    # below, which touch it before the buffer changes: a handler that raises midway must not hide it.
+    low_water = LowWaters(buffered_since)
 
     async def vol(msg: VolRegimeEvent | VolRegimeBatch, seq: int) -> list[Out]:
         state = await store.get(msg.key)
         store.mark(msg.key)
-        waiting.add(msg.key)  # before the buffer changes: a handler that raises midway must not hide it
+        low_water.touch(msg.key, seq)
         return publish([d for e in events_in(msg) for d in on_vol(state, e, cfg, seq)])
 
     async def hmm(msg: HmmRegimeEvent | HmmRegimeBatch, seq: int) -> list[Out]:
         state = await store.get(msg.key)
         store.mark(msg.key)
-        waiting.add(msg.key)  # before the buffer changes: a handler that raises midway must not hide it
+        low_water.touch(msg.key, seq)
         events = events_in(msg)
         decided = [d for e in events for d in on_hmm(state, e, cfg, seq)]
         return publish(decided + await to_siblings(msg.key, events))
@@ -76,17 +81,6 @@ async def build(rt: Runtime) -> list[Any]:
             decided += [d for e in events for d in on_peer(peer, e, cfg)]
         return decided
 
-    def low_water() -> int | None:
-        cached, marks = store.cached(), []
-        for key in list(waiting):
-            state = cached.get(key)
-            mark = state.low_water() if state is not None else None
-            if mark is None:  # nothing waits there (or the cache was discarded, and the buffer with it)
-                waiting.discard(key)
-            else:
-                marks.append(mark)
-        return min(marks) if marks else None
-
     async def score(event: ScoreEvent, _seq: int) -> list[Out]:
         state = await store.get(event.key)
         if on_score(state, event):
@@ -99,7 +93,7 @@ async def build(rt: Runtime) -> list[Any]:
     consumer = Consumer(
         rt.bus, names.stream_regimes, subjects, rt.durable(),
         {VolRegimeEvent: vol, VolRegimeBatch: vol, HmmRegimeEvent: hmm, HmmRegimeBatch: hmm, ScoreEvent: score},
-        await rt.kv_position(by="symbol"), stores=[store], owner=await rt.leases(), low_water=low_water,
+        await rt.kv_position(by="symbol"), stores=[store, low_water], owner=await rt.leases(), low_water=low_water,
         partition_by="symbol",  # a symbol's timeframes in one replica: the consensus join reads them together
     )
     return [consumer.run(rt.stop)]
