@@ -135,7 +135,7 @@ class SnapshotWriter:
             listing = [k for k in self.pending if k not in self._listed]
             if listing:  # a command per new series, not per series written
                 pipe.sadd(keys.symbols, *[k.token for k in listing])
-            if self.pending:  # one MSET: a SET per series was a fifth of a burst's write in redis-py's overhead
+            if self.pending:  # one MSET: a SET per series costs redis-py a command packed and a reply parsed each
                 pipe.mset({keys.symbol(k.token): snapshot.dumps(self.snaps[k]) for k in self.pending})
             for key, up in self.pending.items():
                 if up.history:
