@@ -3,12 +3,14 @@
 The compute services and state_publisher run as real processes on servers of
 this module's own (so a NATS restart disturbs no other test). A multi-series
 history with regime changes, a gap, duplicates and hostile messages is
-published; one run goes undisturbed, the others are SIGKILLed at seeded
-random points, see NATS restarted once and Redis flushed once. Per series,
-the REGIMES stream must hold exactly one vol event, one HMM event and one
-decision per candle, byte-identical to the undisturbed run's and to
-``regimes backtest`` over the same candles, and Redis must hold the same
-snapshots, history and transitions.
+published, one symbol with a 5m series built from its 1m candles and the
+screener deciding both on their consensus (the join's state under SIGKILL);
+one run goes undisturbed, the others are SIGKILLed at seeded random points,
+see NATS restarted once and Redis flushed once. Per series, the REGIMES stream
+must hold exactly one vol event, one HMM event and one decision per candle,
+byte-identical to the undisturbed run's and to ``regimes backtest`` over the
+same candles, and Redis must hold the same snapshots, history, transitions
+and consensus.
 
 ``REGIMES_SOAK=1`` runs more seeds over a longer history.
 """
@@ -36,10 +38,22 @@ import redis.asyncio as aioredis
 
 from regimes.backtest import backtest
 from regimes.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
+from services.ohlcv_ingest.replay import closes_at
+from shared.domain.aggregate import aggregate
 from shared.domain.config import StrategyConfig, parse_strategy_config
-from shared.domain.contracts import MESSAGE_TYPES, Candle, DeadLetter, ScreenerDecision, encode, events_in, to_plain
-from shared.domain.subjects import Names, SeriesKey
+from shared.domain.contracts import (
+    MESSAGE_TYPES,
+    Candle,
+    DeadLetter,
+    ScreenerDecision,
+    decode,
+    encode,
+    events_in,
+    to_plain,
+)
+from shared.domain.subjects import Names, SeriesKey, timeframe_ms
 from shared.infra.bus import connect, ensure_streams, now_ms, read_subject
+from shared.infra.redis_keys import RedisKeys
 from tests.factories import candle, candles_from_returns
 from tests.harness import SMALL_VOL
 
@@ -47,11 +61,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("REGIMES_SOAK") == "1"
 SERVICES = ("vol_regime", "hmm_regime", "screener", "state_publisher")
 KEYS = [SeriesKey("test", s, "1m") for s in ("AAA/USD", "BBB/USD", "CCC/USD")]
+BUILT = SeriesKey("test", "AAA/USD", "5m")  # aggregated from AAA/USD's 1m candles (the universe's ``aggregate``)
+SERIES = [*KEYS, BUILT]
 BARS = 900 if SOAK else 260
 SEEDS = range(1, 6) if SOAK else (1,)
 CONFIG: dict[str, Any] = {
     # CCC/USD is left out of the universe: it must be classified, trained and decided all the same.
-    "universe": [{"exchange": k.exchange, "symbol": k.symbol, "timeframe": "1m", "tier": "CORE"} for k in KEYS[:2]],
+    "universe": [
+        {"exchange": "test", "symbol": "AAA/USD", "timeframe": "1m", "tier": "CORE", "aggregate": ["5m"]},
+        {"exchange": "test", "symbol": "BBB/USD", "timeframe": "1m", "tier": "CORE"},
+    ],
+    "consensus": {"enabled": True, "screener": True},
     "sizing": {"per_trade_nav_pct": 0.02},
     "vol_regimes": SMALL_VOL,
     "trend": {"fast_ema_bars": 3, "slow_ema_bars": 8, "score_scale": 0.004},
@@ -109,7 +129,8 @@ def hostile(names: Names) -> list[Message]:
 def feed(names: Names, seed: int, with_hostile: bool) -> tuple[list[Message], list[Candle]]:
     """The messages to publish, and the candles they carry in stream order (for the backtest)."""
     series = [history(k, seed * 10 + i) for i, k in enumerate(KEYS)]
-    merged = sorted((c for s in series for c in s), key=lambda c: (c.ts, c.symbol))
+    series.append(aggregate(series[0], BUILT.timeframe))
+    merged = sorted((c for s in series for c in s), key=lambda c: (closes_at(c), c.symbol, timeframe_ms(c.timeframe)))
     stream: list[Candle] = list(merged)
     msgs = [Message(names.ohlcv(c.key), encode(c), c.msg_id) for c in merged]
     if with_hostile:
@@ -377,11 +398,11 @@ async def redis_progress(servers: Servers, names: Names) -> tuple[int, dict[str,
     r = aioredis.from_url(servers.redis.url, decode_responses=True)
     try:
         raw = await r.get(names.redis_key("position", names.durable("state_publisher")))
-        snaps = await r.mget([names.redis_key("symbol", k.token) for k in KEYS])
+        snaps = await r.mget([names.redis_key("symbol", k.token) for k in SERIES])
     finally:
         await r.aclose()
     decided = {}
-    for key, snap in zip(KEYS, snaps, strict=True):
+    for key, snap in zip(SERIES, snaps, strict=True):
         screener = json.loads(snap)["screener"] if snap else None
         if screener:
             decided[key.token] = screener["ts"]
@@ -402,7 +423,7 @@ async def collect(nc: Any, servers: Servers, names: Names) -> Outcome:
     r = aioredis.from_url(servers.redis.url, decode_responses=True)
     try:
         state: dict[str, Any] = {}
-        for key in KEYS:
+        for key in SERIES:
             t = key.token
             snap = json.loads(await r.get(names.redis_key("symbol", t)) or "null")
             state[t] = {
@@ -410,6 +431,7 @@ async def collect(nc: Any, servers: Servers, names: Names) -> Outcome:
                 "history": await r.lrange(names.redis_key("history", t), 0, -1),
                 "transitions": await r.lrange(names.redis_key("transitions", t), 0, -1),
             }
+        state["consensus"] = json.loads(await r.get(RedisKeys(names).consensus("test", "AAA/USD")) or "null")
         summary = json.loads(await r.get(names.redis_key("summary")) or "{}")
         state["summary"] = {k: v for k, v in summary.items() if k not in VOLATILE}
     finally:
@@ -452,6 +474,9 @@ def test_the_stack_gives_exactly_what_the_backtest_gives(seed: int, undisturbed:
         assert [len(ref.stream[f"{kind}.{key.token}"]) for kind in KINDS] == [applied] * 3
         assert ref.redis[key.token]["snapshot"]["screener"] is not None
         assert ref.redis[key.token]["history"]
+    joined = [decode(d).consensus for d in ref.stream[f"screener_decision.{BUILT.token}"]]
+    assert any(c is not None and "1m" in c.voting for c in joined), "the 5m bars were decided with the 1m verdicts"
+    assert ref.redis["consensus"] is not None
 
 
 @pytest.mark.parametrize("seed", SEEDS)
