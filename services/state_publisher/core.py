@@ -217,7 +217,9 @@ def summarize(snapshots: Iterable[SeriesSnapshot], now: int) -> Summary:
     """``vol_regime_summary`` (seed 000 §4.1) and its HMM twin: symbols per regime."""
     vol = dict.fromkeys(VOL_LABELS, 0)
     hmm = dict.fromkeys(HMM_LABELS, 0)
-    vol_sum: dict[str, float] = dict.fromkeys(VOL_LABELS, 0.0)
+    # Summed with math.fsum (exactly rounded): a plain running sum would depend on the order the series came in,
+    # which differs between runs of the same candles (a 3-node cluster and one server gave 1 ulp apart).
+    shorts: dict[str, list[float]] = {lb: [] for lb in VOL_LABELS}
     total = 0
     untrained = 0
     for snap in snapshots:
@@ -225,7 +227,7 @@ def summarize(snapshots: Iterable[SeriesSnapshot], now: int) -> Summary:
         label = snap.vol_regime
         if label is not None:
             vol[label] += 1
-            vol_sum[label] += snap.vol.short if snap.vol is not None else 0.0
+            shorts[label].append(snap.vol.short if snap.vol is not None else 0.0)
         h = snap.hmm_regime
         if h is not None:
             if h.trained:
@@ -235,7 +237,7 @@ def summarize(snapshots: Iterable[SeriesSnapshot], now: int) -> Summary:
     return Summary(
         symbols=total,
         vol_regime_summary=vol,
-        vol_regime_avg_vol_short={lb: (vol_sum[lb] / vol[lb] if vol[lb] else None) for lb in VOL_LABELS},
+        vol_regime_avg_vol_short={lb: (math.fsum(shorts[lb]) / vol[lb] if vol[lb] else None) for lb in VOL_LABELS},
         hmm_regime_summary=hmm,
         hmm_untrained=untrained,
         updated_at=now,
