@@ -88,6 +88,12 @@ class Bench:
     stamp: str
     profile: Path | None = None  # py-spy's collapsed stacks of every service go here (--profile)
     filled: dict[int, tuple[str, Path]] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)  # case -> times run: a case named twice gets a namespace each
+
+    def namespace(self, name: str) -> str:
+        """A fresh namespace for a run of case ``name`` (``--cases burst1000 burst1000`` runs it twice)."""
+        n = self.runs[name] = self.runs.get(name, 0) + 1
+        return f"b{self.stamp}_{name}" + (f"_{n}" if n > 1 else "")
 
     def env(self, namespace: str, config: Path) -> dict[str, str]:
         return {
@@ -392,7 +398,7 @@ async def clients(bench: Bench) -> AsyncIterator[tuple[Any, aioredis.Redis]]:
 
 async def bulk_case(bench: Bench, name: str, series: int, bars: int) -> dict[str, Any]:
     """One bulk import of ``series`` x ``bars`` candles, measured end to end (see the module doc)."""
-    ns, keys, candles = f"b{bench.stamp}_{name}", series_keys(series), series * bars
+    ns, keys, candles = bench.namespace(name), series_keys(series), series * bars
     names, folder = Names(ns), bench.tmp / f"files-{ns}"
     want = await asyncio.to_thread(write_files, folder, keys, bars, seed=series * 7919 + bars)
     env = bench.env(ns, write_config(bench.tmp / f"{ns}.json", keys[0]))
@@ -476,7 +482,7 @@ def spread(latencies: list[float]) -> dict[str, float | None]:
 
 async def burst_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
     """``series`` series warmed with WARM_BARS candles each and settled, then one candle each, all at once."""
-    ns, keys = f"b{bench.stamp}_{name}", series_keys(series)
+    ns, keys = bench.namespace(name), series_keys(series)
     names, base = Names(ns), last_closed_ts()
     env = bench.env(ns, write_config(bench.tmp / f"{ns}.json", keys[0]))
     prices = dict(zip(keys, np.random.default_rng(series).uniform(1.0, 1000.0, series).tolist(), strict=True))
