@@ -25,16 +25,15 @@ import math
 from collections.abc import Sequence
 
 from shared.domain.contracts import Candle
-from shared.domain.subjects import timeframe_ms
+from shared.domain.subjects import bar_close
 
 
-def closes_at(candle: Candle) -> int:
-    """When the bar closed: its open ts plus its timeframe, ms UTC."""
-    return candle.ts + timeframe_ms(candle.timeframe)
+def _closes_at(candle: Candle) -> int:
+    return bar_close(candle.ts, candle.timeframe)
 
 
 def interleave(*series: Sequence[Candle]) -> list[Candle]:
-    """Merge per-series candle lists into one list ordered by close time (:func:`closes_at`).
+    """Merge per-series candle lists into one list ordered by close time (:func:`bar_close`).
 
     Stable: candles closing together keep the order of the arguments (the first
     list's candle first). Each input must already be in strictly increasing ts
@@ -47,7 +46,7 @@ def interleave(*series: Sequence[Candle]) -> list[Candle]:
             if cur.ts <= prev.ts:
                 raise ValueError(f"series {n} ({cur.key.id}) is not in increasing ts order: {cur.ts} after {prev.ts}")
     # heapq.merge is stable across its inputs for equal keys.
-    return list(heapq.merge(*series, key=closes_at))
+    return list(heapq.merge(*series, key=_closes_at))
 
 
 class ReplayPlan:
@@ -65,16 +64,16 @@ class ReplayPlan:
         if max_delay_s is not None and not max_delay_s >= 0:  # also refuses NaN
             raise ValueError(f"max_delay_s must be >= 0 or None, got {max_delay_s!r}")
         for i in range(1, len(candles)):
-            if closes_at(candles[i]) < closes_at(candles[i - 1]):
+            if _closes_at(candles[i]) < _closes_at(candles[i - 1]):
                 raise ValueError(
-                    f"candle {i} closes at {closes_at(candles[i])}, before {closes_at(candles[i - 1])}:"
+                    f"candle {i} closes at {_closes_at(candles[i])}, before {_closes_at(candles[i - 1])}:"
                     " interleave the series first"
                 )
         self.candles: tuple[Candle, ...] = tuple(candles)
         self.speed = speed
         self.max_delay_s = max_delay_s
         self._delays: list[float] = [
-            self._gap_s(closes_at(self.candles[i - 1]), closes_at(self.candles[i])) if i else 0.0
+            self._gap_s(_closes_at(self.candles[i - 1]), _closes_at(self.candles[i])) if i else 0.0
             for i in range(len(self.candles))
         ]
         self._offsets: list[float] = list(itertools.accumulate(self._delays))
@@ -110,4 +109,4 @@ class ReplayPlan:
         return max(0.0, self._offsets[index] - elapsed_s)
 
 
-__all__ = ["ReplayPlan", "closes_at", "interleave"]
+__all__ = ["ReplayPlan", "interleave"]

@@ -35,7 +35,7 @@ from shared.domain.contracts import (
     VolRegimeEvent,
 )
 from shared.domain.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
-from shared.domain.subjects import SeriesKey, timeframe_ms
+from shared.domain.subjects import SeriesKey, bar_close, timeframe_ms
 from shared.domain.vocab import HYBRID_COMPONENTS, TIMEFRAMES_MS, HmmLabel
 
 NEUTRAL_GRID = GridBias("symmetric", 1.0, 1.0, None)
@@ -285,7 +285,7 @@ def _drain(state: SeriesScreen, cfg: StrategyConfig) -> list[ScreenerDecision]:
         state.last_decided_ts = state.last_bar_ts = ts
         del state.pending_vol[ts]
         state.pending_hmm.pop(ts, None)
-        close = ts + timeframe_ms(vol[0].timeframe)
+        close = bar_close(ts, vol[0].timeframe)
         _prune_scores(state, close)
         _prune_peers(state, close)
     return out
@@ -423,7 +423,7 @@ def decide(
     scores = {"trend": trend_score}
     defaulted: list[str] = []
     # Scores join as of the candle's close: what a bot had published by the time the bar ended.
-    close_ts = vol.ts + timeframe_ms(vol.timeframe)
+    close_ts = bar_close(vol.ts, vol.timeframe)
     for comp in SCORE_COMPONENTS:
         value = state.score_as_of(comp, close_ts)
         if value is None:

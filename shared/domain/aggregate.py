@@ -26,7 +26,7 @@ from typing import Any
 
 from shared.domain.contracts import Candle
 from shared.domain.errors import ContractError
-from shared.domain.subjects import SeriesKey, timeframe_ms
+from shared.domain.subjects import SeriesKey, bar_close, timeframe_ms
 
 
 def check_aggregate(base: str, target: str) -> None:
@@ -69,7 +69,7 @@ class Aggregator:
         self.volume += candle.volume
         self.bars += 1
         self.last_ts = candle.ts
-        if candle.ts + timeframe_ms(candle.timeframe) >= start + t_ms:  # its last base bar: closed now
+        if bar_close(candle.ts, candle.timeframe) >= start + t_ms:  # its last base bar: closed now
             out.append(self._bar(candle))
             self.start = None
         return out

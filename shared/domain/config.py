@@ -286,11 +286,10 @@ class StrategyConfig:
     @functools.cached_property
     def _families(self) -> Mapping[SeriesKey, tuple[str, ...]]:
         families: dict[SeriesKey, tuple[str, ...]] = {}
-        for spec in self.universe:
-            if spec.aggregate and spec.key not in families:
-                family = (spec.key.timeframe, *spec.aggregate)
-                for key in (spec.key, *spec.aggregated):
-                    families.setdefault(key, family)
+        for base, built in self.aggregates.items():
+            family = (base.timeframe, *built)
+            for tf in family:
+                families.setdefault(SeriesKey(base.exchange, base.symbol, tf), family)
         return families
 
     @functools.cached_property

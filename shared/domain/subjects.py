@@ -29,6 +29,11 @@ def timeframe_ms(timeframe: str) -> int:
         raise ContractError(f"unknown timeframe {timeframe!r}") from None
 
 
+def bar_close(ts: int, timeframe: str) -> int:
+    """When the bar of ``timeframe`` opening at ``ts`` (ms UTC) closes, ms UTC."""
+    return ts + timeframe_ms(timeframe)
+
+
 @lru_cache(maxsize=1 << 16)  # every message names its series: pure, and worth remembering
 def encode_symbol(symbol: str) -> str:
     """``BTC/USD`` -> ``BTC-USD``: a token valid in a NATS subject and a KV key.

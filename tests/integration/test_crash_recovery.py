@@ -38,7 +38,6 @@ import redis.asyncio as aioredis
 
 from regimes.backtest import backtest
 from regimes.servers import ManagedServer, free_port, popen, start_nats, start_redis, stop_process
-from services.ohlcv_ingest.replay import closes_at
 from shared.domain.aggregate import aggregate
 from shared.domain.config import StrategyConfig, parse_strategy_config
 from shared.domain.contracts import (
@@ -51,7 +50,7 @@ from shared.domain.contracts import (
     events_in,
     to_plain,
 )
-from shared.domain.subjects import Names, SeriesKey, timeframe_ms
+from shared.domain.subjects import Names, SeriesKey, bar_close, timeframe_ms
 from shared.infra.bus import connect, ensure_streams, now_ms, read_subject
 from shared.infra.redis_keys import RedisKeys
 from tests.factories import candle, candles_from_returns
@@ -126,11 +125,16 @@ def hostile(names: Names) -> list[Message]:
     ]
 
 
+def _by_close(c: Candle) -> tuple[int, str, int]:
+    """In the order the bars close, as ingest publishes them (a 5m bar after the 1m bar that ends it)."""
+    return bar_close(c.ts, c.timeframe), c.symbol, timeframe_ms(c.timeframe)
+
+
 def feed(names: Names, seed: int, with_hostile: bool) -> tuple[list[Message], list[Candle]]:
     """The messages to publish, and the candles they carry in stream order (for the backtest)."""
     series = [history(k, seed * 10 + i) for i, k in enumerate(KEYS)]
     series.append(aggregate(series[0], BUILT.timeframe))
-    merged = sorted((c for s in series for c in s), key=lambda c: (closes_at(c), c.symbol, timeframe_ms(c.timeframe)))
+    merged = sorted((c for s in series for c in s), key=_by_close)
     stream: list[Candle] = list(merged)
     msgs = [Message(names.ohlcv(c.key), encode(c), c.msg_id) for c in merged]
     if with_hostile:
