@@ -243,10 +243,16 @@ async def wait_ready(js: Any, names: Names, procs: Procs, timeout: float = 90.0)
         raise CaseFailed(f"not ready after {timeout:.0f}s: {missing}\n{procs.tails()}")
     # Then until start-up work is over (hmm_regime's training worker imports hmmlearn): the CPU of a case is
     # that of its candles, not of a process start.
-    quiet_since, last = time.monotonic(), sum(tree_cpu_us({n: p.pid for n, p in procs.running.items()}).values())
-    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline + 30:
+    await until_quiet({n: p.pid for n, p in procs.running.items()}, 30.0)
+
+
+async def until_quiet(pids: dict[str, int], limit: float) -> None:
+    """Until the processes together have used under a tenth of a core for a second (at most ``limit`` s)."""
+    deadline = time.monotonic() + limit
+    quiet_since, last = time.monotonic(), sum(tree_cpu_us(pids).values())
+    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
-        now = sum(tree_cpu_us({n: p.pid for n, p in procs.running.items()}).values())
+        now = sum(tree_cpu_us(pids).values())
         if now - last > 25_000:  # more than 10 % of a core in the last 0.25 s
             quiet_since = time.monotonic()
         last = now
@@ -498,6 +504,8 @@ async def burst_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
                 "nats-server": bench.nats.proc.pid, "redis-server": bench.redis.proc.pid}
             cpu0 = tree_cpu_us(pids)
             res = await burst(bench, nc, r, names, [candle(k, base, p * 1.001**WARM_BARS) for k, p in prices.items()])
+            # The services write their state (and hmm_regime may train) after the burst's outputs: counted too.
+            await until_quiet(pids, 60.0)
             cpu1 = tree_cpu_us(pids)
             res["cpu_us_per_series"] = {n: (cpu1[n] - cpu0[n]) / series for n in pids}
     bench.filled[series] = (ns, Path(env["STRATEGY_CONFIG"]))
@@ -604,7 +612,7 @@ def block(res: dict[str, Any]) -> list[str]:
                 f"in Redis {res['in_redis']}; all in Redis after {fmt(res['all_in_redis_s'], ',.2f')} s",
                 *(f"  candle -> {k:8}: p50 {fmt(res[k]['p50_ms'])} ms, p99 {fmt(res[k]['p99_ms'])} ms, "
                   f"max {fmt(res[k]['max_ms'])} ms" for k in ("vol", "hmm", "decision", "redis") if k in res),
-                "  CPU µs per series (the burst, until the wait ended): "
+                "  CPU µs per series (the burst and the state writes after it, until 1 s quiet): "
                 + ", ".join(f"{n} {v:,.0f}" for n, v in res.get("cpu_us_per_series", {}).items())]
     if "import" not in res:
         return [f"[{res['case']}] dashboard_api over {res['series']} series, wrk 16 connections x {res['seconds']} s",

@@ -15,8 +15,9 @@ How (see the README, "Restarts and scaling"):
   (no ``ack_wait`` to sit out).
 - A batch: fetch; decode, check and hand each message to its handler; publish
   the outputs pipelined (each with a ``Nats-Msg-Id``); flush dirty state; then
-  commit the position (while behind, at most every ``commit_delay_s``, so
-  a series in many batches is written once). A crash anywhere replays from the last commit; state
+  commit the position, ``commit_delay_s`` after the first batch it covers (so a
+  series in many batches is written once, and a live burst's outputs go on
+  downstream before its state is written). A crash anywhere replays from the last commit; state
   flushed ahead of the position skips what it has seen (each core's "ts not
   newer than the last applied" rule), and republished outputs are deduplicated
   by their message ids.
@@ -286,10 +287,10 @@ class Consumer:
     # Serialises batches of consumers that share a writer (state_publisher's two streams).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     future_tolerance_ms: int = 60_000
-    # While the consumer is behind, state and position are committed at most this often (s): a series touched by
-    # many batches is written once, and a crash replays at most this much more. Caught up, every batch commits.
-    commit_delay_s: float = 0.1
-    pending: int = field(default=-1, init=False)  # messages left in the consumer after the last batch; -1 unknown
+    # What was applied is committed (state, then position) this long (s) after the first batch since the last
+    # commit: a series touched by many batches is written once, the state writes of a burst of live candles come
+    # after its outputs have gone on downstream, and a crash replays at most this much more. 0: every batch.
+    commit_delay_s: float = 0.5
     committed: int = field(default=0, init=False)  # the position as last loaded or committed
     _held: dict[SeriesKey, _Held] = field(default_factory=dict, init=False)
     _floors: dict[int, int] = field(default_factory=dict, init=False)  # partition -> its committed position
@@ -297,8 +298,7 @@ class Consumer:
     _next_delivery: int = field(default=0, init=False)
     _last_seq: int = field(default=0, init=False)
     _verified_at: float = field(default=0.0, init=False)
-    _uncommitted: bool = field(default=False, init=False)
-    _committed_at: float = field(default=0.0, init=False)
+    _dirty_since: float | None = field(default=None, init=False)  # monotonic s of the first uncommitted batch
     _counted: dict[str, Any] = field(default_factory=dict, init=False)  # outcome -> its counter, looked up once
 
     def __post_init__(self) -> None:
@@ -380,7 +380,7 @@ class Consumer:
         # What was fetched since the last commit is forgotten with the state: a commit before the next open
         # (handing a partition over, say) must not move the position past work that was discarded.
         self._last_seq = self.committed
-        self._uncommitted = False
+        self._dirty_since = None
 
     async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -398,6 +398,8 @@ class Consumer:
                         await self.process([])
                     continue
                 timeout = 0.01
+            if self._dirty_since is not None:  # wait for new messages no longer than until the commit is due
+                timeout = min(timeout, max(0.001, self._dirty_since + self.commit_delay_s - time.monotonic()))
             try:
                 msgs = await sub.fetch(self.batch, timeout=timeout)
             except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when nothing came
@@ -405,7 +407,7 @@ class Consumer:
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
                 raise Repositioned(f"fetch interrupted: {exc}") from exc
             if not msgs and not self._held:
-                if self._uncommitted:
+                if self._commit_due():
                     async with self.lock:
                         await self._commit()
                 await self._verify_now_and_then()
@@ -429,13 +431,17 @@ class Consumer:
                 raise Repositioned(f"delivery {meta.sequence.consumer} where {self._next_delivery} was due")
             self._next_delivery += 1
             self._last_seq = meta.sequence.stream
-            self.pending = meta.num_pending
             await self._one(msg, self._last_seq, outs)
         await self._release(outs)
         await self.bus.publish_all(outs)
-        self._uncommitted = True
-        if self.pending == 0 or self._held or time.monotonic() - self._committed_at >= self.commit_delay_s:
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        if self._held or self._commit_due():
             await self._commit()
+
+    def _commit_due(self) -> bool:
+        """Whether what was applied has waited ``commit_delay_s`` (a held series commits every batch instead)."""
+        return self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.commit_delay_s
 
     async def _commit(self) -> None:
         """Make what was applied durable (the stores' dirty state), then move the position past it."""
@@ -447,8 +453,7 @@ class Consumer:
         if position != self.committed:
             await self.position.commit(position)
             self.committed = position
-        self._uncommitted = False
-        self._committed_at = time.monotonic()
+        self._dirty_since = None
 
     async def _prefetch(self, msgs: Sequence[Msg]) -> None:
         """Read the stored state of every series the batch names in one round of concurrent requests."""

@@ -131,6 +131,7 @@ class Rig:
     def consumer(self, handler: Any, owner: Owner | None = None, **kw: Any) -> Consumer:
         self.bus = FakeBus(self.journal)
         self.position = FakePosition(self.journal)
+        kw.setdefault("commit_delay_s", 0.0)  # every batch commits at once, unless a test is about the delay
         return Consumer(
             self.bus,  # type: ignore[arg-type]
             "S",
@@ -154,6 +155,39 @@ async def test_outputs_are_published_then_state_flushed_then_the_position_commit
     c._next_delivery = 1
     await c.process(msgs_of(candle(0), candle(1)))
     assert rig.journal == [f"publish id{candle(0).ts}", f"publish id{candle(1).ts}", "flush", "commit 2"]
+
+
+async def test_what_batches_applied_is_written_once_the_commit_delay_is_over_not_with_their_outputs() -> None:
+    # A burst of live candles: the outputs go on downstream at once; the state and position of every batch
+    # since the last commit are written once, commit_delay_s after the first of them, by the loop going idle.
+    rig = Rig()
+    c = rig.consumer(echo, commit_delay_s=0.3)
+    c._next_delivery = 1
+    started = asyncio.get_running_loop().time()
+    await c.process(msgs_of(candle(0), candle(1)))
+    await c.process(msgs_of(candle(2), start=3))
+    assert rig.journal == [f"publish id{candle(i).ts}" for i in range(3)]
+    stop, waits = asyncio.Event(), []
+
+    class Idle:  # the server after the burst: nothing comes within a fetch's timeout
+        async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
+            waits.append(timeout)
+            await asyncio.sleep(timeout)
+            raise nats.errors.TimeoutError
+
+    committed = rig.position.commit
+
+    async def commit(seq: int) -> None:
+        await committed(seq)
+        stop.set()
+
+    rig.position.commit = commit  # type: ignore[method-assign]
+    c._owned_version = c.owner.version
+    await asyncio.wait_for(c._loop(Idle(), stop), 5)  # type: ignore[arg-type]
+    assert rig.journal[3:] == ["flush", "commit 3"]
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    assert waits
+    assert max(waits) <= 0.3  # the loop waited for news no longer than until the commit was due
 
 
 async def test_a_bad_message_and_a_handler_bug_are_dead_lettered_and_the_rest_goes_on() -> None:
