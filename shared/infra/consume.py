@@ -44,7 +44,6 @@ import msgpack
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
@@ -56,6 +55,7 @@ from shared.infra.acks import Ack, AckPipeline, kv_write
 from shared.infra.admission import Admission, refusal
 from shared.infra.bus import BUS_ERRORS, Bus, Out, now_ms
 from shared.infra.ownership import Everything, Owner
+from shared.infra.pull import Pull
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class Consumer:
     def _retryable(self) -> tuple[type[BaseException], ...]:
         return (*BUS_ERRORS, *self.retry_on, Repositioned)
 
-    async def _open(self) -> JetStreamContext.PullSubscription:
+    async def _open(self) -> Pull:
         """(Re)create the durable at the lowest committed position of the partitions held + 1 and bind to it."""
         if self.admission is not None:
             await self.admission.load()
@@ -333,7 +333,7 @@ class Consumer:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.bus.js.delete_consumer(self.stream, self.durable)
         await self.bus.js.add_consumer(self.stream, cfg)
-        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        return Pull(await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -382,7 +382,7 @@ class Consumer:
         self._last_seq = self.committed
         self._dirty_since = None
 
-    async def _loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    async def _loop(self, sub: Pull, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.owner.rebalance(self._commit_locked)
             if self.owner.version != self._owned_version:
