@@ -61,6 +61,10 @@ from shared.domain.contracts import (  # noqa: E402
 from shared.domain.subjects import Names, SeriesKey  # noqa: E402
 from shared.infra.bus import read_subject  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however it is run
+from pipeline_report import print_block, print_table  # noqa: E402
+from proc_stats import proc_table, rss_mb, tree_cpu_us, until_quiet  # noqa: E402
+
 EXCHANGE = "bench"
 BAR_MS = 60_000
 DAY_MS = 86_400_000
@@ -69,7 +73,6 @@ COMPUTE = ("vol_regime", "hmm_regime", "screener", "state_publisher")
 FULL_CASES = ("1x20000", "100x500", "1000x50", "10000x10", "burst100", "burst1000", "burst10000", "api")
 QUICK_CASES = ("1x2000", "10x200", "burst100", "api")
 CHECKED = frozenset({"100x500", "10x200"})
-TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 
 class CaseFailed(RuntimeError):
@@ -151,41 +154,6 @@ def write_config(path: Path, first: SeriesKey) -> Path:
     return path
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime+stime+cutime+cstime in clock ticks) of every process."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = stat.read_text()
-            f = text[text.rindex(")") + 2 :].split()
-            out[int(stat.parent.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
-    return out
-
-
-def tree_cpu_us(pids: dict[str, int]) -> dict[str, float]:
-    """CPU µs so far of each named process and all its descendants (hmm_regime's training worker)."""
-    table = _proc_table()
-    out = {}
-    for name, root in pids.items():
-        seen, todo = {root}, [root]
-        while todo:
-            parent = todo.pop()
-            kids = [p for p, (pp, _) in table.items() if pp == parent and p not in seen]
-            seen.update(kids)
-            todo.extend(kids)
-        out[name] = sum(table[p][1] for p in seen if p in table) * TICK_US
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    """VmRSS of one process, MB; 0 when it is gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @dataclass
 class Procs:
     """Running services by name, and the folder of their logs."""
@@ -215,7 +183,7 @@ def services(bench: Bench, env: dict[str, str], names: tuple[str, ...]) -> Itera
     finally:
         for proc in procs.running.values():
             if bench.profile is not None:  # the service itself, so py-spy sees it end and writes its stacks
-                for child in [p for p, (pp, _) in _proc_table().items() if pp == proc.pid]:
+                for child in [p for p, (pp, _) in proc_table().items() if pp == proc.pid]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(child, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -244,18 +212,6 @@ async def wait_ready(js: Any, names: Names, procs: Procs, timeout: float = 90.0)
     # Then until start-up work is over (hmm_regime's training worker imports hmmlearn): the CPU of a case is
     # that of its candles, not of a process start.
     await until_quiet({n: p.pid for n, p in procs.running.items()}, 30.0)
-
-
-async def until_quiet(pids: dict[str, int], limit: float) -> None:
-    """Until the processes together have used under a tenth of a core for a second (at most ``limit`` s)."""
-    deadline = time.monotonic() + limit
-    quiet_since, last = time.monotonic(), sum(tree_cpu_us(pids).values())
-    while time.monotonic() - quiet_since < 1.0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        now = sum(tree_cpu_us(pids).values())
-        if now - last > 25_000:  # more than 10 % of a core in the last 0.25 s
-            quiet_since = time.monotonic()
-        last = now
 
 
 class Arrivals:
@@ -596,81 +552,6 @@ async def api_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
         res["symbols_bytes_gzip"] = await asyncio.to_thread(body_size, base + routes["symbols"], True)
         res["rss_mb"] = rss_mb(pid["dashboard_api"])
     return res
-
-
-def fmt(value: Any, spec: str = ",.0f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def block(res: dict[str, Any]) -> list[str]:
-    """One case's figures as lines."""
-    if "error" in res:
-        return [f"[{res['case']}] FAILED: {res['error']}"]
-    if "decision" in res:
-        return [f"[{res['case']}] {res['series']} series warmed with {res['warm_bars']} candles, then one each at once",
-                f"  all acked in {res['published_s'] * 1000:,.0f} ms; decided {res['decided']}, "
-                f"in Redis {res['in_redis']}; all in Redis after {fmt(res['all_in_redis_s'], ',.2f')} s",
-                *(f"  candle -> {k:8}: p50 {fmt(res[k]['p50_ms'])} ms, p99 {fmt(res[k]['p99_ms'])} ms, "
-                  f"max {fmt(res[k]['max_ms'])} ms" for k in ("vol", "hmm", "decision", "redis") if k in res),
-                "  CPU µs per series (the burst and the state writes after it, until 1 s quiet): "
-                + ", ".join(f"{n} {v:,.0f}" for n, v in res.get("cpu_us_per_series", {}).items())]
-    if "import" not in res:
-        return [f"[{res['case']}] dashboard_api over {res['series']} series, wrk 16 connections x {res['seconds']} s",
-                *(f"  {k:8}: {fmt(res[k]['rps'], ',.1f')} req/s, p99 {fmt(res[k]['p99_ms'], ',.1f')} ms, "
-                  f"API CPU {res[k]['api_cpu_s']:.1f} s" for k in ("symbols", "status", "symbol")),
-                f"  /api/symbols: {res['symbols_bytes']:,} bytes; {res['symbols_bytes_gzip']:,} with gzip accepted"]
-    imp, bare, bt = res["import"], res["bare_consumer"], res.get("backtest")
-    lines = [f"[{res['case']}] {res['series']} series x {res['bars']} candles = {res['candles']:,} candles",
-             f"  import: {fmt(imp['reported_rate'])} candles/s reported, {imp['wall_s']:.1f} s wall",
-             f"  end to end: {res['e2e_s']:.2f} s = {res['e2e_rate']:,.0f} candles/s from the first publish; "
-             f"{res['from_command_s']:.2f} s = {res['candles'] / res['from_command_s']:,.0f} candles/s from the"
-             " import command's start",
-             "  CPU µs/candle: " + ", ".join(f"{n} {v:,.0f}" for n, v in res["cpu_us_per_candle"].items()),
-             "  candles/s until last output: " + ", ".join(f"{n} {fmt(v)}" for n, v in res["service_rate"].items()),
-             "  output messages: " + ", ".join(f"{n} {v:,}" for n, v in res["output_messages"].items()),
-             "  RSS MB: " + ", ".join(f"{n} {v:.0f}" for n, v in res["rss_mb"].items()),
-             f"  hmm_regime RSS growth: {res['hmm_bytes_per_series']:,.0f} bytes/series",
-             f"  bare nats-py pull consumer (fetch 500, await ack), {bare['messages']:,} OHLCV messages: "
-             f"{fmt(bare['msgs_per_s'])} msgs/s = {fmt(bare['candles_per_s'])} candles/s"]
-    if bt is not None:
-        lines.append(f"  decisions equal backtest: {'yes' if bt['equal'] else 'no'} ({bt['compared']:,} compared, "
-                     f"{bt['stack']:,} in the stack)")
-    return lines
-
-
-def print_block(res: dict[str, Any]) -> None:
-    print("\n" + "\n".join(block(res)), flush=True)
-
-
-def table_row(res: dict[str, Any]) -> str:
-    """One case in the summary table."""
-    if "error" in res:
-        return f"{res['case']:>10}  FAILED"
-    if "decision" in res:
-        d, rd = res["decision"], res["redis"]
-        return (f"{res['case']:>10}  candle->decision p50/p99/max {fmt(d['p50_ms'])}/{fmt(d['p99_ms'])}/"
-                f"{fmt(d['max_ms'])} ms, ->Redis {fmt(rd['p50_ms'])}/{fmt(rd['p99_ms'])}/{fmt(rd['max_ms'])} ms, "
-                f"all in Redis {fmt(res['all_in_redis_s'], ',.2f')} s")
-    if "import" not in res:
-        return f"{res['case']:>10}  " + ", ".join(
-            f"{k} {fmt(res[k]['rps'], ',.0f')} req/s p99 {fmt(res[k]['p99_ms'], ',.0f')} ms"
-            for k in ("symbols", "status", "symbol"))
-    cpu, bt = res["cpu_us_per_candle"], res.get("backtest")
-    cols = "".join(f"{cpu[n]:>7,.0f}" for n in (*COMPUTE, "nats-server", "import"))
-    check = "-" if bt is None else "yes" if bt["equal"] else "NO"
-    return (f"{res['case']:>10}{res['candles']:>9,}{fmt(res['import']['reported_rate']):>9}{res['e2e_rate']:>7,.0f}"
-            f"{cols}{res['hmm_bytes_per_series']:>11,.0f}{fmt(res['bare_consumer']['msgs_per_s']):>8}{check:>4}")
-
-
-def print_table(results: list[dict[str, Any]]) -> None:
-    """The summary: bulk rows give import and e2e candles/s, CPU µs per candle per process, hmm_regime bytes
-    per series, the bare consumer's msgs/s and whether decisions equal the backtest."""
-    print("\n" + "=" * 105)
-    print(f"{'':>10}{'':>9}{'--- candles/s':<16}{'--- CPU µs per candle':<42}")
-    print(f"{'case':>10}{'candles':>9}{'import':>9}{'e2e':>7}{'vol':>7}{'hmm':>7}{'scr':>7}{'pub':>7}{'nats':>7}"
-          f"{'import':>7}{'hmm B/ser':>11}{'bare/s':>8}{'bt':>4}")
-    for res in results:
-        print(table_row(res))
 
 
 async def run_case(bench: Bench, name: str) -> dict[str, Any]:

@@ -31,10 +31,22 @@ from shared.infra.settings import Settings
 OPERATOR = "operator"  # the user a person at a shell is: imports, replays, backfills
 
 
+_Commands = argparse._SubParsersAction  # what add_subparsers returns
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="regimes", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    _add_up(sub)
+    run = sub.add_parser("run", help="run one service in the foreground against the running stack (or NATS_URL)")
+    run.add_argument("service", choices=SERVICES)
+    _stack_args(run)
+    _add_file_commands(sub)
+    _add_operations(sub)
+    return p
 
+
+def _add_up(sub: _Commands) -> None:
     up = sub.add_parser("up", help="embedded NATS + Redis and all six services, with the demo market")
     up.add_argument("--host", default="127.0.0.1", help="dashboard/API address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="dashboard/API port (default 8000)")
@@ -49,61 +61,54 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--replicas", nargs="+", default=[], metavar="NAME=N",
                     help="run N copies of a service (vol_regime, hmm_regime, screener, state_publisher)")
 
-    run = sub.add_parser("run", help="run one service in the foreground against the running stack (or NATS_URL)")
-    run.add_argument("service", choices=SERVICES)
-    _stack_args(run)
 
+def _file_args(sp: argparse.ArgumentParser, exchange_help: str) -> None:
+    """The candle files a command reads, and the series they are when their names do not say."""
+    sp.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
+    sp.add_argument("--exchange", default="file", help=f"{exchange_help} (default: file)")
+    sp.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
+    sp.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
+
+
+def _add_file_commands(sub: _Commands) -> None:
     for name, helptext in (
         ("replay", "publish candles from a file at a pace (CSV or freqtrade json/jsongz/feather/parquet)"),
         ("import", "publish candles from files or a freqtrade data directory as fast as possible"),
     ):
         sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
-        sp.add_argument("--exchange", default="file", help="exchange id to publish under (default: file)")
-        sp.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
-        sp.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
+        _file_args(sp, "exchange id to publish under")
         if name == "replay":
             sp.add_argument("--speed", type=float, default=60.0, help="x real time (default 60); 0: fastest")
         _stack_args(sp)
-
+    config_help = "strategy config (default: $STRATEGY_CONFIG or the shipped one)"
     bt = sub.add_parser("backtest", help="the pure cores over candle files, no bus: the stack's events as JSON lines")
-    bt.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
-    bt.add_argument("--exchange", default="file", help="exchange id of the series (default: file)")
-    bt.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
-    bt.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
-    bt.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
+    _file_args(bt, "exchange id of the series")
+    bt.add_argument("--config", type=Path, help=config_help)
     bt.add_argument("--out", type=Path, help="write the JSON lines here (default: stdout)")
-
     ev = sub.add_parser("evaluate", help="the pure cores over candle files, no bus: an HTML + PNG report per series")
-    ev.add_argument("paths", nargs="+", type=Path, help="candle files, or a freqtrade data directory")
-    ev.add_argument("--exchange", default="file", help="exchange id of the series (default: file)")
-    ev.add_argument("--symbol", help="symbol such as BTC/USD (default: from a freqtrade file name)")
-    ev.add_argument("--timeframe", choices=list(TIMEFRAMES_MS), help="(default: from a freqtrade file name)")
-    ev.add_argument("--config", type=Path, help="strategy config (default: $STRATEGY_CONFIG or the shipped one)")
+    _file_args(ev, "exchange id of the series")
+    ev.add_argument("--config", type=Path, help=config_help)
     ev.add_argument("--out", type=Path, required=True, help="directory for index.html and the per-series files")
 
+
+def _add_operations(sub: _Commands) -> None:
     bf = sub.add_parser("backfill", help="ask ingest for deeper history of one series or all, with a progress bar")
     bf.add_argument("--series", help="exchange:symbol:timeframe (default: every series)")
     bf.add_argument("--target-candles", type=int, help="default HMM_TRAINING_CANDLES")
     bf.add_argument("--max-pages", type=int, help="default HMM_OHLCV_BACKFILL_MAX_PAGES")
     bf.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per series (default 300)")
     _stack_args(bf)
-
     st = sub.add_parser("status", help="where the running stack is and what its services report")
     _stack_args(st)
-
     en = sub.add_parser("env", help='the running stack\'s URLs and one user\'s credentials: eval "$(regimes env)"')
     en.add_argument("--data-dir", type=Path, help="the stack whose data is in DIR (default: the last started)")
     en.add_argument("--user", default=OPERATOR, help=f"whose credentials: bot, {OPERATOR} (default), or a service")
-
     # Users and their permissions: regimes/security.py (from shared/domain/access.py).
     sec = sub.add_parser("secrets", help="generate every user's credentials and the servers' auth config")
     sec.add_argument("out", type=Path, nargs="?", default=Path("deploy/secrets"), help="default deploy/secrets")
     sec.add_argument("--namespace", default="", help="the stack's REGIMES_NAMESPACE")
-
     cc = sub.add_parser("check-config", help="validate a strategy config and print what it sets")
     cc.add_argument("path", type=Path, nargs="?", help="default: $STRATEGY_CONFIG or config/strategy_config.json")
-    return p
 
 
 def _stack_args(sp: argparse.ArgumentParser) -> None:

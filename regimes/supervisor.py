@@ -312,6 +312,26 @@ class Supervisor:
             self._stop_servers()
             self.exit_code = 1
             return 1
+        env = self._child_env(nats_url, redis_url)
+        metrics = self._make_children(env, auth, redis_url)
+        self.info = self._stack_info(data_dir, env, nats_url, redis_url)
+        self._record(data_dir)
+        for child in self.children:
+            child.start()
+        say(f"data in {data_dir}; NATS {nats_url}; Redis {redis_url}")
+        say("metrics: " + ", ".join(f"{n} :{p}" for n, p in metrics.items()))
+        self._watch_health()
+        try:
+            self._supervise_until_stopped()
+        finally:
+            if self.watch is not None:
+                self.watch.cancel.set()
+            self._stop_all()
+        return self.exit_code
+
+    def _child_env(self, nats_url: str, redis_url: str) -> dict[str, str]:
+        """What every service is started with, before its own user and metrics port."""
+        opts = self.opts
         env = dict(self.env)
         env.update(
             NATS_URL=nats_url,
@@ -324,20 +344,28 @@ class Supervisor:
         )
         if opts.config is not None:
             env["STRATEGY_CONFIG"] = str(opts.config.resolve())
+        return env
+
+    def _make_children(self, env: dict[str, str], auth: security.Embedded, redis_url: str) -> dict[str, int]:
+        """One child per replica of every service; returns each one's metrics port (dashboard_api has its own)."""
         metrics: dict[str, int] = {}
-        for service in opts.services:
-            copies = opts.replicas.get(service, 1)
+        for service in self.opts.services:
+            copies = self.opts.replicas.get(service, 1)
             for k in range(copies):
                 name = service if copies == 1 else f"{service}#{k + 1}"
                 child_env = dict(env) | auth.env(service, redis_url)
                 if service != "dashboard_api":  # it serves /metrics on its own port
-                    metrics[name] = free_port(opts.host)
+                    metrics[name] = free_port(self.opts.host)
                     child_env["METRICS_PORT"] = str(metrics[name])
-                    child_env["METRICS_HOST"] = opts.host
+                    child_env["METRICS_HOST"] = self.opts.host
                 self.children.append(Child(name, child_env))
+        return metrics
+
+    def _stack_info(self, data_dir: Path, env: dict[str, str], nats_url: str, redis_url: str) -> stackfile.StackInfo:
+        opts = self.opts
         api_url = local_url("http", opts.host, opts.port) if "dashboard_api" in opts.services else None
         config = env.get("STRATEGY_CONFIG")
-        self.info = stackfile.StackInfo(
+        return stackfile.StackInfo(
             pid=os.getpid(),
             pid_start=stackfile.process_start(os.getpid()),
             nats_url=nats_url,
@@ -348,33 +376,24 @@ class Supervisor:
             strategy_config=str(Path(config).resolve()) if config else None,
             started_at=time.time(),
         )
-        self._record(data_dir)
-        for child in self.children:
-            child.start()
-        say(f"data in {data_dir}; NATS {nats_url}; Redis {redis_url}")
-        say("metrics: " + ", ".join(f"{n} :{p}" for n, p in metrics.items()))
-        self._watch_health()
+
+    def _supervise_until_stopped(self) -> None:
+        """Restart what dies, and say when the stack is ready (again, after NATS restarts), until a signal."""
         announced: HealthWatch | None = None  # the watch whose readiness the banner told; a new one after NATS restarts
-        try:
-            while not self.stopping:
-                self._supervise_servers()
-                if self.stopping:
-                    break
-                self._supervise()
-                watch = self.watch
-                if watch is not None and watch is not announced:
-                    if watch.ready.is_set() and ("dashboard_api" not in opts.services or self._healthy()):
-                        self._banner(again=announced is not None)
-                        announced = watch
-                    elif time.monotonic() - self.waiting_since > WAITING_NOTICE_SEC:
-                        say("still waiting for a heartbeat from " + ", ".join(watch.missing))
-                        self.waiting_since = time.monotonic()
-                time.sleep(0.25)
-        finally:
-            if self.watch is not None:
-                self.watch.cancel.set()
-            self._stop_all()
-        return self.exit_code
+        while not self.stopping:
+            self._supervise_servers()
+            if self.stopping:
+                break
+            self._supervise()
+            watch = self.watch
+            if watch is not None and watch is not announced:
+                if watch.ready.is_set() and ("dashboard_api" not in self.opts.services or self._healthy()):
+                    self._banner(again=announced is not None)
+                    announced = watch
+                elif time.monotonic() - self.waiting_since > WAITING_NOTICE_SEC:
+                    say("still waiting for a heartbeat from " + ", ".join(watch.missing))
+                    self.waiting_since = time.monotonic()
+            time.sleep(0.25)
 
     def _banner(self, again: bool = False) -> None:
         info = self.info

@@ -105,6 +105,20 @@ def create_app(
         untimed=("/api/stream",),
     )
 
+    _error_handlers(app, api_metrics)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _offline_docs(app)
+    return app
+
+
+def _error_handlers(app: FastAPI, api_metrics: ApiMetrics) -> None:
+    """Bad filters and bad parameters are a 400 with one sentence; Redis down is a 503 with Retry-After."""
+
     @app.exception_handler(query.BadRequest)
     async def bad_request(_request: Request, exc: query.BadRequest) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -125,14 +139,6 @@ def create_app(
 
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _offline_docs(app)
-    return app
 
 
 def _offline_docs(app: FastAPI) -> None:
