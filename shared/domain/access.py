@@ -87,6 +87,26 @@ def _coordination(names: Names, service: str) -> tuple[Bucket, ...]:
 
 def roles(names: Names) -> dict[str, Role]:
     """Every user of the stack in namespace ``names``; no setting per replica: any number share a user."""
+    return {r.name: r for r in (_ingest_role(names), *_service_roles(names), *_reader_roles(names))}
+
+
+def _ingest_role(names: Names) -> Role:
+    """ohlcv_ingest: the candles come in here."""
+    ohlcv, telemetry = names.stream_ohlcv, names.stream_telemetry
+    return Role(
+        "ohlcv_ingest",
+        "publishes candles and pipeline telemetry; answers control.backfill",
+        publish=(names.ohlcv_all, names.pipeline_all),
+        subscribe=(names.ohlcv_all, names.control("backfill")),
+        provisions=(ohlcv, telemetry),
+        reads=(ohlcv,),
+        buckets=(_health(names, "ohlcv_ingest"), Bucket(names.bucket("ingest_state"), keys=(">",))),
+        responds=True,
+    )
+
+
+def _service_roles(names: Names) -> list[Role]:
+    """The users of the four services that consume a stream and publish what they make of it."""
     ohlcv, regimes, telemetry, dlq = names.stream_ohlcv, names.stream_regimes, names.stream_telemetry, names.stream_dlq
     series = Bucket(names.bucket("series"), keys=(">",), lists=True)  # the admission registry of candle consumers
 
@@ -97,17 +117,7 @@ def roles(names: Names) -> dict[str, Role]:
     hmm = _consumers(ohlcv)
     scr = _consumers(regimes)
     pub = (*_consumers(regimes), *_consumers(telemetry))
-    out = [
-        Role(
-            "ohlcv_ingest",
-            "publishes candles and pipeline telemetry; answers control.backfill",
-            publish=(names.ohlcv_all, names.pipeline_all),
-            subscribe=(names.ohlcv_all, names.control("backfill")),
-            provisions=(ohlcv, telemetry),
-            reads=(ohlcv,),
-            buckets=(_health(names, "ohlcv_ingest"), Bucket(names.bucket("ingest_state"), keys=(">",))),
-            responds=True,
-        ),
+    return [
         Role(
             "vol_regime",
             "consumes candles; publishes volatility regimes",
@@ -156,6 +166,13 @@ def roles(names: Names) -> dict[str, Role]:
             buckets=(_health(names, "state_publisher"), *_leases(names, "state_publisher")),
             redis="write",
         ),
+    ]
+
+
+def _reader_roles(names: Names) -> list[Role]:
+    """The API, bots (which publish scores too) and the operator's tools (which publish candles too)."""
+    ohlcv, regimes, telemetry, dlq = names.stream_ohlcv, names.stream_regimes, names.stream_telemetry, names.stream_dlq
+    return [
         Role(
             "dashboard_api",
             "reads Redis, the health and series buckets; forwards POST /api/backfill to control.backfill",
@@ -181,7 +198,6 @@ def roles(names: Names) -> dict[str, Role]:
             buckets=(Bucket(names.bucket("health"), lists=True),),  # read only: `regimes status`, readiness
         ),
     ]
-    return {r.name: r for r in out}
 
 
 def nats_permissions(role: Role) -> dict[str, Any]:
