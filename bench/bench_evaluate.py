@@ -55,7 +55,7 @@ def main() -> None:
     clock = Clock()
     events = report.replay(candles, config, now_ms=T0 + 10**12)
     replay_wall, replay_cpu = clock.lap()
-    bt._train = original  # type: ignore[assignment]
+    bt._train = original
 
     clock = Clock()
     [frame] = frames(events).values()

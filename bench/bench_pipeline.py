@@ -470,7 +470,7 @@ async def burst_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
 
 async def burst(bench: Bench, nc: Any, r: aioredis.Redis, names: Names, candles: list[Candle]) -> dict[str, Any]:
     """Publish ``candles`` at once; latencies from the start of the publish to decision and to Redis."""
-    want, seen = {c.key.token: c.ts for c in candles}, {}
+    want, seen = {c.key.token: c.ts for c in candles}, dict[str, float]()
     stages = {"vol": Arrivals(names), "hmm": Arrivals(names), "decision": Arrivals(names)}
     subs = [await nc.subscribe(subject, cb=stages[k].on_msg)
             for k, subject in (("vol", names.vol_all), ("hmm", names.hmm_all), ("decision", names.screener_all))]
@@ -490,7 +490,7 @@ async def burst(bench: Bench, nc: Any, r: aioredis.Redis, names: Names, candles:
         await asyncio.gather(listener, return_exceptions=True)
         for sub in subs:
             await sub.unsubscribe()
-    out = {"published_s": published, "decided": len(stages["decision"].first), "in_redis": len(seen)}
+    out: dict[str, Any] = {"published_s": published, "decided": len(stages["decision"].first), "in_redis": len(seen)}
     for k, arrivals in stages.items():  # each stage's first output per series: where the time goes
         out[k] = spread([t - t0 for t in arrivals.first.values()])
     out["redis"] = spread([t - t0 for t in seen.values()])
@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.system()} {platform.release()}; cases: {' '.join(cases)}")
     for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where SIGINT is ignored
         signal.signal(sig, signal.default_int_handler)
-    tmp, servers, results = Path(tempfile.mkdtemp(prefix="bench-pipeline-")), list[ManagedServer](), []
+    tmp, servers = Path(tempfile.mkdtemp(prefix="bench-pipeline-")), list[ManagedServer]()
+    results: list[dict[str, Any]] = []
     interrupted = False
     try:
         servers.append(start_nats(tmp / "nats", port=free_port()))

@@ -44,6 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class Series:
     name: str
     candles: list[Candle]
     trend_truth: list[str]  # HMM label per bar
-    vol_truth: list[str | None]  # vol label of the noise-free ratio per bar; None before the long window is full
+    vol_truth: Sequence[str | None]  # vol label of the noise-free ratio per bar; None before the long window is full
 
 
 @dataclass
@@ -97,7 +98,9 @@ class Run:
     fit_seconds: float = 0.0
 
 
-def candles_of(key: SeriesKey, closes: Sequence[float], volumes: Sequence[float]) -> list[Candle]:
+def candles_of(
+    key: SeriesKey, closes: Sequence[float] | np.ndarray, volumes: Sequence[float] | np.ndarray
+) -> list[Candle]:
     out, prev = [], float(closes[0])
     for i, (c, v) in enumerate(zip(closes, volumes, strict=True)):
         c = float(c)
@@ -365,12 +368,28 @@ def print_report(market: Market, stats: dict[str, Any], agree: dict[str, Any]) -
     )
 
 
+def _confirmed(r: Run, n: int) -> list[str | None]:
+    return confirm_offline(r.hmm_raw, n)
+
+
+def _vol_confirmed(r: Run) -> list[str | None]:
+    return r.vol_confirmed
+
+
+def _hmm_confirmed(r: Run) -> list[str | None]:
+    return r.hmm_confirmed
+
+
+def _vol_filtered(r: Run, cfg: VolRegimeConfig) -> list[str | None]:
+    return vol_offline(r.vol_regimes, cfg)
+
+
 def sweep(markets: list[Market], vol_cfg: VolRegimeConfig) -> None:
     print("\n== sweep: HMM_CONFIRM_BARS (flips/day confirmed, added delay median/p90, per market)")
     for n in (1, 2, 3, 4, 5, 8):
         cells = []
         for m in markets:
-            s = summarize(m, lambda r, n=n: confirm_offline(r.hmm_raw, n), lambda r: r.vol_confirmed)["hmm"]
+            s = summarize(m, partial(_confirmed, n=n), _vol_confirmed)["hmm"]
             cells.append(
                 f"{m.name[:9]}: {s['flips_per_day_confirmed']:6.1f}/d (raw {s['flips_per_day_raw']:.1f}),"
                 f" +{s['added_delay_median']:.0f}/{s['added_delay_p90']:.0f}"
@@ -382,7 +401,7 @@ def sweep(markets: list[Market], vol_cfg: VolRegimeConfig) -> None:
             cfg = replace(vol_cfg, confirm_bars=n, hysteresis=h)
             cells = []
             for m in markets:
-                s = summarize(m, lambda r: r.hmm_confirmed, lambda r, cfg=cfg: vol_offline(r.vol_regimes, cfg))["vol"]
+                s = summarize(m, _hmm_confirmed, partial(_vol_filtered, cfg=cfg))["vol"]
                 cells.append(
                     f"{m.name[:9]}: {s['flips_per_day_confirmed']:5.1f}/d (raw {s['flips_per_day_raw']:.1f}),"
                     f" +{s['added_delay_median']:.0f}/{s['added_delay_p90']:.0f}"

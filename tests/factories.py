@@ -20,6 +20,7 @@ from types import EllipsisType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from services.ohlcv_ingest.demo import DemoMarket
 from services.screener.core import SeriesScreen, decide
@@ -34,7 +35,7 @@ from shared.domain.contracts import (
     VolRegimeEvent,
 )
 from shared.domain.subjects import SeriesKey, timeframe_ms
-from shared.domain.vocab import HMM_LABELS
+from shared.domain.vocab import HMM_LABELS, HmmLabel, VolLabel
 
 T0 = 1_700_000_040_000  # ms UTC, 2023-11-14T22:14:00Z: a multiple of one minute (not of 5m or 1h)
 DAY0 = 1_704_067_200_000  # ms UTC, 2024-01-01T00:00:00Z: a multiple of every timeframe up to 1d
@@ -90,7 +91,7 @@ def candle(
 
 
 def candles_from_returns(
-    key: SeriesKey, returns: Sequence[float], start_ts: int = T0, price: float = 100.0
+    key: SeriesKey, returns: Sequence[float] | npt.NDArray[np.floating[Any]], start_ts: int = T0, price: float = 100.0
 ) -> list[Candle]:
     """One candle per log return and one before them, a minute (TF_MS) apart from ``start_ts`` (ms).
 
@@ -155,8 +156,8 @@ def three_regime_market(
 
 def vol_event(
     i: int = 0,
-    label: str = "normal",
-    prev: str | None = None,
+    label: VolLabel = "normal",
+    prev: VolLabel | None = None,
     *,
     key: SeriesKey = KEY,
     ts: int | None = None,
@@ -179,11 +180,11 @@ def vol_event(
     return event_type(
         **_series(key, i, ts),
         close=close,
-        label=label,  # type: ignore[arg-type]
+        label=label,
         vol_short=ratio * vol_long if vol_short is None else vol_short,
         vol_long=vol_long,
         ratio=ratio,
-        prev_label=prev,  # type: ignore[arg-type]
+        prev_label=prev,
         changed=(prev is not None and prev != label) if changed is None else changed,
         samples=1000 + i if samples is None else samples,
         sufficient=sufficient,
@@ -193,7 +194,7 @@ def vol_event(
 
 def hmm_event(
     i: int = 0,
-    regime: str = "BULLISH",
+    regime: HmmLabel = "BULLISH",
     probabilities: tuple[float, float, float] = PROBABILITIES,
     *,
     key: SeriesKey = KEY,
@@ -213,7 +214,7 @@ def hmm_event(
     top, second = sorted(probabilities, reverse=True)[:2]
     return HmmRegimeEvent(
         **_series(key, i, ts),
-        regime=regime,  # type: ignore[arg-type]
+        regime=regime,
         probabilities=probabilities,
         confidence=top - second if confidence is None else confidence,
         bias_signal=probabilities[2] - probabilities[0] if bias_signal is None else bias_signal,
@@ -224,7 +225,12 @@ def hmm_event(
 
 
 def hmm_verdict(
-    probs: Sequence[float], *, key: SeriesKey = KEY, ts: int, trained: bool = True, observation_count: int = 1
+    probs: Sequence[float] | npt.NDArray[np.floating[Any]],
+    *,
+    key: SeriesKey = KEY,
+    ts: int,
+    trained: bool = True,
+    observation_count: int = 1,
 ) -> HmmRegimeEvent:
     """The verdict a detector whose filtered probabilities are ``probs`` publishes (gain 1, threshold 0.15).
 
@@ -267,7 +273,7 @@ def score_event(
 
 
 def decision(
-    i: int = 0, vol_regime: str = "normal", hmm_regime: str | None = None, *, key: SeriesKey = KEY,
+    i: int = 0, vol_regime: VolLabel = "normal", hmm_regime: HmmLabel | None = None, *, key: SeriesKey = KEY,
     ts: int | None = None, **fields: Any,
 ) -> ScreenerDecision:  # fmt: skip
     """The screener's decision on bar ``i`` of ``key`` (ts: that bar's open time in ms, unless given).
@@ -338,18 +344,20 @@ RUNNER_UP = {"BULLISH": "RANGING", "BEARISH": "RANGING", "RANGING": "BULLISH"}
 class Bar:
     """The regimes one constructed bar is in."""
 
-    vol: str  # low / normal / high / crisis
-    hmm: str | None = None  # BEARISH / RANGING / BULLISH; None: no HMM verdict for the bar
+    vol: VolLabel
+    hmm: HmmLabel | None = None  # BEARISH / RANGING / BULLISH; None: no HMM verdict for the bar
     confidence: float = 0.6  # of the HMM state the bar heads to
     trained: bool = True
 
 
-def stretch(n: int, vol: str, hmm: str | None = None, confidence: float = 0.6, trained: bool = True) -> list[Bar]:
+def stretch(
+    n: int, vol: VolLabel, hmm: HmmLabel | None = None, confidence: float = 0.6, trained: bool = True
+) -> list[Bar]:
     """``n`` bars alike."""
     return [Bar(vol, hmm, confidence, trained)] * n
 
 
-def _target_probabilities(regime: str, confidence: float) -> np.ndarray:
+def _target_probabilities(regime: HmmLabel, confidence: float) -> np.ndarray:
     third = 0.25 * (1.0 - confidence)
     top = (1.0 + confidence - third) / 2.0
     out = np.full(3, third)
@@ -367,7 +375,7 @@ def regime_events(
     rng = np.random.default_rng(seed)
     screen = SeriesScreen()
     out: list[Any] = []
-    prev: str | None = None
+    prev: VolLabel | None = None
     close = price
     probs = np.array([0.2, 0.6, 0.2])
     for i, bar in enumerate(bars):

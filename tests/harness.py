@@ -29,7 +29,7 @@ from shared.infra.bus import connect, ensure_streams
 from shared.infra.service import Build, serve
 from shared.infra.settings import Settings
 
-SMALL_VOL = {
+SMALL_VOL: dict[str, Any] = {
     "defaults": {
         "short_window_bars": 8,
         "long_window_bars": 32,

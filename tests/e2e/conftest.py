@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,11 +33,11 @@ from tests.conftest import ROOT
 from tests.harness import Stack, StackFactory, eventually, small_config
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Locator, Page
+    from playwright.async_api import Browser, Locator, Page, ViewportSize
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-DESKTOP = {"width": 1440, "height": 900}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1440, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -130,10 +130,10 @@ async def open_dashboard(browser: Browser, make_stack: StackFactory) -> AsyncIte
     """Open a stack's dashboard in a new browser context; contexts close before the stacks stop."""
     contexts = []
 
-    async def open_(st: Stack, path: str = "/", viewport: Mapping[str, int] = DESKTOP) -> Dashboard:
+    async def open_(st: Stack, path: str = "/", viewport: ViewportSize = DESKTOP) -> Dashboard:
         phone = viewport["width"] < 600
         ctx = await browser.new_context(
-            viewport=dict(viewport), device_scale_factor=2 if phone else 1, is_mobile=phone, has_touch=phone
+            viewport=viewport, device_scale_factor=2 if phone else 1, is_mobile=phone, has_touch=phone
         )
         contexts.append(ctx)
         page = await ctx.new_page()
@@ -212,8 +212,9 @@ async def publish_events(st: Stack, events: Iterable[Any]) -> None:
 
 async def _until_written(st: Stack, events: Sequence[Any]) -> None:
     expected: dict[SeriesKey, dict[str, int]] = {}
+    parts: dict[type[Any], str] = {VolRegimeEvent: "vol", HmmRegimeEvent: "hmm_regime", ScreenerDecision: "screener"}
     for event in events:
-        part = {VolRegimeEvent: "vol", HmmRegimeEvent: "hmm_regime", ScreenerDecision: "screener"}.get(type(event))
+        part = parts.get(type(event))
         if part is not None:
             expected.setdefault(event.key, {})[part] = event.ts
         elif isinstance(event, PipelineStatus):

@@ -311,7 +311,12 @@ def test_a_server_that_cannot_come_back_stops_the_stack_with_exit_1(tmp_path: Pa
             os.kill(state["servers"]["nats-server"], signal.SIGKILL)
             with socket.socket() as squatter:
                 squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                wait_for(lambda: squatter.bind(("127.0.0.1", port)) is None, 10, "the port free to take")
+
+                def take_port() -> bool:
+                    squatter.bind(("127.0.0.1", port))  # OSError while the port is still in use
+                    return True
+
+                wait_for(take_port, 10, "the port free to take")
                 squatter.listen()
                 os.kill(stack.proc.pid, signal.SIGCONT)
                 code = stack.proc.wait(90)

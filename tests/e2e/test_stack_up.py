@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -57,14 +57,15 @@ def fast_demo(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.timeout(240)
-def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, fast_demo: Path) -> None:
-    port = free_port()
-    data = tmp_path / "data"
+def regimes_up(port: int, data: Path, config: Path, runtime: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`regimes up` on ``port`` with ``config``, its servers' data in ``data``, its output into ``log``.
+
+    Run without the caller's NATS_/REDIS_/API_ settings; the stack's pointer goes under ``runtime``
+    (as XDG_RUNTIME_DIR), not into the user's.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "REDIS_", "API_"))}
-    env["XDG_RUNTIME_DIR"] = str(tmp_path / "runtime")  # the stack's pointer goes here, not into the user's
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -75,7 +76,7 @@ def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, 
             "--data-dir",
             str(data),
             "--config",
-            str(fast_demo),
+            str(config),
         ],
         cwd=ROOT,
         env=env,
@@ -83,6 +84,14 @@ def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, 
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+@pytest.mark.timeout(240)
+def test_up_shows_every_regime_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, fast_demo: Path) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    log = (tmp_path / "up.log").open("wb")
+    up = regimes_up(port, data, fast_demo, tmp_path / "runtime", log)
     try:
         symbols = wait_for(lambda: len(get(port, "/api/symbols")) == 8 and get(port, "/api/symbols"), 90, "8 symbols")
         assert {s["exchange"] for s in symbols} == {"demo"}

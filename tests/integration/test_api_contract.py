@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import ClientDisconnect
+from starlette.types import Message
 
 from regimes.servers import free_port
 from services.dashboard_api.app import create_app, read_model
@@ -74,7 +75,9 @@ async def test_every_label_in_the_json_is_lowercase_and_redis_keeps_its_own(apps
     assert set(status["summary"]["hmm_regime_summary"]) == API_LABELS
     assert {s["hmm_regime"]["regime"] for s in status["series"] if s["hmm_regime"]} <= API_LABELS
     # The wire and the stored snapshots keep the contracts' upper case: nothing else had to change.
-    stored = json.loads(await world.redis.get(world.keys.summary))
+    raw = await world.redis.get(world.keys.summary)
+    assert raw is not None
+    stored = json.loads(raw)
     assert set(stored["hmm_regime_summary"]) == {"BEARISH", "RANGING", "BULLISH"}
 
 
@@ -292,10 +295,10 @@ async def test_a_stream_client_gone_before_its_first_byte_gives_its_place_back(a
     counts: list[int] = []
     fanout._on_count = counts.append
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             raise OSError("the client hung up")
 

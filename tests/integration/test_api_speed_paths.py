@@ -1,6 +1,6 @@
 """The status API's fast paths answer byte for byte what the original code answered.
 
-``reference_app`` is a copy of the original routes (dicts, validated and serialized
+``reference_app`` (reference_api.py) is a copy of the original routes (dicts, validated and serialized
 by FastAPI through their response models), with one deliberate change since: /api/tuning
 answers through its typed model (lowercase labels, no internal accumulators). What the
 API answers differently on purpose (lowercase labels aside, which come from the shared
@@ -18,54 +18,43 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
 import msgpack
-import msgspec
 import nats
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 from nats.aio.client import Client as NATS
 
 from regimes.servers import ManagedServer
 from services.dashboard_api import read_model as read_model_module
 from services.dashboard_api.app import create_app, read_model
-from services.dashboard_api.models import (
-    ConfigView,
-    Problem,
-    SeriesStatus,
-    ServiceHealth,
-    Status,
-    Summary,
-    SymbolDetail,
-    SymbolSnapshot,
-    TuningRow,
-)
 from services.dashboard_api.read_model import ChangeFeed
 from services.dashboard_api.routes_ops import OpsRoutes
 from services.state_publisher.core import Update, apply_decision, apply_hmm, apply_pipeline, apply_vol, new_snapshot
 from services.state_publisher.writer import SnapshotWriter
 from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
-from shared.domain.contracts import HMM_LABELS, VOL_LABELS, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
-from shared.domain.control import Heartbeat
-from shared.domain.errors import ContractError
+from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.snapshot import SeriesSnapshot
-from shared.domain.subjects import SeriesKey, decode_symbol
-from shared.infra.bus import kv_bucket, read_health
+from shared.domain.subjects import SeriesKey
+from shared.domain.vocab import HmmLabel, VolLabel
+from shared.infra.bus import kv_bucket
 from shared.infra.redis_keys import RedisKeys
 from shared.infra.settings import Settings
 from shared.infra.telemetry import Metrics
 from tests.factories import RATIO, VOL_LONG, Bar, pipeline_status, recent_start, regime_events, vol_event
 from tests.harness import eventually, small_config
+from tests.integration.reference_api import reference_app
 
 TIERS = ("CORE", "SATELLITE", "TACTICAL", "ALT-EXT")
-VOLS = ("low", "normal", "high", "crisis")
-HMMS = ("BULLISH", "RANGING", "BEARISH", None)
+VOLS: tuple[VolLabel, ...] = ("low", "normal", "high", "crisis")
+HMMS: tuple[HmmLabel | None, ...] = ("BULLISH", "RANGING", "BEARISH", None)
 LONG = SeriesKey("beta", "S00/USD", "1m")  # more history than the default 600 points
 DUO_1M, DUO_5M = SeriesKey("alpha", "DUO/USD", "1m"), SeriesKey("alpha", "DUO/USD", "5m")
 PERP = SeriesKey("alpha", "ETH/USDT:USDT", "1m")
@@ -181,184 +170,6 @@ async def apps(world: World) -> AsyncIterator[Apps]:
     async with client(app) as new, client(ref) as old:
         yield Apps(new, old, app, ref)
     await read_model(app).aclose()
-
-
-# --------------------------------------------------------------------------- the original routes
-
-
-def reference_app(settings: Settings, config: StrategyConfig, redis: aioredis.Redis, nc: NATS) -> FastAPI:
-    """The snapshot routes as they were before the fast paths (services/dashboard_api/app.py, verbatim)."""
-    keys = RedisKeys(settings.names)
-    names = settings.names
-    app = FastAPI(
-        title="regime-stack",
-        version="0.1.0",
-        summary="Volatility and HMM market regimes, sizing multipliers and score weights, per series.",
-        responses={404: {"model": Problem}, 400: {"model": Problem}},
-    )
-
-    async def snapshots() -> list[dict[str, Any]]:
-        tokens = sorted(await redis.smembers(keys.symbols))
-        if not tokens:
-            return []
-        raws = await redis.mget([keys.symbol(t) for t in tokens])
-        return [json.loads(r) for r in raws if r]
-
-    async def find(exchange: str, symbol: str, timeframe: str | None) -> SeriesKey:
-        display = symbol if "/" in symbol else _decode(symbol)
-        candidates = []
-        for token in await redis.smembers(keys.symbols):
-            key = SeriesKey.from_token(token)
-            if key.exchange == exchange and key.symbol == display:
-                candidates.append(key)
-        if timeframe is not None:
-            candidates = [k for k in candidates if k.timeframe == timeframe]
-        if not candidates:
-            raise HTTPException(404, f"no series {exchange}:{display}" + (f":{timeframe}" if timeframe else ""))
-        if len(candidates) > 1:
-            tfs = ", ".join(sorted(k.timeframe for k in candidates))
-            raise HTTPException(400, f"{exchange}:{display} has several timeframes ({tfs}); add ?timeframe=")
-        return candidates[0]
-
-    @app.get("/api/symbols", response_model=list[SymbolSnapshot], tags=["regimes"])
-    async def list_symbols(
-        vol_regime: str | None = Query(None, description="low / normal / high / crisis"),
-        hmm_regime: str | None = Query(None, description="BEARISH / RANGING / BULLISH"),
-        tier: str | None = None,
-        exchange: str | None = None,
-    ) -> list[dict[str, Any]]:
-        if vol_regime is not None and vol_regime not in VOL_LABELS:
-            raise HTTPException(400, f"vol_regime must be one of {', '.join(VOL_LABELS)}")
-        if hmm_regime is not None and hmm_regime.upper() not in HMM_LABELS:
-            raise HTTPException(400, f"hmm_regime must be one of {', '.join(HMM_LABELS)}")
-        out = []
-        for snap in await snapshots():
-            if vol_regime is not None and snap.get("vol_regime") != vol_regime:
-                continue
-            if hmm_regime is not None and (snap.get("hmm_regime") or {}).get("regime") != hmm_regime.upper():
-                continue
-            if tier is not None and snap.get("tier") != tier:
-                continue
-            if exchange is not None and snap.get("exchange") != exchange:
-                continue
-            out.append(snap)
-        return out
-
-    @app.get("/api/symbols/{exchange}/{symbol:path}", response_model=SymbolDetail, tags=["regimes"])
-    async def symbol_detail(
-        exchange: str,
-        symbol: str,
-        timeframe: str | None = None,
-        history: int = Query(600, ge=0, le=1440, description="history points, newest last"),
-    ) -> dict[str, Any]:
-        key = await find(exchange, symbol, timeframe)
-        raw = await redis.get(keys.symbol(key.token))
-        if raw is None:
-            raise HTTPException(404, f"no snapshot for {key.id} yet")
-        points = await redis.lrange(keys.history(key.token), -history, -1) if history else []
-        trans = await redis.lrange(keys.transitions(key.token), 0, -1)
-        vol = config.vol
-        return {
-            "snapshot": json.loads(raw),
-            "history": [json.loads(p) for p in points],
-            "transitions": [json.loads(t) for t in trans],
-            "thresholds": {"low": vol.ratio_low, "normal": vol.ratio_normal, "high": vol.ratio_high},
-        }
-
-    @app.get("/api/summary", response_model=Summary, tags=["regimes"])
-    async def summary() -> dict[str, Any]:
-        raw = await redis.get(keys.summary)
-        return json.loads(raw) if raw else _empty_summary()
-
-    @app.get("/api/config", response_model=ConfigView, tags=["status"])
-    async def strategy_config() -> dict[str, Any]:
-        """The strategy config in force (read-only): what the decisions were computed with."""
-        return {
-            "universe": [{"series": s.key.id, "tier": s.tier} for s in config.universe],
-            "per_trade_nav_pct": config.per_trade_nav_pct,
-            "max_per_trade_nav_pct": config.max_per_trade_nav_pct,
-            "base_weights": dict(config.base_weights),
-            "sizing_multipliers": {t: dict(r) for t, r in config.sizing_multipliers.items()},
-            "hybrid_weight_modifiers": {
-                scope: {label: dict(m) for label, m in per.items()} for scope, per in config.hybrid_modifiers.items()
-            },
-            "vol_thresholds": {
-                "low": config.vol.ratio_low,
-                "normal": config.vol.ratio_normal,
-                "high": config.vol.ratio_high,
-            },
-            "vol_confirmation": {"confirm_bars": config.vol.confirm_bars, "hysteresis": config.vol.hysteresis},
-            "idle_target": {
-                "base_target": config.idle.base_target,
-                "sensitivity": config.idle.sensitivity,
-                "floor": config.idle.floor,
-                "ceiling": config.idle.ceiling,
-            },
-            "hmm": config.hmm.as_keys(),
-            "vocabulary": {
-                "vol_labels": ["low", "normal", "high", "crisis"],
-                "hmm_labels": ["bearish", "ranging", "bullish"],
-                "tiers": ["CORE", "SATELLITE", "TACTICAL", "ALT-EXT"],
-                "score_components": ["trend", "carry", "expectancy", "router"],
-                "depth_tiers": ["shallow", "moderate", "deep"],
-                "depth_candles": {"moderate": 1000, "deep": 2000},
-            },
-        }
-
-    @app.get("/api/tuning", response_model=list[TuningRow], tags=["regimes"])
-    async def tuning() -> list[dict[str, Any]]:
-        """Per series: flips per day, dwell per regime, mean forward return per regime."""
-        return [
-            {"series": s["series"], "hmm": s.get("hmm_tuning"), "vol": s.get("vol_tuning")} for s in await snapshots()
-        ]
-
-    @app.get("/api/status", response_model=Status, tags=["status"])
-    async def status() -> dict[str, Any]:
-        snaps = await snapshots()
-        raw = await redis.get(keys.summary)
-        try:
-            services = [_health(h) for h in await read_health(nc.jetstream(), names)]
-        except (nats.errors.Error, OSError, TimeoutError):
-            services = []
-        return {
-            "namespace": settings.namespace,
-            "now": int(time.time() * 1000),
-            "summary": json.loads(raw) if raw else _empty_summary(),
-            "services": services,
-            "series": [
-                SeriesStatus(
-                    series=s["series"],
-                    vol_regime=s.get("vol_regime"),
-                    hmm_regime=s.get("hmm_regime"),
-                    hmm_data_pipeline=s.get("hmm_data_pipeline"),
-                )
-                for s in snaps
-            ],
-        }
-
-    return app
-
-
-def _empty_summary() -> dict[str, Any]:
-    return {
-        "symbols": 0,
-        "vol_regime_summary": dict.fromkeys(VOL_LABELS, 0),
-        "vol_regime_avg_vol_short": dict.fromkeys(VOL_LABELS),
-        "hmm_regime_summary": dict.fromkeys(HMM_LABELS, 0),
-        "hmm_untrained": 0,
-        "updated_at": None,
-    }
-
-
-def _decode(token: str) -> str:
-    try:
-        return decode_symbol(token)
-    except ContractError as exc:
-        raise HTTPException(400, exc.reason) from None
-
-
-def _health(beat: Heartbeat) -> ServiceHealth:
-    return ServiceHealth(**msgspec.structs.asdict(beat))
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -483,7 +294,7 @@ async def test_malformed_snapshots_fail_or_pass_exactly_as_before(
 # --------------------------------------------------------------------------- how long a read is served
 
 
-async def change_vol(world: World, key: SeriesKey, label: str) -> None:
+async def change_vol(world: World, key: SeriesKey, label: VolLabel) -> None:
     """One batch the way state_publisher writes it: snapshot, history, summary and change notice in one MULTI."""
     snap = world.writer.snaps[key]
     assert snap.vol is not None
@@ -569,7 +380,8 @@ async def test_a_change_event_on_the_stream_is_never_answered_from_before(apps: 
             return False
 
     response = await routes.stream(cast(Request, Connected()))
-    events = response.body_iterator
+    assert isinstance(response, StreamingResponse)
+    events = cast(AsyncGenerator[str, None], response.body_iterator)  # the route's events(), an async generator
     assert "hello" in await anext(events)
     generation = reads.feed.generation  # the feed itself never started: no other request came
     notice = json.dumps({"series": [], "kinds": [], "at": 0})

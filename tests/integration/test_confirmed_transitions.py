@@ -91,6 +91,34 @@ def lags(raw: list[str], label: list[str]) -> int:
     return n
 
 
+def assert_vol_label_is_the_plain_label_confirmed(events: list[Any], candles: list[Any]) -> None:
+    """Vol: label is the plain label confirmed over CONFIRM bars, once the long window is full."""
+    live = [e for e in events if e.sufficient]
+    assert [e.ts for e in events] == [c.ts for c in candles]
+    raw, label = [e.raw_label for e in live], [e.label for e in live]
+    assert None not in raw
+    assert label == confirmed(raw)
+    assert "crisis" in label
+    assert lags(raw, label) >= 2
+    assert all(e.changed == (e.prev_label is not None and e.label != e.prev_label) for e in live)
+
+
+def assert_hmm_regime_is_the_raw_regime_confirmed(events: list[Any]) -> None:
+    """HMM: once trained, regime is the filter's raw_regime confirmed over CONFIRM bars."""
+    trained = [e for e in events if e.trained]
+    assert trained
+    raw_h, label_h = [e.raw_regime for e in trained], [e.regime for e in trained]
+    assert None not in raw_h
+    assert label_h == confirmed(raw_h)
+    assert lags(raw_h, label_h) >= 1
+    # The first model saw HMM_MIN_TRAIN_SAMPLES rows: a shallow one, its confidence scaled down.
+    first = trained[0]
+    assert (first.depth_tier, first.training_candles, first.label_agreement) == ("shallow", 247, None)
+    for e in trained:
+        assert e.raw_confidence is not None
+        assert abs(e.confidence - e.raw_confidence * (247 / 400) ** 0.5) < 1e-12
+
+
 async def test_events_carry_raw_and_confirmed_labels_and_the_confirmed_lags_by_the_configured_bars(
     make_stack: StackFactory,
 ) -> None:
@@ -116,29 +144,8 @@ async def test_events_carry_raw_and_confirmed_labels_and_the_confirmed_lags_by_t
     await eventually(decided, timeout=60)
     assert (vols.differing, hmms.differing, decisions.differing) == ([], [], [])
 
-    # Vol: label is the plain label confirmed over CONFIRM bars, once the long window is full.
-    live = [e for e in vols.of(VOL_KEY) if e.sufficient]
-    assert [e.ts for e in vols.of(VOL_KEY)] == [c.ts for c in vol_in]
-    raw, label = [e.raw_label for e in live], [e.label for e in live]
-    assert None not in raw
-    assert label == confirmed(raw)
-    assert "crisis" in label
-    assert lags(raw, label) >= 2
-    assert all(e.changed == (e.prev_label is not None and e.label != e.prev_label) for e in live)
-
-    # HMM: once trained, regime is the filter's raw_regime confirmed over CONFIRM bars.
-    trained = [e for e in hmms.of(HMM_KEY) if e.trained]
-    assert trained
-    raw_h, label_h = [e.raw_regime for e in trained], [e.regime for e in trained]
-    assert None not in raw_h
-    assert label_h == confirmed(raw_h)
-    assert lags(raw_h, label_h) >= 1
-    # The first model saw HMM_MIN_TRAIN_SAMPLES rows: a shallow one, its confidence scaled down.
-    first = trained[0]
-    assert (first.depth_tier, first.training_candles, first.label_agreement) == ("shallow", 247, None)
-    for e in trained:
-        assert e.raw_confidence is not None
-        assert abs(e.confidence - e.raw_confidence * (247 / 400) ** 0.5) < 1e-12
+    assert_vol_label_is_the_plain_label_confirmed(vols.of(VOL_KEY), vol_in)
+    assert_hmm_regime_is_the_raw_regime_confirmed(hmms.of(HMM_KEY))
 
     # What the screener decided on and the snapshot shows is the confirmed label.
     by_ts = {e.ts: e for e in vols.of(VOL_KEY)}

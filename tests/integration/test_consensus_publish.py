@@ -17,7 +17,7 @@ from typing import Any
 from shared.domain.consensus import TimeframeVerdict, consensus
 from shared.domain.contracts import HmmRegimeEvent, encode
 from shared.domain.subjects import SeriesKey
-from shared.domain.vocab import TIMEFRAMES_MS
+from shared.domain.vocab import TIMEFRAMES_MS, HmmLabel
 from tests.factories import T0, hmm_event
 from tests.harness import Stack, StackFactory, eventually, small_config
 
@@ -28,7 +28,11 @@ CONFIG = small_config(
     universe=[{"exchange": "demo", "symbol": "BTC/USD", "timeframe": "1m", "tier": "CORE", "aggregate": ["15m"]}],
     consensus={"enabled": True, "weights": WEIGHTS},
 )
-PROBS = {"BEARISH": (0.7, 0.2, 0.1), "RANGING": (0.2, 0.6, 0.2), "BULLISH": (0.1, 0.2, 0.7)}
+PROBS: dict[HmmLabel, tuple[float, float, float]] = {
+    "BEARISH": (0.7, 0.2, 0.1),
+    "RANGING": (0.2, 0.6, 0.2),
+    "BULLISH": (0.1, 0.2, 0.7),
+}
 
 
 def verdicts(rng: random.Random) -> list[HmmRegimeEvent]:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgpack
 import numpy as np
@@ -106,12 +106,22 @@ def history(key: SeriesKey, seed: int) -> list[Candle]:
     return candles[:120] + candles[126:]
 
 
+class Prices(TypedDict):
+    """A candle's prices and volume, as keyword arguments of the candle builder or fields of a raw payload."""
+
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
 def hostile(names: Names) -> list[Message]:
     """What an attacker or a broken producer sends: each must be dead-lettered and change nothing."""
     key = KEYS[0]
     subject = names.ohlcv(key)
     good = {"kind": "candle", "exchange": key.exchange, "symbol": key.symbol, "timeframe": "1m", "v": 1}
-    bar = {"open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 1.0}
+    bar: Prices = {"open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 1.0}
     future = msgpack.packb({**good, **bar, "ts": 6_000_000_000_000})  # 2160
     nan = msgpack.packb({**good, **bar, "close": math.nan, "ts": 1_700_000_040_000})
     spoof = encode(candle(key=SeriesKey("test", "SPOOF/USD", "1m"), ts=1_700_003_040_000, **bar))

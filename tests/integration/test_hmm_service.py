@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import httpx
@@ -101,7 +102,7 @@ async def feed_until(st: Any, verdicts: Verdicts, candles: list[Candle], done: A
     """Publish candles one verdict at a time until ``done()``; returns how many were fed."""
     for n, candle in enumerate(candles, start=1):
         await st.publish([candle])
-        await eventually(lambda ts=candle.ts: _seen(verdicts, ts), interval=0.02)
+        await eventually(functools.partial(_seen, verdicts, candle.ts), interval=0.02)
         if done():
             return n
     raise AssertionError(f"condition not met after {len(candles)} candles")

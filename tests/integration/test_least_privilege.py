@@ -186,8 +186,10 @@ async def test_the_stack_runs_end_to_end_as_its_own_users(
 
 async def _decided(st: Stack) -> dict[str, Any] | None:
     snap = await st.snapshot(KEY)
+    if snap is None:
+        return None
     # The HMM verdict is trained: hmm_regime's worker read the candles back from the stream as its user.
-    trained = snap and (snap.get("hmm_regime") or {}).get("trained")
+    trained = (snap.get("hmm_regime") or {}).get("trained")
     # ingest's first report may predate its backfill: wait for one that counts the candles it published
     ok = trained and snap.get("screener") and (snap.get("hmm_data_pipeline") or {}).get("samples", 0) > 0
     return snap if ok else None

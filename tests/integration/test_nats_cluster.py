@@ -211,15 +211,16 @@ async def current_everywhere(nc: NATS, node: str) -> dict[str, Any]:
     js = nc.jetstream()
     out: dict[str, Any] = {}
     for name in await js.streams_info():
-        cluster = name.cluster
+        cluster, stream = name.cluster, name.config.name
         assert cluster is not None
+        assert stream is not None
         peers = {p.name: p for p in cluster.replicas or []}
         if cluster.leader == node:
-            out[name.config.name] = True
+            out[stream] = True
         elif node in peers:
-            out[name.config.name] = bool(peers[node].current and not peers[node].lag)
+            out[stream] = bool(peers[node].current and not peers[node].lag)
         else:
-            out[name.config.name] = "not a replica"
+            out[stream] = "not a replica"
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,8 +30,10 @@ async def writer(redis_server: ManagedServer) -> AsyncIterator[SnapshotWriter]:
     await r.aclose()
 
 
-async def snapshot(w: SnapshotWriter) -> dict:
-    return json.loads(await w.redis.get(w.keys.symbol(KEY.token)))
+async def snapshot(w: SnapshotWriter) -> dict[str, Any]:
+    raw = await w.redis.get(w.keys.symbol(KEY.token))
+    assert raw is not None
+    return json.loads(raw)
 
 
 async def test_events_after_another_consumer_discarded_build_on_what_redis_holds(writer: SnapshotWriter) -> None:

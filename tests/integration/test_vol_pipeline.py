@@ -14,7 +14,7 @@ from regimes.servers import free_port
 from shared.domain.contracts import Candle, DeadLetter, decode, encode
 from shared.domain.subjects import SeriesKey
 from tests.factories import candles_from_returns, regime_returns
-from tests.harness import StackFactory, eventually, small_config
+from tests.harness import Stack, StackFactory, eventually, small_config
 
 CRISIS = SeriesKey("test", "CRI/USD", "1m")
 LOW = SeriesKey("test", "LOW/USD", "1m")
@@ -66,6 +66,12 @@ async def test_candles_become_regimes_in_redis_and_the_api(make_stack: StackFact
     assert calm is not None
     assert calm["vol_regime"] == "normal"
 
+    await assert_the_api_serves_the_regimes(st, last_ts[CRISIS])
+
+
+async def assert_the_api_serves_the_regimes(st: Stack, crisis_last_ts: int) -> None:
+    """The regimes the stack decided, as /api/symbols, /api/summary and one series' detail serve them;
+    404 and 400 for an unknown series and label; readiness, service status and metrics."""
     base = f"http://127.0.0.1:{st.settings.api_port}"
     async with httpx.AsyncClient(base_url=base, timeout=5) as http:
         symbols = (await http.get("/api/symbols")).json()
@@ -79,7 +85,7 @@ async def test_candles_become_regimes_in_redis_and_the_api(make_stack: StackFact
         detail = (await http.get("/api/symbols/test/CRI/USD")).json()
         assert detail["snapshot"]["vol_regime"] == "crisis"
         assert detail["transitions"][0]["to"] == "crisis"
-        assert detail["history"][-1]["ts"] == last_ts[CRISIS]
+        assert detail["history"][-1]["ts"] == crisis_last_ts
         same = (await http.get("/api/symbols/test/CRI-USD")).json()
         assert same["snapshot"]["series"] == "test:CRI/USD:1m"
         missing = await http.get("/api/symbols/test/NOPE-USD")

@@ -8,7 +8,7 @@ later bucket's bar" and "no bar at all" are all exercised.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the venv
 import pytest
 
 from shared.domain.aggregate import Aggregator, aggregate, built_series, check_aggregate

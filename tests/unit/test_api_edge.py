@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from starlette.routing import Mount, Route
+from starlette.types import Message
 
 from services.dashboard_api import core, edge, query, readiness
 from services.dashboard_api.live import HELLO, QUEUE_MAX, Fanout
@@ -336,6 +337,14 @@ def test_metrics_label_a_request_with_its_route_template_never_its_path() -> Non
     assert edge.route_label(routed, routes) == "/api/symbols/{exchange}/{symbol:path}"
 
 
+async def nothing_sent(message: Message) -> None:
+    raise AssertionError(f"the guard sent {message!r}")
+
+
+async def nothing_received() -> Message:
+    raise AssertionError("the guard read the body")
+
+
 async def test_a_chunked_body_is_stopped_once_it_passes_the_limit() -> None:
     seen: list[int] = []
 
@@ -354,23 +363,23 @@ async def test_a_chunked_body_is_stopped_once_it_passes_the_limit() -> None:
 
     guard = edge.BodyGuard(app, TOKEN, 1000)
     with pytest.raises(Exception, match="over 1000 bytes") as caught:
-        await guard({"type": "http", "path": "/api/symbols", "headers": []}, receive, None)
+        await guard({"type": "http", "path": "/api/symbols", "headers": []}, receive, nothing_sent)
     assert getattr(caught.value, "status_code", None) == 413
     assert seen == [600]  # the second chunk never reached the app
 
 
 async def test_behind_a_proxy_prefix_the_operator_path_is_still_guarded() -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
     reached: list[str] = []
 
     async def app(scope: Any, _receive: Any, _send: Any) -> None:
         reached.append(scope["path"])
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     guard = edge.BodyGuard(app, TOKEN, 1000)
     scope = {"type": "http", "path": "/regimes/api/backfill", "root_path": "/regimes", "headers": []}
-    await guard(scope, None, send)
+    await guard(scope, nothing_received, send)
     assert reached == []
     assert sent[0]["status"] == 401

@@ -30,6 +30,7 @@ from services.state_publisher.core import apply_decision, apply_hmm, apply_pipel
 from shared.domain import snapshot
 from shared.domain.contracts import HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.subjects import SeriesKey
+from shared.domain.vocab import HmmLabel, VolLabel
 from tests.factories import Bar, pipeline_status, recent_start, regime_events
 from tests.harness import small_config
 
@@ -46,7 +47,9 @@ def snapshots() -> list[dict[str, Any]]:
     """An empty snapshot, a lived-in one (every block, tuning with its accumulators), and odd numbers."""
     lived = new_snapshot(KEY, "CORE")
     now = int(time.time() * 1000)
-    vols, hmms = ["low", "high", "crisis", "normal"] * 5, ["BULLISH", None, "BEARISH"] * 7
+    vol_cycle: list[VolLabel] = ["low", "high", "crisis", "normal"]
+    hmm_cycle: list[HmmLabel | None] = ["BULLISH", None, "BEARISH"]
+    vols, hmms = vol_cycle * 5, hmm_cycle * 7
     bars = [Bar(vols[i], hmms[i]) for i in range(20)]
     events = regime_events(CONFIG, KEY, bars, recent_start(len(bars)))
     for ev in events:

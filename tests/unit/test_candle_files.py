@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the venv
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import nats.errors
 import pytest
 from hypothesis import HealthCheck, given, settings
+from nats.aio.msg import Msg
 
 from shared.domain.contracts import Candle, encode
 from shared.domain.partitions import partition_of
@@ -45,13 +46,22 @@ class FakeMsg:
         )
 
 
-def msgs_of(*items: Candle | bytes, start: int = 1) -> list[FakeMsg]:
+def as_msg(fake: FakeMsg) -> Msg:
+    """``fake`` typed as the nats message the loop takes: it has every field the loop reads."""
+    return cast(Msg, fake)
+
+
+def fakes_of(*items: Candle | bytes, start: int = 1) -> list[FakeMsg]:
     out = []
     for i, item in enumerate(items):
         data = item if isinstance(item, bytes) else encode(item)
         subject = f"ohlcv.{item.key.token}" if isinstance(item, Candle) else "ohlcv.test.AAA-USD.1m"
         out.append(FakeMsg(data, start + i, subject))
     return out
+
+
+def msgs_of(*items: Candle | bytes, start: int = 1) -> list[Msg]:
+    return [as_msg(m) for m in fakes_of(*items, start=start)]
 
 
 class FakeBus:
@@ -213,7 +223,7 @@ async def test_a_payload_for_another_series_than_its_subject_is_dead_lettered() 
     rig = Rig()
     c = rig.consumer(echo)
     c._next_delivery = 1
-    spoof = FakeMsg(encode(candle(0, OTHER)), 1, subject="ohlcv.test.AAA-USD.1m")
+    spoof = as_msg(FakeMsg(encode(candle(0, OTHER)), 1, subject="ohlcv.test.AAA-USD.1m"))
     await c.process([spoof])
     assert rig.bus.letters[0][0] == "subject names series test:AAA/USD:1m but the payload is for test:BBB/USD:1m"
     assert not any(j.startswith("publish") for j in rig.journal)
@@ -314,7 +324,7 @@ async def test_a_hole_in_the_deliveries_makes_the_loop_start_over_from_its_posit
 async def test_a_failed_batch_is_applied_again_from_the_committed_position_before_anything_newer() -> None:
     journal: list[str] = []
     stop = asyncio.Event()
-    stream = msgs_of(candle(0), candle(1), candle(2))
+    stream = fakes_of(candle(0), candle(1), candle(2))
     rig = Rig(journal)
     failures = [1]
 
@@ -414,7 +424,7 @@ def test_fuzzed_messages_are_each_applied_or_dead_lettered_and_never_stop_the_lo
     rig = Rig()
     c = rig.consumer(echo)
     c._next_delivery = 1
-    msgs = [FakeMsg(data, i + 1, subject) for i, (data, subject) in enumerate(batch)]
+    msgs = [as_msg(FakeMsg(data, i + 1, subject)) for i, (data, subject) in enumerate(batch)]
     asyncio.run(c.process(msgs))
     handled = rig.bus.metrics.count("svc", "handled")
     assert handled + len(rig.bus.letters) == len(msgs)

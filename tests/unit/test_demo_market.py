@@ -185,7 +185,7 @@ def _truth_run(seed: int, n: int, key: SeriesKey) -> Iterator[tuple[Candle, str,
 def test_drift_regimes_produce_up_and_down_trends() -> None:
     key = SERIES[0]
     rows = list(_truth_run(7, 6000, key))
-    returns = {"bear": [], "range": [], "bull": []}
+    returns: dict[str, list[float]] = {"bear": [], "range": [], "bull": []}
     for prev, cur in itertools.pairwise(rows):
         returns[cur[2]].append(math.log(cur[0].close / prev[0].close))
     assert all(len(r) > 200 for r in returns.values()), {k: len(v) for k, v in returns.items()}

@@ -9,6 +9,7 @@ lengths, a size that doubles exactly on the bars that pay.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -27,11 +28,13 @@ from regimes.evaluation import (
     sizing_vs_flat,
     transitions,
 )
-from shared.domain.contracts import VolRegimeEvent
+from shared.domain.contracts import HmmRegimeEvent, VolRegimeEvent
 from shared.domain.subjects import SeriesKey
+from shared.domain.vocab import VolLabel
 from tests.factories import T0, TF_MS, hmm_event, vol_event
 
 KEY = SeriesKey("test", "GEN/USD", "1m")
+Label = TypeVar("Label", bound=str)
 
 
 def closes_from(returns: np.ndarray, start: float = 100.0) -> np.ndarray:
@@ -168,7 +171,7 @@ def test_flips_per_day_divide_by_the_candle_time_the_bars_span() -> None:
 # --- raw vs confirmed ---------------------------------------------------------------------------
 
 
-def confirm(raw: list[str], bars: int) -> list[str]:
+def confirm(raw: list[Label], bars: int) -> list[Label]:
     """A hysteresis with a known effect: a new raw label is confirmed once it has held ``bars`` bars."""
     out, current, streak = [], raw[0], 0
     for i, label in enumerate(raw):
@@ -236,11 +239,11 @@ def test_a_constant_size_is_flat_sizing_and_bars_without_a_decision_are_left_out
 class ConfirmedVolEvent(VolRegimeEvent, frozen=True):
     """A vol event as the confirmed-labels work may carry it: the label in force plus the raw one."""
 
-    raw_label: str | None = None
+    raw_label: VolLabel | None = None
 
 
 def test_a_frame_aligns_hmm_verdicts_to_the_vol_timeline_and_leaves_untrained_bars_unlabelled() -> None:
-    events = [vol_event(i, "normal", key=KEY, close=100.0 + i) for i in range(4)]
+    events: list[VolRegimeEvent | HmmRegimeEvent] = [vol_event(i, "normal", key=KEY, close=100.0 + i) for i in range(4)]
     events += [
         hmm_event(0, "RANGING", key=KEY, bias_signal=0.0, trained=False),
         hmm_event(2, "BULLISH", key=KEY, bias_signal=0.4),
@@ -256,7 +259,9 @@ def test_a_frame_aligns_hmm_verdicts_to_the_vol_timeline_and_leaves_untrained_ba
 
 
 def test_a_raw_label_on_the_events_is_picked_up_and_compared_with_the_label_in_force() -> None:
-    raw = ["normal"] * 10 + ["high"] + ["normal"] * 10 + ["high"] * 10
+    normal: list[VolLabel] = ["normal"]
+    high: list[VolLabel] = ["high"]
+    raw = normal * 10 + high + normal * 10 + high * 10
     confirmed = confirm(raw, bars=3)
     events = [
         vol_event(i, c, key=KEY, close=100.0, event_type=ConfirmedVolEvent, raw_label=r)
@@ -272,8 +277,10 @@ def test_a_raw_label_on_the_events_is_picked_up_and_compared_with_the_label_in_f
 
 def test_a_series_evaluation_holds_every_block_of_the_report() -> None:
     labels, close = two_regime_series(np.random.default_rng(7), 300)
-    vol_label = ["high" if x == "up" else "low" for x in labels]
-    events = [vol_event(i, v, key=KEY, close=float(c)) for i, (c, v) in enumerate(zip(close, vol_label, strict=True))]
+    vol_label: list[VolLabel] = ["high" if x == "up" else "low" for x in labels]
+    events: list[VolRegimeEvent | HmmRegimeEvent] = [
+        vol_event(i, v, key=KEY, close=float(c)) for i, (c, v) in enumerate(zip(close, vol_label, strict=True))
+    ]
     events += [hmm_event(i, "BULLISH" if x == "up" else "BEARISH", key=KEY, bias_signal=0.5 if x == "up" else -0.5)
                for i, x in enumerate(labels)]
     ev = evaluate_series(frames(events)[KEY])

@@ -253,7 +253,9 @@ def test_other_covariance_types_filter_exactly(
     z = m.standardise(FeatureExtractor().batch(closes[:1000], volumes[:1000]))
     for t in range(800, 1000):
         det.update(closes[t], volumes[t])
-        assert_allclose(det.filter_state.alpha, hmm.predict_proba(z[: usable_rows(t + 1)])[-1], rtol=0, atol=1e-9)
+        alpha = det.filter_state.alpha
+        assert alpha is not None
+        assert_allclose(alpha, hmm.predict_proba(z[: usable_rows(t + 1)])[-1], rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("n_states", [2, 4, 5])

@@ -72,7 +72,8 @@ def test_successive_warm_started_models_agree_on_shifted_windows_where_fresh_sta
     closes, volumes, truth = market
     warm: TrainedModel | None = None
     fresh: TrainedModel | None = None
-    agree_warm, agree_fresh = [], []
+    agree_warm: list[float] = []
+    agree_fresh: list[float] = []
     for end in range(WINDOW, len(closes) + 1, 400):  # a fifth of the window new each time
         c, v = closes[end - WINDOW : end], volumes[end - WINDOW : end]
         new_warm = fit_model(c, v, {}, warm, end)
@@ -80,6 +81,8 @@ def test_successive_warm_started_models_agree_on_shifted_windows_where_fresh_sta
         if warm is not None:
             assert new_warm.warm_started
             assert not new_fresh.warm_started
+            assert new_warm.label_agreement is not None
+            assert new_fresh.label_agreement is not None
             agree_warm.append(new_warm.label_agreement)
             agree_fresh.append(new_fresh.label_agreement)
         warm, fresh = new_warm, new_fresh
@@ -397,18 +400,21 @@ def test_hmm_events_carry_raw_and_confirmed_regime_depth_and_agreement(
     second = fit_model(closes[:WINDOW], volumes[:WINDOW], cfg, first, T0)
     assert adopt(state, TrainingResult(second, tuple(state.history), T0))
     events = [hmm_apply(state, candle(i, float(closes[i]), float(volumes[i]))) for i in range(WINDOW, 2300)]
+    raw: list[str] = []
     for e in events:
         assert e is not None
         assert e.depth_tier == "deep"
         assert e.training_candles == WINDOW
         assert e.label_agreement == second.label_agreement
         assert e.raw_regime in ("BEARISH", "RANGING", "BULLISH")
+        raw.append(e.raw_regime)
         assert decode(encode(e)) == e
-    assert [e.regime for e in events] == _confirm([e.raw_regime for e in events], 3)  # type: ignore[union-attr]
+    verdicts = [e for e in events if e is not None]  # every one of them, as asserted above
+    assert [e.regime for e in verdicts] == _confirm(raw, 3)
 
     snap = new_snapshot(KEY, "CORE")
-    for e in events:
-        up = apply_hmm(snap, e, 0.5, 0)  # type: ignore[arg-type]
+    for e in verdicts:
+        up = apply_hmm(snap, e, 0.5, 0)
         if up is not None:
             snap = up.snapshot
     stored = json.loads(dumps(snap))  # the snapshot as Redis holds it and the API reads it

@@ -24,7 +24,7 @@ Ops = st.lists(
           ("a", True, True)])
 def test_the_heap_gives_the_minimum_over_every_key_after_any_buffering(ops: list[tuple[str, bool, bool]]) -> None:
     buffers: dict[str, deque[int]] = {}
-    waters = LowWaters(lambda k: buffers[k][0] if buffers.get(k) else None)
+    waters: LowWaters[str] = LowWaters(lambda k: buffers[k][0] if buffers.get(k) else None)
     seq = 0
     for key, add, ask in ops:
         if key == "reset":

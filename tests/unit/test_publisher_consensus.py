@@ -10,14 +10,18 @@ from shared.domain.consensus import Consensus, TimeframeVerdict, consensus
 from shared.domain.contracts import HmmRegimeEvent
 from shared.domain.snapshot import SeriesSnapshot
 from shared.domain.subjects import Names, SeriesKey
-from shared.domain.vocab import TIMEFRAMES_MS
+from shared.domain.vocab import TIMEFRAMES_MS, HmmLabel
 from shared.infra.redis_keys import RedisKeys
 from tests.factories import hmm_event
 
 KEYS = {tf: SeriesKey("kraken", "BTC/USD", tf) for tf in ("1m", "15m", "1h")}
 OTHER = SeriesKey("kraken", "ETH/USD", "1m")
-REGIMES = ("BEARISH", "RANGING", "BULLISH")
-PROBS = {"BEARISH": (0.7, 0.2, 0.1), "RANGING": (0.2, 0.6, 0.2), "BULLISH": (0.1, 0.2, 0.7)}
+REGIMES: tuple[HmmLabel, ...] = ("BEARISH", "RANGING", "BULLISH")
+PROBS: dict[HmmLabel, tuple[float, float, float]] = {
+    "BEARISH": (0.7, 0.2, 0.1),
+    "RANGING": (0.2, 0.6, 0.2),
+    "BULLISH": (0.1, 0.2, 0.7),
+}
 
 
 def _events(rng: random.Random) -> list[HmmRegimeEvent]:

@@ -17,7 +17,7 @@ from tests.factories import DAY0, TF_MS, candle, ts
 def series(symbol: str, indices: list[int], timeframe: str = "1m", step: int = TF_MS) -> list[Candle]:
     """Flat bars (price 1, volume 1) of binance's ``symbol``: bar ``i`` opens ``i * step`` ms after DAY0."""
     key = SeriesKey("binance", symbol, timeframe)
-    return [candle(1.0, key=key, ts=ts(i, step, DAY0), volume=1.0) for i in indices]
+    return [candle(close=1.0, key=key, ts=ts(i, step, DAY0), volume=1.0) for i in indices]
 
 
 # --- interleave ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from services.screener.core import SeriesScreen, last_closed, on_hmm, on_peer, o
 from shared.domain.config import StrategyConfig, parse_strategy_config
 from shared.domain.contracts import DecisionConsensus, HmmRegimeEvent, ScreenerDecision, VolRegimeEvent
 from shared.domain.subjects import SeriesKey, timeframe_ms
-from shared.domain.vocab import HMM_LABELS
+from shared.domain.vocab import HMM_LABELS, HmmLabel
 from tests.factories import DAY0, hmm_event, vol_event
 
 FAMILY = ("1m", "15m", "1h")
@@ -78,7 +78,9 @@ class Screener:
         return {k: s.dump() for k, s in self.states.items()}
 
 
-def bar(key: SeriesKey, start: int, regime: str = "BULLISH", bias: float = 0.4, trained: bool = True) -> list[Event]:
+def bar(
+    key: SeriesKey, start: int, regime: HmmLabel = "BULLISH", bias: float = 0.4, trained: bool = True
+) -> list[Event]:
     """The vol and HMM events of ``key``'s bar opening at ``start`` (ms), the HMM verdict ``regime`` with ``bias``."""
     confidence = 0.5 if trained else 0.0
     return [

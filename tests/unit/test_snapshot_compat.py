@@ -96,7 +96,7 @@ def test_stored_records_read_back_as_they_were_written() -> None:
     for text in [*RECORDED["after_event"].values(), *RECORDED["after_pipeline"]]:
         assert as_recorded(snapshot.dumps(snapshot.loads(text, SeriesSnapshot))) == text
     for text in RECORDED["transitions"]:
-        assert spaced(snapshot.dumps(snapshot.loads(text, Transition))) == text  # type: ignore[arg-type]
+        assert spaced(snapshot.dumps(snapshot.loads(text, Transition))) == text
     for text in RECORDED["history"]:
         assert spaced(snapshot.dumps(snapshot.loads(text, HistoryPoint))) == text
     assert spaced(snapshot.dumps(snapshot.loads(RECORDED["summary"], Summary))) == RECORDED["summary"]

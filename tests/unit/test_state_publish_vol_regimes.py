@@ -39,6 +39,7 @@ from shared.domain.contracts import (
 )
 from shared.domain.snapshot import HmmBlock, Probabilities, SeriesSnapshot, Tuning, VolBlock
 from shared.domain.subjects import SeriesKey
+from shared.domain.vocab import HmmLabel, VolLabel
 from tests import factories
 
 KEY = SeriesKey("kraken", "BTC/USD", "1m")
@@ -56,12 +57,15 @@ VOL = {"vol_short": 0.0123, "vol_long": 0.0085, "ratio": 1.45, "close": 101.5}
 HMM_TRAINED_AT = T0 - DAY_MS
 
 
-def vol_event(i: int, label: str = "high", prev: str | None = "high", **values: Any) -> VolRegimeEvent:
+def vol_event(i: int, label: VolLabel = "high", prev: VolLabel | None = "high", **values: Any) -> VolRegimeEvent:
     return factories.vol_event(i, label, prev, key=KEY, ts=ts(i), samples=800 + i, **{**VOL, **values})
 
 
 def hmm_event(
-    i: int, regime: str = "BULLISH", probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7), trained: bool = True
+    i: int,
+    regime: HmmLabel = "BULLISH",
+    probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
+    trained: bool = True,
 ) -> HmmRegimeEvent:
     return factories.hmm_event(
         i, regime, probabilities, key=KEY, ts=ts(i), observation_count=40 + i, trained=trained,
@@ -70,7 +74,7 @@ def hmm_event(
 
 
 def decision(
-    t: int, vol: str = "normal", hmm: str | None = "RANGING", close: float = 100.0, tier: str = "CORE",
+    t: int, vol: VolLabel = "normal", hmm: HmmLabel | None = "RANGING", close: float = 100.0, tier: str = "CORE",
     trained: bool = True, probabilities: tuple[float, float, float] = (0.1, 0.2, 0.7),
 ) -> ScreenerDecision:  # fmt: skip
     return factories.decision(
@@ -184,7 +188,13 @@ def test_vol_since_ts_marks_when_the_current_regime_began() -> None:
 
 def test_vol_transitions_are_recorded_only_on_change() -> None:
     snap = fresh()
-    sequence = [("normal", None), ("normal", "normal"), ("high", "normal"), ("high", "high"), ("crisis", "high")]
+    sequence: list[tuple[VolLabel, VolLabel | None]] = [
+        ("normal", None),
+        ("normal", "normal"),
+        ("high", "normal"),
+        ("high", "high"),
+        ("crisis", "high"),
+    ]
     transitions = []
     for i, (label, prev) in enumerate(sequence):
         up = snap.vol(vol_event(i, label, prev), NOW)
@@ -420,7 +430,7 @@ def test_summary_of_no_symbols_is_all_zero() -> None:
 
 
 def test_summary_of_published_snapshots_matches_their_labels() -> None:
-    labels = ["crisis", "low", "normal", "normal", "high", "crisis"]
+    labels: list[VolLabel] = ["crisis", "low", "normal", "normal", "high", "crisis"]
     snaps = []
     for label in labels:
         snap = fresh()
@@ -433,7 +443,7 @@ def test_summary_of_published_snapshots_matches_their_labels() -> None:
 
 H4 = 4 * 3_600_000
 # Seven bars four hours apart: one day from first to last.
-SEQUENCE = [
+SEQUENCE: list[tuple[VolLabel, float]] = [
     ("low", 100.0),
     ("low", 110.0),
     ("high", 121.0),
@@ -444,7 +454,7 @@ SEQUENCE = [
 ]
 
 
-def stats_of(sequence: list[tuple[str, float]]) -> RegimeStats:
+def stats_of(sequence: list[tuple[VolLabel, float]]) -> RegimeStats:
     stats = RegimeStats(VOL_LABELS)
     for i, (label, close) in enumerate(sequence):
         stats.add(T0 + i * H4, label, close)
@@ -487,7 +497,7 @@ def test_regime_stats_ignore_old_and_repeated_bars() -> None:
 def test_regime_stats_resume_identically_after_dump_and_load() -> None:
     whole = stats_of(SEQUENCE).dump()
     part = stats_of(SEQUENCE[:4]).dump()
-    wire = snapshot.loads(snapshot.dumps(part), Tuning)  # as stored in Redis and read back
+    wire: Tuning = snapshot.loads(snapshot.dumps(part), Tuning)  # as stored in Redis and read back
     resumed = RegimeStats.load(wire, VOL_LABELS)
     for i, (label, close) in enumerate(SEQUENCE[4:], start=4):
         resumed.add(T0 + i * H4, label, close)
@@ -497,7 +507,7 @@ def test_regime_stats_resume_identically_after_dump_and_load() -> None:
 def test_decisions_feed_the_tuning_stats() -> None:
     snap = fresh()
     for i, (label, close) in enumerate(SEQUENCE):
-        regime = "BULLISH" if i < 3 else "BEARISH"
+        regime: HmmLabel = "BULLISH" if i < 3 else "BEARISH"
         snap.hmm(msgspec.structs.replace(hmm_event(0, regime=regime), ts=T0 + i * H4), 0.5, NOW)
         snap.decision(decision(T0 + i * H4, label, regime, close=close), NOW)
     assert {k: v for k, v in snap["vol_tuning"].items() if k != "_acc"} == {
@@ -528,7 +538,7 @@ def test_untrained_hmm_verdicts_stay_out_of_tuning_and_history() -> None:
     snap.hmm(hmm_event(0, regime="RANGING", trained=False), 0.5, NOW)
     update = snap.decision(decision(ts(0), "normal", "RANGING", trained=False), NOW)
     assert update is not None
-    assert snap["hmm_tuning"] is None
+    assert snap.stored()["hmm_tuning"] is None
     (point,) = map(stored, update.history)
     assert point["hmm"] is None
     assert point["p"] is None

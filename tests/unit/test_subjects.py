@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.domain.errors import ConfigError, ContractError
-from shared.domain.subjects import TIMEFRAMES_MS, Names, SeriesKey, decode_symbol, encode_symbol, timeframe_ms
+from shared.domain.subjects import Names, SeriesKey, decode_symbol, encode_symbol, timeframe_ms
+from shared.domain.vocab import TIMEFRAMES_MS
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")  # a NATS subject token and a JetStream KV key segment
 KEY = SeriesKey("kraken", "BTC/USD", "1m")

@@ -241,7 +241,9 @@ def test_push_close_feeds_the_log_returns_of_closes(cfg: VolRegimeConfig, closes
     assert by_close.last_close == closes[-1]
     if len(closes) > 1:
         log_returns = np.log(np.array(closes[1:]) / np.array(closes[:-1]))
-        assert_same_regime(regimes[-1], batch(log_returns.tolist(), cfg), cfg, rtol=1e-9)
+        last = regimes[-1]
+        assert last is not None
+        assert_same_regime(last, batch(log_returns.tolist(), cfg), cfg, rtol=1e-9)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

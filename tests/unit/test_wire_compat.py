@@ -66,7 +66,7 @@ def test_numpy_numbers_from_the_regime_math_encode_as_python_numbers_did() -> No
     f = np.float64
     event = VolRegimeEvent(
         "kraken", "BTC/USD", "1m", samples.T, f(100.5), "high", f(0.0123), f(0.0085), f(1.45), "normal", True,
-        np.int64(900), True,
+        np.int64(900), True,  # type: ignore[arg-type]  # a numpy int on purpose: it must encode as an int does
     )  # fmt: skip
     assert as_recorded(encode(event)).hex() == RECORDED["wire"]["VOL_NUMPY"] == RECORDED["wire"]["VOL"]
 
