@@ -414,6 +414,9 @@ class Consumer:
                 continue
             async with self.lock:
                 await self.process(msgs)
+        if self._dirty_since is not None:  # a clean stop leaves nothing applied to replay
+            async with self.lock:
+                await self._commit()
 
     async def _verify_now_and_then(self) -> None:
         if time.monotonic() - self._verified_at >= 1.0:

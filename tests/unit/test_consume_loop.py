@@ -19,6 +19,7 @@ from shared.domain.subjects import Names, SeriesKey
 from shared.infra.bus import Out
 from shared.infra.consume import Consumer, Hold, Repositioned
 from shared.infra.ownership import Everything, Owner
+from shared.infra.pull import Pull
 from shared.infra.telemetry import Metrics
 from tests import factories
 
@@ -198,6 +199,19 @@ async def test_what_batches_applied_is_written_once_the_commit_delay_is_over_not
     assert asyncio.get_running_loop().time() - started >= 0.3
     assert waits
     assert max(waits) <= 0.3  # the loop waited for news no longer than until the commit was due
+
+
+async def test_a_clean_stop_commits_what_waited_for_the_commit_delay() -> None:
+    rig = Rig()
+    c = rig.consumer(echo, commit_delay_s=60.0)
+    c._next_delivery = 1
+    await c.process(msgs_of(candle(0), candle(1)))
+    assert rig.journal == [f"publish id{candle(i).ts}" for i in range(2)]
+    stop = asyncio.Event()
+    stop.set()
+    c._owned_version = c.owner.version
+    await asyncio.wait_for(c._loop(cast(Pull, None), stop), 5)  # stopped before any fetch
+    assert rig.journal[2:] == ["flush", "commit 2"]
 
 
 async def test_a_bad_message_and_a_handler_bug_are_dead_lettered_and_the_rest_goes_on() -> None:
