@@ -37,54 +37,50 @@ class Pull:
     def __init__(self, sub: JetStreamContext.PullSubscription) -> None:
         self.sub = sub
 
+    async def unsubscribe(self) -> None:
+        await self.sub.unsubscribe()
+
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
         """Up to ``batch`` messages, waiting at most ``timeout`` s for the first; TimeoutError when none came.
 
         Raises ConnectionClosedError on a closed connection, and an APIError for a
         status that is not the end of a pull (the consumer was deleted, say).
         """
-        return await fetch(self.sub, batch, timeout)
-
-    async def unsubscribe(self) -> None:
-        await self.sub.unsubscribe()
-
-
-async def fetch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
-    """:meth:`Pull.fetch` of ``sub``."""
-    inner = sub._sub
-    if inner is None or inner._conn.is_closed:
-        raise nats.errors.ConnectionClosedError
-    queue: asyncio.Queue[Msg] = inner._pending_queue
-    msgs: list[Msg] = []
-    while not queue.empty() and len(msgs) < batch:  # what an earlier pull left: statuses meant for it are dropped
-        msg = queue.get_nowait()
-        inner._pending_size -= len(msg.data)
-        if not JetStreamContext.is_status_msg(msg):
-            msgs.append(msg)
-    if len(msgs) == batch:
+        sub = self.sub
+        inner = sub._sub
+        if inner is None or inner._conn.is_closed:
+            raise nats.errors.ConnectionClosedError
+        queue: asyncio.Queue[Msg] = inner._pending_queue
+        msgs: list[Msg] = []
+        while not queue.empty() and len(msgs) < batch:  # what an earlier pull left: statuses meant for it are dropped
+            msg = queue.get_nowait()
+            inner._pending_size -= len(msg.data)
+            if not JetStreamContext.is_status_msg(msg):
+                msgs.append(msg)
+        if len(msgs) == batch:
+            return msgs
+        expires_ns = max(1_000_000, int(timeout * 1e9) - 100_000)
+        request = {"batch": batch - len(msgs), "no_wait": True}
+        if not msgs:  # with messages in hand, a no_wait pull without expires answers at once
+            request["expires"] = expires_ns
+        await sub._nc.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
+        try:
+            async with asyncio.timeout(timeout + _GRACE_S):
+                while len(msgs) < batch:
+                    msg = queue.get_nowait() if not queue.empty() else await queue.get()
+                    inner._pending_size -= len(msg.data)
+                    status = JetStreamContext.is_status_msg(msg)
+                    if not status:
+                        msgs.append(msg)
+                    elif status == api.StatusCode.CONTROL_MESSAGE:  # a heartbeat: the pull goes on
+                        continue
+                    elif status in _ENDS_THE_PULL or msgs:
+                        break
+                    else:
+                        raise nats.js.errors.APIError.from_msg(msg)
+        except TimeoutError:
+            if inner._conn.is_closed:
+                raise nats.errors.ConnectionClosedError from None
+        if not msgs:  # the server's 408 after ``expires``, or no answer at all
+            raise TimeoutError(f"no message within {timeout} s")
         return msgs
-    expires_ns = max(1_000_000, int(timeout * 1e9) - 100_000)
-    request = {"batch": batch - len(msgs), "no_wait": True}
-    if not msgs:  # with messages in hand, a no_wait pull without expires answers at once
-        request["expires"] = expires_ns
-    await sub._nc.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
-    try:
-        async with asyncio.timeout(timeout + _GRACE_S):
-            while len(msgs) < batch:
-                msg = queue.get_nowait() if not queue.empty() else await queue.get()
-                inner._pending_size -= len(msg.data)
-                status = JetStreamContext.is_status_msg(msg)
-                if not status:
-                    msgs.append(msg)
-                elif status == api.StatusCode.CONTROL_MESSAGE:  # a heartbeat: the pull goes on
-                    continue
-                elif status in _ENDS_THE_PULL or msgs:
-                    break
-                else:
-                    raise nats.js.errors.APIError.from_msg(msg)
-    except TimeoutError:
-        if inner._conn.is_closed:
-            raise nats.errors.ConnectionClosedError from None
-    if not msgs:  # the server's 408 after ``expires``, or no answer at all
-        raise TimeoutError(f"no message within {timeout} s")
-    return msgs

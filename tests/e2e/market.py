@@ -1,10 +1,18 @@
-"""The constructed market the browser tests read, and how the page writes what the API says."""
+"""The constructed market the browser tests read, and how the page writes what the API says.
+
+Regimes are constructed by publishing verdicts into the REGIMES stream (or,
+for the live test, candles through vol_regime and the screener); the page is
+then read the way an operator reads it. Screenshots land in artifacts/screenshots/.
+Importing this module skips the importing test module where Playwright is missing.
+"""
 
 from __future__ import annotations
 
 import colorsys
 import re
 from typing import Any
+
+import pytest
 
 from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import (
@@ -19,6 +27,12 @@ from tests.factories import (
     stretch,
 )
 from tests.harness import StackFactory
+
+pw = pytest.importorskip(
+    "playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')"
+)
+expect = pw.expect
+expect.set_options(timeout=10_000)
 
 LETTER = {"low": "L", "normal": "N", "high": "H", "crisis": "C"}
 COLOUR = {"low": "blue", "normal": "grey-green", "high": "orange", "crisis": "red"}

@@ -1,9 +1,7 @@
 """One clock for every age, layouts at desktop and phone width, chart ticks, the API docs and the
 page's wording, in headless Chromium.
 
-Regimes are constructed by publishing verdicts into the REGIMES stream (or,
-for the live test, candles through vol_regime and the screener); the page is
-then read the way an operator reads it. Screenshots land in artifacts/screenshots/.
+The market and how the page is read: ``tests/e2e/market.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-import pytest
 
 from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import (
@@ -36,6 +33,7 @@ from tests.e2e.market import (
     MARKET_UNIVERSE,
     constructed_market,
     events_for,
+    expect,
     key,
     signed,
 )
@@ -48,11 +46,6 @@ from tests.harness import StackFactory, eventually, small_config
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
-pw = pytest.importorskip(
-    "playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')"
-)
-expect = pw.expect
-expect.set_options(timeout=10_000)
 
 # --------------------------------------------------------------------------- one clock, layouts, charts, docs, labels
 

@@ -1,9 +1,7 @@
 """The overview in headless Chromium: badges, summary charts, the table, live updates, an idle page,
 recovery after an API restart, and missing data.
 
-Regimes are constructed by publishing verdicts into the REGIMES stream (or,
-for the live test, candles through vol_regime and the screener); the page is
-then read the way an operator reads it. Screenshots land in artifacts/screenshots/.
+The market and how the page is read: ``tests/e2e/market.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import re
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pytest
 
 from shared.domain.subjects import SeriesKey
 from shared.domain.vocab import (
@@ -32,6 +29,7 @@ from tests.e2e.market import (
     colour_name,
     constructed_market,
     events_for,
+    expect,
     key,
     vol_pct,
 )
@@ -50,11 +48,6 @@ from tests.harness import StackFactory
 if TYPE_CHECKING:
     pass
 
-pw = pytest.importorskip(
-    "playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')"
-)
-expect = pw.expect
-expect.set_options(timeout=10_000)
 
 # --------------------------------------------------------------------------- overview
 

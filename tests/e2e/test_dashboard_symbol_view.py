@@ -1,8 +1,6 @@
 """The symbol view, the advanced tab and the organism in headless Chromium.
 
-Regimes are constructed by publishing verdicts into the REGIMES stream (or,
-for the live test, candles through vol_regime and the screener); the page is
-then read the way an operator reads it. Screenshots land in artifacts/screenshots/.
+The market and how the page is read: ``tests/e2e/market.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from tests.e2e.market import (
     DOGE,
     MARKET,
     constructed_market,
+    expect,
     key,
     page_label,
     signed,
@@ -48,11 +47,6 @@ from tests.harness import Stack, StackFactory, small_config
 if TYPE_CHECKING:
     pass
 
-pw = pytest.importorskip(
-    "playwright.async_api", reason="browser tests need Python Playwright (pip install -e '.[dev]')"
-)
-expect = pw.expect
-expect.set_options(timeout=10_000)
 
 # --------------------------------------------------------------------------- symbol view, advanced, organism
 

@@ -7,7 +7,6 @@ Real nats-server with JetStream (the session's); each test has its own namespace
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import nats
 import nats.errors
@@ -16,18 +15,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api as js_api
 
-from regimes.servers import ManagedServer
 from shared.domain.subjects import SeriesKey
 from shared.infra.acks import Ack, AckPipeline, Publish, kv_write
 from shared.infra.bus import kv_bucket
 from shared.infra.consume import Repositioned, StateStore
-
-
-@pytest.fixture
-async def nc(nats_server: ManagedServer) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_server.url)
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture

@@ -18,15 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from regimes.servers import ManagedServer
 from shared.infra.pull import Pull
-
-
-@pytest.fixture
-async def nc(nats_server: ManagedServer) -> AsyncIterator[NATS]:
-    conn = await nats.connect(nats_server.url)
-    yield conn
-    await conn.close()
 
 
 @pytest.fixture
