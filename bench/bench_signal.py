@@ -28,6 +28,9 @@ Figures:
   t1): bars from t0 until the raw label first says S, and until the confirmed
   label does (changes the raw label never catches before t1 are counted as
   missed); *added* delay is confirmed minus raw, what confirmation costs;
+- accuracy: the share of live bars whose label equals the truth, raw and
+  confirmed (fewer flips or more agreement bought with lower accuracy is no
+  gain: this is the figure that shows it);
 - agreement: at every retrain, the share of the new window where the previous
   and the new model's Viterbi labels agree (``TrainedModel.label_agreement``),
   for the warm-started chain the stack runs and for a fresh-start chain
@@ -233,6 +236,12 @@ def delays(truth: Sequence[str | None], raw: Sequence[str | None], confirmed: Se
     return out
 
 
+def accuracy(truth: Sequence[str | None], labels: Sequence[str | None]) -> float:
+    """Fraction (0..1) of the bars with a live label (and a truth) where the label is the truth."""
+    pairs = [(t, lab) for t, lab in zip(truth, labels, strict=True) if lab is not None and t is not None]
+    return sum(1 for t, lab in pairs if t == lab) / len(pairs) if pairs else float("nan")
+
+
 def q(values: Sequence[float], p: float) -> float:
     return float(np.quantile(values, p)) if len(values) else float("nan")
 
@@ -269,7 +278,7 @@ def summarize(
         ("hmm", lambda r: r.hmm_raw, hmm_filter, lambda s: s.trend_truth),
         ("vol", lambda r: r.vol_raw, vol_filter, lambda s: s.vol_truth),
     ):
-        raw_f, conf_f, truth_f = [], [], []
+        raw_f, conf_f, truth_f, acc_raw, acc_conf = [], [], [], [], []
         total = Delays()
         for s, r in zip(market.series, market.runs, strict=True):
             raw, conf, truth = raw_of(r), conf_of(r), truth_of(s)
@@ -277,6 +286,8 @@ def summarize(
             conf_f.append(flips_per_day(conf))
             truth_f.append(flips_per_day([t if lab is not None else None for t, lab in zip(truth, raw, strict=True)]))
             total.merge(delays(truth, raw, conf))
+            acc_raw.append(accuracy(truth, raw))
+            acc_conf.append(accuracy(truth, conf))
         out[kind] = {
             "flips_per_day_truth": float(np.nanmean(truth_f)),
             "flips_per_day_raw": float(np.nanmean(raw_f)),
@@ -290,6 +301,8 @@ def summarize(
             "delay_confirmed_p90": q(total.confirmed, 0.9),
             "added_delay_median": q(total.added, 0.5),
             "added_delay_p90": q(total.added, 0.9),
+            "accuracy_raw": float(np.nanmean(acc_raw)),
+            "accuracy_confirmed": float(np.nanmean(acc_conf)),
         }
     return out
 
@@ -357,6 +370,7 @@ def print_report(market: Market, stats: dict[str, Any], agree: dict[str, Any]) -
             f"       delay vs truth (bars) raw median {s['delay_raw_median']:.0f} p90 {s['delay_raw_p90']:.0f}"
             f"; confirmed median {s['delay_confirmed_median']:.0f} p90 {s['delay_confirmed_p90']:.0f}"
             f"; added by confirmation median {s['added_delay_median']:.0f} p90 {s['added_delay_p90']:.0f}"
+            f"; accuracy raw {s['accuracy_raw']:.3f} confirmed {s['accuracy_confirmed']:.3f}"
         )
     a = agree
     print(
@@ -382,6 +396,23 @@ def _hmm_confirmed(r: Run) -> list[str | None]:
 
 def _vol_filtered(r: Run, cfg: VolRegimeConfig) -> list[str | None]:
     return vol_offline(r.vol_regimes, cfg)
+
+
+def sweep_evidence(markets: list[Market], vol_cfg: VolRegimeConfig, hmm_cfg: HmmConfig) -> None:
+    """The stack's cores again per HMM_EVIDENCE_WEIGHT: fewer flips against later true changes."""
+    print("\n== sweep: HMM_EVIDENCE_WEIGHT (confirmed flips/day, delay after a true change median/p90, accuracy)")
+    for w in (1.0, 0.5, 0.3, 0.15):
+        cfg = replace(hmm_cfg, evidence_weight=w)
+        cells = []
+        for m in markets:
+            runs = [run_series(s, vol_cfg, cfg) for s in m.series]
+            st = summarize(Market(m.name, m.series, runs), _hmm_confirmed, _vol_confirmed)["hmm"]
+            cells.append(
+                f"{m.name[:9]}: {st['flips_per_day_confirmed']:5.1f}/d (raw {st['flips_per_day_raw']:.1f}),"
+                f" {st['delay_confirmed_median']:.0f}/{st['delay_confirmed_p90']:.0f} bars,"
+                f" accuracy {st['accuracy_confirmed']:.3f}"
+            )
+        print(f"  w={w:<4}: " + " | ".join(cells))
 
 
 def sweep(markets: list[Market], vol_cfg: VolRegimeConfig) -> None:
@@ -425,7 +456,7 @@ def main() -> None:
     print(
         f"config: vol confirm_bars={vol_cfg.confirm_bars} hysteresis={vol_cfg.hysteresis};"
         f" HMM_CONFIRM_BARS={hmm_cfg.confirm_bars} HMM_TRAINING_CANDLES={hmm_cfg.training_candles}"
-        f" HMM_RETRAIN_INTERVAL_SEC={hmm_cfg.retrain_interval_sec:.0f}"
+        f" HMM_RETRAIN_INTERVAL_SEC={hmm_cfg.retrain_interval_sec:.0f} HMM_EVIDENCE_WEIGHT={hmm_cfg.evidence_weight}"
     )
     markets = []
     for name, series in (
@@ -453,6 +484,7 @@ def main() -> None:
             results[m.name]["agreement_shifted"] = sh
     if args.sweep:
         sweep(markets, vol_cfg)
+        sweep_evidence(markets, vol_cfg, hmm_cfg)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -53,6 +53,7 @@ DEVIATIONS = {"HMM_INFERENCE_WINDOW": 0}
 ADDED_HMM_KEYS: dict[str, Any] = {
     "HMM_TRANSITION_STICKINESS": 30_000.0,
     "HMM_CONFIRM_BARS": 3,
+    "HMM_EVIDENCE_WEIGHT": 1.0,
     "HMM_DEPTH_SCALING": True,
 }
 
@@ -281,6 +282,7 @@ ENV_SPELLINGS: dict[str, tuple[str, Any]] = {
     "HMM_BLEND_WITH_TREND": ("1.0", 1.0),
     "HMM_TRANSITION_STICKINESS": ("0", 0.0),
     "HMM_CONFIRM_BARS": ("5", 5),
+    "HMM_EVIDENCE_WEIGHT": ("0.3", 0.3),
     "HMM_DEPTH_SCALING": ("off", False),
 }
 
@@ -323,6 +325,9 @@ def test_strategy_config_resolves_hmm_keys_with_the_environment() -> None:
         ("HMM_INFERENCE_WINDOW", "-1"),
         ("HMM_CONFIRM_BARS", "0"),
         ("HMM_CONFIRM_BARS", "2.5"),
+        ("HMM_EVIDENCE_WEIGHT", "0"),
+        ("HMM_EVIDENCE_WEIGHT", "1.01"),
+        ("HMM_EVIDENCE_WEIGHT", "nan"),
         ("HMM_DEPTH_SCALING", "sometimes"),
     ],
 )
@@ -343,6 +348,10 @@ def test_bad_hmm_env_value_names_the_key(key: str, raw: str) -> None:
         ("HMM_CONFIRM_BARS", 0),
         ("HMM_CONFIRM_BARS", 1001),
         ("HMM_CONFIRM_BARS", True),
+        ("HMM_EVIDENCE_WEIGHT", 0),
+        ("HMM_EVIDENCE_WEIGHT", -0.5),
+        ("HMM_EVIDENCE_WEIGHT", "half"),
+        ("HMM_EVIDENCE_WEIGHT", True),
         ("HMM_DEPTH_SCALING", 1),
     ],
 )

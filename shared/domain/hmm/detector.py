@@ -167,7 +167,7 @@ class RegimeDetector:
             return False
         try:
             c, v = as_series(closes, volumes)
-            kernel = Kernel(model, self._fast_path)
+            kernel = Kernel(model, self._fast_path, self.cfg.evidence_weight)
             extractor = FeatureExtractor()
             flt = self.new_filter()
             for close, volume in zip(c.tolist(), v.tolist(), strict=True):

@@ -31,11 +31,18 @@ class Kernel:
     with diagonal/spherical covariances (a 3-state step is a few dozen float
     operations, unrolled over the 4 features; numpy's per-call overhead would
     dominate), numpy for everything else. Both agree with hmmlearn to rounding.
+
+    ``evidence_weight`` (``HMM_EVIDENCE_WEIGHT``, fraction in (0, 1]) scales
+    every log-emission: the filter then counts that share of each bar's
+    evidence (a tempered likelihood). At 1 the arithmetic is hmmlearn's.
     """
 
-    def __init__(self, model: TrainedModel, fast: bool) -> None:
+    def __init__(self, model: TrainedModel, fast: bool, evidence_weight: float = 1.0) -> None:
+        if not 0.0 < evidence_weight <= 1.0:
+            raise ValueError(f"evidence_weight must be in (0, 1], got {evidence_weight}")
         k, d = model.means.shape
         self.k = k
+        self.weight = evidence_weight
         self.fast = fast and k <= FAST_PATH_MAX_STATES and model.covariance_type in ("diag", "spherical")
         self.labels = model.label_order
         self.mean = tuple(model.scaler_mean.tolist())
@@ -51,10 +58,12 @@ class Kernel:
         self.np_means = np.array(model.means)
         if self.fast:
             var = model.covars if model.covariance_type == "diag" else np.repeat(model.covars[:, None], d, axis=1)
-            log_norm = (-0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1))).tolist()
-            # Per state: 4 means, 4 × 0.5/variance, log normaliser.
+            w = evidence_weight  # folded into the constants: no cost per bar, and exact at 1
+            log_norm = (w * (-0.5 * (d * _LOG_2PI + np.log(var).sum(axis=1)))).tolist()
+            # Per state: 4 means, 4 × weight × 0.5/variance, weight × log normaliser.
             self.fast_states = tuple(
-                (*mu, *hp, c) for mu, hp, c in zip(model.means.tolist(), (0.5 / var).tolist(), log_norm, strict=True)
+                (*mu, *hp, c)
+                for mu, hp, c in zip(model.means.tolist(), (w * (0.5 / var)).tolist(), log_norm, strict=True)
             )
         else:
             chol = np.linalg.cholesky(full_covars(model))
@@ -71,7 +80,7 @@ class Kernel:
         return ((r0 - m0) / s0, (r1 - m1) / s1, (r2 - m2) / s2, (r3 - m3) / s3)
 
     def log_emission(self, z: Sequence[float]) -> list[float]:
-        """log N(z | mean_k, cov_k) per state k (nats)."""
+        """``evidence_weight`` × log N(z | mean_k, cov_k) per state k (nats)."""
         if self.fast:
             z0, z1, z2, z3 = z
             return [
@@ -81,7 +90,8 @@ class Kernel:
             ]  # fmt: skip
         diff = np.asarray(z, dtype=np.float64)[None, :] - self.np_means
         y = np.einsum("kij,kj->ki", self.prec_chol, diff)
-        out: list[float] = (self.np_log_norm - 0.5 * np.einsum("ki,ki->k", y, y)).tolist()
+        log_e = self.np_log_norm - 0.5 * np.einsum("ki,ki->k", y, y)
+        out: list[float] = (log_e if self.weight == 1.0 else self.weight * log_e).tolist()
         return out
 
     def forward(self, alpha: Sequence[float] | None, log_e: Sequence[float]) -> list[float]:

@@ -131,7 +131,7 @@ def _parse_snapshot(
     reason = validate_model(model, detector.cfg.n_states, detector.cfg.covariance_type)
     if reason is not None:
         raise ValueError(f"model: {reason}")
-    kernel = Kernel(model, detector.fast_path)
+    kernel = Kernel(model, detector.fast_path, detector.cfg.evidence_weight)
     k = model.n_states
     raw_filter = body["filter"]
     alpha_raw = raw_filter["alpha"]
