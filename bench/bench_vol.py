@@ -51,7 +51,8 @@ def best_us_per_candle(prepare: Callable[[], Callable[[], None]], candles: int, 
     return best / candles / 1000.0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; a count below 1 exits with a usage error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candles", type=int, default=20_000, help="timed candles (default 20000)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per approach, best counts (default 5)")
@@ -59,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.candles < 1 or args.rounds < 1:
         parser.error("--candles and --rounds must be >= 1")
+    return args
+
+
+def _agreement(got: list[VolRegime], expected: list[VolRegime]) -> tuple[float, int]:
+    """The worst relative difference of either vol (a fraction) and the number of equal labels."""
+    worst = max(
+        max(abs(a.vol_short - b.vol_short) / b.vol_short, abs(a.vol_long - b.vol_long) / b.vol_long)
+        for a, b in zip(got, expected, strict=True)
+    )
+    same_labels = sum(a.label == b.label for a, b in zip(got, expected, strict=True))
+    return worst, same_labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
 
     cfg = VolRegimeConfig()
     window = cfg.long_window_bars
@@ -101,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = fresh_tracker()
     got: list[VolRegime] = [tracker.update(r) for r in timed]
     expected = [classify_vol_regime(VolInputs(returns[end - window : end]), cfg) for end in ends]
-    worst = max(
-        max(abs(a.vol_short - b.vol_short) / b.vol_short, abs(a.vol_long - b.vol_long) / b.vol_long)
-        for a, b in zip(got, expected, strict=True)
-    )
-    same_labels = sum(a.label == b.label for a, b in zip(got, expected, strict=True))
+    worst, same_labels = _agreement(got, expected)
     state_bytes = len(msgpack.packb(tracker.to_state()))
 
     print(f"vol regime, {args.candles} candles, windows {cfg.short_window_bars}/{cfg.long_window_bars} bars")

@@ -405,6 +405,38 @@ def _hmm_inputs(
     return hmm.bias_signal, NEUTRAL_GRID if shadow else compute_grid_bias(_hmm_state(hmm), cfg.hmm.confidence_threshold)
 
 
+def _joined_scores(
+    state: SeriesScreen, vol: VolRegimeEvent, trend_score: float
+) -> tuple[dict[str, float], list[str]]:
+    """The hybrid's inputs, trend first, and the components that had no score yet (so count as 0.0)."""
+    scores = {"trend": trend_score}
+    defaulted: list[str] = []
+    # Scores join as of the candle's close: what a bot had published by the time the bar ended.
+    close_ts = bar_close(vol.ts, vol.timeframe)
+    for comp in SCORE_COMPONENTS:
+        value = state.score_as_of(comp, close_ts)
+        if value is None:
+            scores[comp] = 0.0
+            defaulted.append(comp)
+        else:
+            scores[comp] = value
+    return scores, defaulted
+
+
+def _idle_target(cfg: StrategyConfig, trend_score: float, hmm_bias: float, blend: float) -> float:
+    """The dynamic idle target (fraction of capital) from the blended trend and HMM bias, bounded by ``cfg.idle``."""
+    idle = cfg.idle
+    return compute_blended_idle_target(
+        trend_score=trend_score,
+        hmm_bias=hmm_bias,
+        blend_factor=blend,
+        base_target=idle.base_target,
+        sensitivity=idle.sensitivity,
+        floor=idle.floor,
+        ceiling=idle.ceiling,
+    )
+
+
 def decide(
     state: SeriesScreen,
     vol: VolRegimeEvent,
@@ -420,30 +452,11 @@ def decide(
     multiplier = sizing_multiplier(cfg, tier, vol.label)
     nav, capped = effective_nav_pct(cfg, multiplier)
     weights = hybrid_weights(cfg, tier, vol.label)
-    scores = {"trend": trend_score}
-    defaulted: list[str] = []
-    # Scores join as of the candle's close: what a bot had published by the time the bar ended.
-    close_ts = bar_close(vol.ts, vol.timeframe)
-    for comp in SCORE_COMPONENTS:
-        value = state.score_as_of(comp, close_ts)
-        if value is None:
-            scores[comp] = 0.0
-            defaulted.append(comp)
-        else:
-            scores[comp] = value
+    scores, defaulted = _joined_scores(state, vol, trend_score)
     # With the HMM off the bot falls back to the trend alone (seed 003 §5), exactly as in shadow mode.
     blend = cfg.hmm.blend_with_trend if cfg.hmm.enabled else 1.0
     hmm_bias, grid = _hmm_inputs(hmm, agreed, cfg, shadow=blend >= 1.0)
-    idle = cfg.idle
-    target = compute_blended_idle_target(
-        trend_score=trend_score,
-        hmm_bias=hmm_bias,
-        blend_factor=blend,
-        base_target=idle.base_target,
-        sensitivity=idle.sensitivity,
-        floor=idle.floor,
-        ceiling=idle.ceiling,
-    )
+    target = _idle_target(cfg, trend_score, hmm_bias, blend)
     return ScreenerDecision(
         exchange=key.exchange,
         symbol=key.symbol,

@@ -107,28 +107,25 @@ def _ingest_role(names: Names) -> Role:
 
 def _service_roles(names: Names) -> list[Role]:
     """The users of the four services that consume a stream and publish what they make of it."""
-    ohlcv, regimes, telemetry, dlq = names.stream_ohlcv, names.stream_regimes, names.stream_telemetry, names.stream_dlq
+    return [*_candle_consumer_roles(names), *_regime_consumer_roles(names)]
+
+
+def _candle_consumer_roles(names: Names) -> list[Role]:
+    """vol_regime and hmm_regime: they consume candles and publish regimes."""
+    ohlcv, regimes, dlq = names.stream_ohlcv, names.stream_regimes, names.stream_dlq
     series = Bucket(names.bucket("series"), keys=(">",), lists=True)  # the admission registry of candle consumers
-
-    def coordination(service: str) -> tuple[Bucket, ...]:
-        return _coordination(names, service)
-
-    vol = _consumers(ohlcv)
-    hmm = _consumers(ohlcv)
-    scr = _consumers(regimes)
-    pub = (*_consumers(regimes), *_consumers(telemetry))
     return [
         Role(
             "vol_regime",
             "consumes candles; publishes volatility regimes",
             publish=(names.vol_all, names.dlq("vol_regime")),
             provisions=(ohlcv, regimes, dlq),
-            durables=vol,
+            durables=_consumers(ohlcv),
             buckets=(
                 _health(names, "vol_regime"),
                 Bucket(names.bucket("vol_state"), keys=(">",)),
                 series,
-                *coordination("vol_regime"),
+                *_coordination(names, "vol_regime"),
             ),
         ),
         Role(
@@ -137,24 +134,31 @@ def _service_roles(names: Names) -> list[Role]:
             publish=(names.hmm_all, names.dlq("hmm_regime")),
             provisions=(ohlcv, regimes, dlq),
             reads=(ohlcv,),
-            durables=hmm,
+            durables=_consumers(ohlcv),
             buckets=(
                 _health(names, "hmm_regime"),
                 Bucket(names.bucket("hmm_state"), keys=(">",)),
                 series,
-                *coordination("hmm_regime"),
+                *_coordination(names, "hmm_regime"),
             ),
         ),
+    ]
+
+
+def _regime_consumer_roles(names: Names) -> list[Role]:
+    """screener and state_publisher: they consume regimes (and the publisher telemetry too)."""
+    regimes, telemetry, dlq = names.stream_regimes, names.stream_telemetry, names.stream_dlq
+    return [
         Role(
             "screener",
             "consumes regimes and scores; publishes decisions",
             publish=(names.screener_all, names.dlq("screener")),
             provisions=(regimes, dlq),
-            durables=scr,
+            durables=_consumers(regimes),
             buckets=(
                 _health(names, "screener"),
                 Bucket(names.bucket("screener_state"), keys=(">",)),
-                *coordination("screener"),
+                *_coordination(names, "screener"),
             ),
         ),
         Role(
@@ -162,7 +166,7 @@ def _service_roles(names: Names) -> list[Role]:
             "consumes regimes, decisions and telemetry; the only writer of Redis",
             publish=(names.dlq("state_publisher"),),
             provisions=(regimes, telemetry, dlq),
-            durables=pub,
+            durables=(*_consumers(regimes), *_consumers(telemetry)),
             buckets=(_health(names, "state_publisher"), *_leases(names, "state_publisher")),
             redis="write",
         ),

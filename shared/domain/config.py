@@ -333,39 +333,10 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
     vol_present = "vol_regimes" in raw
     vol_block = _obj(raw, "vol_regimes")
     check_known(vol_block, "vol_regimes", ("defaults", "sizing_multipliers", "hybrid_weight_modifiers"))
-    sizing = _obj(raw, "sizing")
-    check_known(sizing, "sizing", ("per_trade_nav_pct", "max_per_trade_nav_pct"))
-    per_trade = _num(sizing, "sizing.per_trade_nav_pct", 0.02, 0.0, 1.0)
-    cap = sizing.get("max_per_trade_nav_pct")
-    if cap is not None:
-        cap = _num(sizing, "sizing.max_per_trade_nav_pct", None, 0.0, 1.0)
-    trend_raw = _obj(raw, "trend")
-    check_known(trend_raw, "trend", ("fast_ema_bars", "slow_ema_bars", "score_scale"))
-    trend = TrendConfig(
-        fast_ema_bars=_int(trend_raw, "trend.fast_ema_bars", 12, 1, 10_000),
-        slow_ema_bars=_int(trend_raw, "trend.slow_ema_bars", 48, 2, 100_000),
-        score_scale=_num(trend_raw, "trend.score_scale", 0.004, 0.0, 1.0, lo_open=True),
-    )
-    if trend.fast_ema_bars >= trend.slow_ema_bars:
-        raise ConfigError("trend.fast_ema_bars", "must be smaller than trend.slow_ema_bars")
-    idle_raw = _obj(raw, "idle_target")
-    idle_keys = ("REBALANCE_TARGET_IDLE_PCT", "TREND_IDLE_SENSITIVITY", "TREND_IDLE_FLOOR", "TREND_IDLE_CEILING")
-    check_known(idle_raw, "idle_target", idle_keys)
-    idle = IdleTargetConfig(
-        base_target=_num(idle_raw, "idle_target.REBALANCE_TARGET_IDLE_PCT", 0.40, 0.0, 1.0),
-        sensitivity=_num(idle_raw, "idle_target.TREND_IDLE_SENSITIVITY", 0.20, 0.0, 10.0),
-        floor=_num(idle_raw, "idle_target.TREND_IDLE_FLOOR", 0.15, 0.0, 1.0),
-        ceiling=_num(idle_raw, "idle_target.TREND_IDLE_CEILING", 0.65, 0.0, 1.0),
-    )
-    if idle.floor > idle.ceiling:
-        raise ConfigError("idle_target.TREND_IDLE_FLOOR", "must not exceed TREND_IDLE_CEILING")
-    demo_raw = _obj(raw, "demo")
-    check_known(demo_raw, "demo", ("seed", "history_bars", "bars_per_sec"))
-    demo = DemoConfig(
-        seed=_int(demo_raw, "demo.seed", 7, 0, 2**31),
-        history_bars=_int(demo_raw, "demo.history_bars", 1200, 0, 100_000),
-        bars_per_sec=_num(demo_raw, "demo.bars_per_sec", 4.0, 0.0, 10_000.0, lo_open=True),
-    )
+    per_trade, cap = _sizing(raw)
+    trend = _trend(raw)
+    idle = _idle_target(raw)
+    demo = _demo(raw)
     exchanges = _obj(raw, "exchanges")
     for ex_id, opts in exchanges.items():
         if not isinstance(opts, dict):
@@ -388,6 +359,55 @@ def parse_strategy_config(raw: Any, env: Mapping[str, str] | None = None) -> Str
         demo=demo,
         exchange_options=exchanges,
         consensus=_consensus(_obj(raw, "consensus")),
+    )
+
+
+def _sizing(raw: Mapping[str, Any]) -> tuple[float, float | None]:
+    """The ``sizing`` block: per-trade and optional maximum per-trade size, fractions of NAV."""
+    sizing = _obj(raw, "sizing")
+    check_known(sizing, "sizing", ("per_trade_nav_pct", "max_per_trade_nav_pct"))
+    per_trade = _num(sizing, "sizing.per_trade_nav_pct", 0.02, 0.0, 1.0)
+    cap = sizing.get("max_per_trade_nav_pct")
+    if cap is not None:
+        cap = _num(sizing, "sizing.max_per_trade_nav_pct", None, 0.0, 1.0)
+    return per_trade, cap
+
+
+def _trend(raw: Mapping[str, Any]) -> TrendConfig:
+    trend_raw = _obj(raw, "trend")
+    check_known(trend_raw, "trend", ("fast_ema_bars", "slow_ema_bars", "score_scale"))
+    trend = TrendConfig(
+        fast_ema_bars=_int(trend_raw, "trend.fast_ema_bars", 12, 1, 10_000),
+        slow_ema_bars=_int(trend_raw, "trend.slow_ema_bars", 48, 2, 100_000),
+        score_scale=_num(trend_raw, "trend.score_scale", 0.004, 0.0, 1.0, lo_open=True),
+    )
+    if trend.fast_ema_bars >= trend.slow_ema_bars:
+        raise ConfigError("trend.fast_ema_bars", "must be smaller than trend.slow_ema_bars")
+    return trend
+
+
+def _idle_target(raw: Mapping[str, Any]) -> IdleTargetConfig:
+    idle_raw = _obj(raw, "idle_target")
+    idle_keys = ("REBALANCE_TARGET_IDLE_PCT", "TREND_IDLE_SENSITIVITY", "TREND_IDLE_FLOOR", "TREND_IDLE_CEILING")
+    check_known(idle_raw, "idle_target", idle_keys)
+    idle = IdleTargetConfig(
+        base_target=_num(idle_raw, "idle_target.REBALANCE_TARGET_IDLE_PCT", 0.40, 0.0, 1.0),
+        sensitivity=_num(idle_raw, "idle_target.TREND_IDLE_SENSITIVITY", 0.20, 0.0, 10.0),
+        floor=_num(idle_raw, "idle_target.TREND_IDLE_FLOOR", 0.15, 0.0, 1.0),
+        ceiling=_num(idle_raw, "idle_target.TREND_IDLE_CEILING", 0.65, 0.0, 1.0),
+    )
+    if idle.floor > idle.ceiling:
+        raise ConfigError("idle_target.TREND_IDLE_FLOOR", "must not exceed TREND_IDLE_CEILING")
+    return idle
+
+
+def _demo(raw: Mapping[str, Any]) -> DemoConfig:
+    demo_raw = _obj(raw, "demo")
+    check_known(demo_raw, "demo", ("seed", "history_bars", "bars_per_sec"))
+    return DemoConfig(
+        seed=_int(demo_raw, "demo.seed", 7, 0, 2**31),
+        history_bars=_int(demo_raw, "demo.history_bars", 1200, 0, 100_000),
+        bars_per_sec=_num(demo_raw, "demo.bars_per_sec", 4.0, 0.0, 10_000.0, lo_open=True),
     )
 
 

@@ -67,6 +67,23 @@ def disconnect_level(closed_by_us: bool, stopping: bool) -> int:
     return logging.INFO if closed_by_us or stopping else logging.WARNING
 
 
+def _connect_options(url: str, name: str, credentials: Mapping[str, str] | None) -> dict[str, Any]:
+    """nats-py ``connect`` options other than the callbacks; timeouts and waits in seconds."""
+    return {
+        "servers": url.split(","),
+        "name": name,
+        "connect_timeout": 2,
+        "drain_timeout": 5,
+        "allow_reconnect": True,
+        # nats-py applies this to the first connect too, and -1 would never return to our
+        # loop (which checks `stop` and `attempts`): one retry here, forever once connected.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 1,
+        "user": (credentials or {}).get("user"),
+        "password": (credentials or {}).get("password"),
+    }
+
+
 async def connect(
     url: str,
     name: str,
@@ -109,30 +126,25 @@ async def connect(
         nc = _Client()
         try:
             await nc.connect(
-                servers=url.split(","),
-                name=name,
-                connect_timeout=2,
-                drain_timeout=5,
-                allow_reconnect=True,
-                # nats-py applies this to the first connect too, and -1 would never return to our
-                # loop (which checks `stop` and `attempts`): one retry here, forever once connected.
-                max_reconnect_attempts=1,
-                reconnect_time_wait=1,
+                **_connect_options(url, name, credentials),
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
                 error_cb=on_error,
                 closed_cb=on_closed,
-                user=(credentials or {}).get("user"),
-                password=(credentials or {}).get("password"),
             )
-            nc.options["max_reconnect_attempts"] = -1
+            nc.options["max_reconnect_attempts"] = -1  # see _connect_options
             return nc
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             if (attempts and tried >= attempts) or (stop is not None and stop.is_set()):
                 raise
-            if tried == 1 or tried % 30 == 0:
-                log.warning("nats not reachable at %s (%s); retrying", url, exc or type(exc).__name__)
-            await asyncio.sleep(1.0)
+            await _retry_pause(url, exc, tried)
+
+
+async def _retry_pause(url: str, exc: BaseException, tried: int) -> None:
+    """Between connect attempts: warn on the first failure and every 30th (not every second), then wait 1 s."""
+    if tried == 1 or tried % 30 == 0:
+        log.warning("nats not reachable at %s (%s); retrying", url, exc or type(exc).__name__)
+    await asyncio.sleep(1.0)
 
 
 async def ensure_streams(

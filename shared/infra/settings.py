@@ -133,23 +133,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        kw: dict[str, Any] = {}
-        if "NATS_URL" in env:
-            kw["nats_url"] = _nats_urls(env["NATS_URL"])
-        if "NATS_REPLICAS" in env:
-            # JetStream allows at most 5 replicas; more than the cluster has nodes fails at stream creation.
-            kw["nats_replicas"] = env_int("NATS_REPLICAS", env["NATS_REPLICAS"], 1, 5)
-        if env.get("NATS_USER"):
-            kw["nats_user"] = env["NATS_USER"]
-            if not env.get("NATS_PASSWORD_FILE"):
-                raise ConfigError("NATS_PASSWORD_FILE", f"NATS_USER={env['NATS_USER']} needs its password file")
-            kw["nats_password"] = _secret_file("NATS_PASSWORD_FILE", env["NATS_PASSWORD_FILE"])
-        elif env.get("NATS_PASSWORD_FILE"):
-            raise ConfigError("NATS_USER", "NATS_PASSWORD_FILE is set but no user is named")
-        if "REDIS_URL" in env:
-            kw["redis_url"] = _url("REDIS_URL", env["REDIS_URL"], ("redis", "rediss", "unix"))
-        if env.get("REDIS_PASSWORD_FILE"):
-            kw["redis_password"] = _secret_file("REDIS_PASSWORD_FILE", env["REDIS_PASSWORD_FILE"])
+        kw = _connection_kw(env)
         if "REGIMES_NAMESPACE" in env:
             kw["namespace"] = env["REGIMES_NAMESPACE"]
             Names(kw["namespace"])  # validates
@@ -195,6 +179,28 @@ class Settings:
             sec = env_int("CANDLE_FUTURE_TOLERANCE_SEC", env["CANDLE_FUTURE_TOLERANCE_SEC"], 0, 86_400)
             kw["future_tolerance_ms"] = sec * 1000
         return cls(**kw)
+
+
+def _connection_kw(env: Mapping[str, str]) -> dict[str, Any]:
+    """The NATS and Redis fields of ``Settings``: where they are and how to log in."""
+    kw: dict[str, Any] = {}
+    if "NATS_URL" in env:
+        kw["nats_url"] = _nats_urls(env["NATS_URL"])
+    if "NATS_REPLICAS" in env:
+        # JetStream allows at most 5 replicas; more than the cluster has nodes fails at stream creation.
+        kw["nats_replicas"] = env_int("NATS_REPLICAS", env["NATS_REPLICAS"], 1, 5)
+    if env.get("NATS_USER"):
+        kw["nats_user"] = env["NATS_USER"]
+        if not env.get("NATS_PASSWORD_FILE"):
+            raise ConfigError("NATS_PASSWORD_FILE", f"NATS_USER={env['NATS_USER']} needs its password file")
+        kw["nats_password"] = _secret_file("NATS_PASSWORD_FILE", env["NATS_PASSWORD_FILE"])
+    elif env.get("NATS_PASSWORD_FILE"):
+        raise ConfigError("NATS_USER", "NATS_PASSWORD_FILE is set but no user is named")
+    if "REDIS_URL" in env:
+        kw["redis_url"] = _url("REDIS_URL", env["REDIS_URL"], ("redis", "rediss", "unix"))
+    if env.get("REDIS_PASSWORD_FILE"):
+        kw["redis_password"] = _secret_file("REDIS_PASSWORD_FILE", env["REDIS_PASSWORD_FILE"])
+    return kw
 
 
 def _float_between(key: str, raw: str, lo: float, hi: float) -> float:
