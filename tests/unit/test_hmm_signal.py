@@ -180,6 +180,27 @@ def test_a_warm_start_clearly_worse_than_a_fresh_fit_falls_back_to_it(
     assert m.label_agreement is not None
 
 
+def test_a_warm_start_that_breaks_down_falls_back_to_the_fresh_fit_instead_of_failing_the_retrain(
+    market: tuple[np.ndarray, np.ndarray, np.ndarray], first: TrainedModel
+) -> None:
+    closes, volumes, _ = market
+    # A state 60 standard deviations from every row: no row gives it weight, and hmmlearn's M-step divides by
+    # that zero. Seen for real with HMM_N_STATES = 4 on generated data (1 retrain in 20), which then failed.
+    means = first.means.copy()
+    means[1] = 60.0
+    far = dataclasses.replace(first, means=means)
+    c, v = closes[400 : 400 + WINDOW], volumes[400 : 400 + WINDOW]
+    assert fit_part(c, v, {}, far, "warm") is None
+    m = fit_model(c, v, {}, far, 1)
+    assert not m.warm_started
+    assert m.to_dict() == fit_model(c, v, {}, far, 1, warm_start=False).to_dict()
+    fresh = fit_part(c, v, {}, far, "fresh")
+    assert fresh is not None
+    assert dumps_model(fit_model(c, v, {}, far, 1, fits=(fresh, None))) == dumps_model(m)  # as hmm_regime does it
+    assert np.all(np.isfinite(m.means))
+    assert RegimeDetector().install(m, c, v)
+
+
 def test_labels_that_contradict_the_spreads_are_renamed_as_little_as_the_spreads_allow() -> None:
     # Kept labels (BEARISH, RANGING, BULLISH), but state 0 now has the highest spread: they contradict it.
     spreads = np.array([5.0, -2.0, 3.0])

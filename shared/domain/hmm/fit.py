@@ -140,8 +140,9 @@ def fit_model(
     ``params="stmc"``), so new state ``i`` is old state ``i`` and keeps its
     label. A fresh fit runs beside it, and wins only when the warm fit's
     log-likelihood per feature row is below the fresh fit's by more than
-    :data:`WARM_START_MARGIN_NATS` (then its states are matched to the old ones
-    by minimum total distance between means, in the previous model's
+    :data:`WARM_START_MARGIN_NATS`, or when EM from the old parameters breaks
+    down because no row reaches an old state (then the fresh fit's states are
+    matched to the old ones by minimum total distance between means, in the previous model's
     standardised units, over all permutations for K ≤ 7). Either way, should
     the kept labels contradict the new spreads (a BULLISH state below a
     BEARISH one: the market changed, not the labelling), the states are
@@ -179,7 +180,10 @@ def fit_part(
     previous: TrainedModel | None,
     part: FitPart,
 ) -> Fitted | None:
-    """One of a retrain's two EM runs (the warm one: None without a usable ``previous``), for ``fit_model(fits=)``."""
+    """One of a retrain's two EM runs, for ``fit_model(fits=)``.
+
+    The warm one is None without a usable ``previous``, or when EM from it breaks down.
+    """
     return _run(_window(closes, volumes, cfg, previous, quiet=True), part)
 
 
@@ -235,7 +239,8 @@ def _window(
 
 
 def _run(w: _Window, part: FitPart) -> Fitted | None:
-    """The fresh fit (states in spread order) or the warm one (None without a previous model)."""
+    """The fresh fit (states in spread order) or the warm one (None without a previous model, or when EM from
+    the previous model's parameters breaks down)."""
     if part == "fresh":
         fresh = _fit(w.z, w.k, w.covariance_type, w.n_iter, None, w.sticky)
         order = np.argsort(fresh.means[:, 0], kind="stable").tolist()
@@ -243,7 +248,15 @@ def _run(w: _Window, part: FitPart) -> Fitted | None:
     if w.previous is None:
         return None
     start = _warm_params(w.previous, w.mean, w.std)
-    return _fit(w.z, w.k, w.covariance_type, w.n_iter, start, w.sticky)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _fit(w.z, w.k, w.covariance_type, w.n_iter, start, w.sticky)
+    except ValueError as exc:
+        # An old state no row of the new window reaches gets no weight in the E-step, and hmmlearn's M-step
+        # divides by that zero (NaN means, then a NaN start vector it refuses). That warm start is as bad as
+        # one can be: the fresh fit, matched to the old states, is kept instead of failing the retrain.
+        log.info("retrain: the warm start failed (%s); the fresh fit is kept", exc)
+        return None
 
 
 def _chosen(w: _Window, fresh: Fitted, warm_fit: Fitted | None) -> tuple[Fitted, bool]:
