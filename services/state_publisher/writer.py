@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
 from services.state_publisher.consensus import consensuses, symbols_of
-from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, Update, new_snapshot, summarize
+from services.state_publisher.core import HISTORY_POINTS, TRANSITIONS_KEPT, SummaryTally, Update, new_snapshot
 from shared.domain import snapshot
 from shared.domain.config import StrategyConfig
 from shared.domain.contracts import events_in
@@ -46,6 +46,7 @@ class SnapshotWriter:
         self.keys = keys
         self.config = config
         self.snaps: dict[SeriesKey, SeriesSnapshot] = {}
+        self.tally = SummaryTally()  # the summary of ``snaps``, kept with every snapshot replaced
         self.pending: dict[SeriesKey, Update] = {}
         self.epoch = 0  # bumped on every reset, so each consumer of this writer starts over too
         self._loaded = False
@@ -67,6 +68,7 @@ class SnapshotWriter:
                     log.warning("stored snapshot %s unreadable: %s", token, exc.reason)
         for spec in self.config.universe:
             self.snaps.setdefault(spec.key, new_snapshot(spec.key, spec.tier))
+        self.tally = SummaryTally(self.snaps.values())
         self.pending = {key: Update(snap, kinds={"init"}) for key, snap in self.snaps.items()}
         self._loaded = True
 
@@ -77,6 +79,7 @@ class SnapshotWriter:
         no batch in progress loses what it applied.
         """
         self.snaps.clear()
+        self.tally = SummaryTally()
         self.pending.clear()
         self._loaded = False
 
@@ -96,7 +99,8 @@ class SnapshotWriter:
             if not self._loaded:  # the other consumer of this writer discarded since: read back what Redis holds
                 await self.load()
             key = msg.key
-            snap = self.snaps.get(key) or new_snapshot(key, self.config.tier_of(key))
+            before = self.snaps.get(key)
+            snap = before or new_snapshot(key, self.config.tier_of(key))
             applied = False
             for event in events_in(msg):
                 update = apply(snap, event)
@@ -108,7 +112,11 @@ class SnapshotWriter:
                     else:
                         pending.merge(update)
                     applied = True
-            self.snaps[key] = snap
+            if snap is not before:
+                if before is not None:
+                    self.tally.remove(before)
+                self.tally.add(snap)
+                self.snaps[key] = snap
             return [] if applied else None
 
         return handle
@@ -144,7 +152,7 @@ class SnapshotWriter:
                     pipe.ltrim(keys.history(token), -HISTORY_POINTS, -1)
             self._write_consensus(pipe)
             if self.pending:
-                pipe.set(keys.summary, snapshot.dumps(summarize(self.snaps.values(), now)))
+                pipe.set(keys.summary, snapshot.dumps(self.tally.summary(now)))
                 kinds = sorted(set().union(*(u.kinds for u in self.pending.values())))
                 notice = {"series": [k.id for k in self.pending], "kinds": kinds, "at": now}
                 pipe.publish(keys.changes, json.dumps(notice))

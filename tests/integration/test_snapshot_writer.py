@@ -87,3 +87,35 @@ async def test_the_consensus_is_written_with_the_batch_only_when_enabled(redis_s
             assert (agreed["regime"], agreed["voting"], agreed["as_of"]) == ("BULLISH", ["1m"], {"1m": T0})
     finally:
         await r.aclose()
+
+
+async def summary(w: SnapshotWriter) -> dict[str, Any]:
+    raw = await w.redis.get(w.keys.summary)
+    assert raw is not None
+    return json.loads(raw)
+
+
+async def test_the_summary_follows_each_series_label_and_is_rebuilt_after_a_discard(writer: SnapshotWriter) -> None:
+    position = writer.position("a")
+    await position.load(ONE)
+    other = SeriesKey("test", "BBB/USD", "1m")  # not in the universe: heard of through its first event
+    handle = writer.handler(lambda s, e: apply_vol(s, e, 0))
+    await handle(vol_event(0, "low", key=KEY, vol_short=0.002), 1)
+    await handle(vol_event(0, "crisis", key=other, vol_short=0.09), 2)
+    await position.commit(2)
+    first = await summary(writer)
+    assert first["symbols"] == 2
+    assert (first["vol_regime_summary"]["low"], first["vol_regime_summary"]["crisis"]) == (1, 1)
+    await handle(vol_event(1, "high", "low", key=KEY, vol_short=0.03), 3)  # the series moves: low -> high
+    await position.commit(3)
+    moved = await summary(writer)
+    assert moved["vol_regime_summary"] == {"low": 0, "normal": 0, "high": 1, "crisis": 1}
+    assert moved["vol_regime_avg_vol_short"]["high"] == 0.03
+    assert moved["vol_regime_avg_vol_short"]["low"] is None
+    writer.discard()  # another consumer's batch failed: the tally goes with the snapshots and comes back from Redis
+    await handle(vol_event(2, "high", "high", key=KEY, vol_short=0.05), 4)
+    await position.commit(4)
+    after = await summary(writer)
+    assert after["vol_regime_summary"] == moved["vol_regime_summary"]
+    assert after["vol_regime_avg_vol_short"]["high"] == 0.05
+    assert after["symbols"] == 2
