@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 
 from regimes.servers import ManagedServer, free_port
 from shared.domain.config import StrategyConfig, parse_strategy_config
-from shared.domain.contracts import Candle, encode
+from shared.domain.contracts import Candle, decode, encode, events_in
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.bus import connect, ensure_streams
 from shared.infra.service import Build, serve
@@ -195,3 +195,29 @@ async def _make_stack(nats_server: ManagedServer, redis_server: ManagedServer) -
             await st.stop_all()
         await redis.aclose()
         await nc.drain()
+
+
+class Collected:
+    """Every event of the given kinds published in the test's namespace, by series, in arrival order.
+
+    A batch a service replays (its leases lapsed on a loaded machine, say) is published again and reaches a
+    core subscriber twice: a repeat must equal the first (same candles, same events), and is kept once.
+    """
+
+    def __init__(self, *kinds: type[Any]) -> None:
+        self.kinds = kinds
+        self.events: dict[SeriesKey, list[Any]] = {}
+        self._seen: dict[tuple[SeriesKey, int], Any] = {}
+        self.differing: list[Any] = []  # repeats unlike their first (a callback cannot fail the test itself)
+
+    async def on_msg(self, msg: Any) -> None:
+        for event in events_in(decode(msg.data, self.kinds)):
+            first = self._seen.setdefault((event.key, event.ts), event)
+            if first is not event:
+                if first != event:
+                    self.differing.append(event)
+                continue
+            self.events.setdefault(event.key, []).append(event)
+
+    def of(self, key: SeriesKey) -> list[Any]:
+        return self.events.get(key, [])

@@ -16,12 +16,10 @@ from shared.domain.contracts import (
     ScreenerDecisionBatch,
     VolRegimeBatch,
     VolRegimeEvent,
-    decode,
-    events_in,
 )
 from shared.domain.subjects import SeriesKey
 from tests.factories import candles_from_returns
-from tests.harness import SMALL_VOL, StackFactory, eventually, small_config
+from tests.harness import SMALL_VOL, Collected, StackFactory, eventually, small_config
 
 CONFIRM = 3  # bars, for both regimes
 VOL_KEY = SeriesKey("test", "CRI/USD", "1m")
@@ -35,32 +33,6 @@ HMM = {
 }
 # No hysteresis band here, so the vol label in force is exactly the plain label confirmed over CONFIRM bars.
 VOL = {**SMALL_VOL, "defaults": {**SMALL_VOL["defaults"], "confirm_bars": CONFIRM, "hysteresis": 0.0}}
-
-
-class Collected:
-    """Every event of the given kinds published in the test's namespace, by series, in arrival order.
-
-    A batch a service replays (its leases lapsed on a loaded machine, say) is published again and reaches a
-    core subscriber twice: a repeat must equal the first (same candles, same events), and is kept once.
-    """
-
-    def __init__(self, *kinds: type[Any]) -> None:
-        self.kinds = kinds
-        self.events: dict[SeriesKey, list[Any]] = {}
-        self._seen: dict[tuple[SeriesKey, int], Any] = {}
-        self.differing: list[Any] = []  # repeats unlike their first (a callback cannot fail the test itself)
-
-    async def on_msg(self, msg: Any) -> None:
-        for event in events_in(decode(msg.data, self.kinds)):
-            first = self._seen.setdefault((event.key, event.ts), event)
-            if first is not event:
-                if first != event:
-                    self.differing.append(event)
-                continue
-            self.events.setdefault(event.key, []).append(event)
-
-    def of(self, key: SeriesKey) -> list[Any]:
-        return self.events.get(key, [])
 
 
 def vol_candles() -> list[Any]:
