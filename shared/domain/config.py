@@ -146,10 +146,11 @@ class HmmConfig:
     transition_stickiness: float = _key(30_000.0, _float_in(0.0, 1e7))
     # bars: a new regime is reported (and acted on) once the filter has put it on top this many bars in a row
     confirm_bars: int = _key(3, _int_in(1, 1000))
-    # fraction (0, 1]: how much of each bar's log-likelihood the forward filter counts. The four features are
+    # fraction 0.01-1: how much of each bar's log-likelihood the forward filter counts. The four features are
     # EMAs over 12-48 bars, so successive rows repeat most of their evidence; below 1 the filter needs that
-    # much more of it before it switches (fewer flips, later changes). 1 = the plain filter.
-    evidence_weight: float = _key(1.0, _float_in(0.0, 1.0, lo_open=True))
+    # much more of it before it switches (fewer flips, later changes). 1 = the plain filter. Below 0.01 it
+    # would need a hundred times the evidence, hours of 1m bars for a change: a typo, not a setting.
+    evidence_weight: float = _key(1.0, _float_in(0.01, 1.0))
     # scale confidence and bias by sqrt(min(1, model training candles / HMM_TRAINING_CANDLES))
     depth_scaling: bool = _key(True, _bool)
 

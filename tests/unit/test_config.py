@@ -326,6 +326,7 @@ def test_strategy_config_resolves_hmm_keys_with_the_environment() -> None:
         ("HMM_CONFIRM_BARS", "0"),
         ("HMM_CONFIRM_BARS", "2.5"),
         ("HMM_EVIDENCE_WEIGHT", "0"),
+        ("HMM_EVIDENCE_WEIGHT", "0.005"),
         ("HMM_EVIDENCE_WEIGHT", "1.01"),
         ("HMM_EVIDENCE_WEIGHT", "nan"),
         ("HMM_DEPTH_SCALING", "sometimes"),
