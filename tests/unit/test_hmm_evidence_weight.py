@@ -167,3 +167,20 @@ def test_a_detector_restored_under_a_weight_continues_exactly(
 def test_a_kernel_refuses_a_weight_outside_0_to_1(models: dict[str, TrainedModel], weight: float) -> None:
     with pytest.raises(ValueError, match="evidence_weight"):
         Kernel(models["diag"], True, weight)
+
+
+def test_a_snapshot_made_under_one_weight_restores_under_another_and_goes_on_with_it(
+    market: tuple[np.ndarray, np.ndarray, np.ndarray], models: dict[str, TrainedModel]
+) -> None:
+    closes, volumes, _ = market
+    before = RegimeDetector({"HMM_EVIDENCE_WEIGHT": 1.0})
+    assert before.install(models["diag"], closes[:WINDOW], volumes[:WINDOW])
+    snap = serialize_for_snapshot(before)
+    after = RegimeDetector({"HMM_EVIDENCE_WEIGHT": 0.3})
+    assert restore_from_snapshot(after, snap)
+    assert after.filter_state.alpha == before.filter_state.alpha  # the probabilities carry over as they were
+    z = models["diag"].standardise(FeatureExtractor().batch(closes[: WINDOW + 1], volumes[: WINDOW + 1]))
+    after.update(float(closes[WINDOW]), float(volumes[WINDOW]))
+    kernel = Kernel(models["diag"], True, 0.3)
+    expected = kernel.forward(before.filter_state.alpha, kernel.log_emission(z[-1]))
+    assert after.filter_state.alpha == expected  # and the next bar is filtered with the new weight
