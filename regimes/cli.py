@@ -27,6 +27,7 @@ from shared.domain.errors import ConfigError
 from shared.domain.vocab import TIMEFRAMES_MS
 from shared.infra.bus import now_ms
 from shared.infra.settings import Settings
+from shared.infra.telemetry import quiet_hmmlearn
 
 OPERATOR = "operator"  # the user a person at a shell is: imports, replays, backfills
 
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  HMM: {'on' if cfg.hmm.enabled else 'off'}, blend {cfg.hmm.blend_with_trend}")
         return
     if args.command in ("backtest", "evaluate"):
+        quiet_hmmlearn()
         raise SystemExit(_offline(args))
     try:
         where = find(args, os.environ, Path.home())

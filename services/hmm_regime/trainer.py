@@ -25,6 +25,7 @@ from shared.infra.bus import now_ms, read_subject
 from shared.infra.consume import Repositioned
 from shared.infra.lifetime import die_with_parent
 from shared.infra.service import Runtime
+from shared.infra.telemetry import configure_logging
 
 log = logging.getLogger("hmm_regime")
 # Training processes: a retrain's warm and fresh EM runs go to one each at once (on 2 cores the wait a retrain
@@ -33,11 +34,16 @@ _WORKERS = 2
 _NICENESS = 10  # added to the workers' scheduling niceness
 
 
-def _worker_start(parent: int) -> None:
-    """In each new worker: die with the service, even if it was SIGKILLed while this worker was still starting."""
+def _worker_start(parent: int, log_level: str, log_json: bool) -> None:
+    """In each new worker: die with the service, even if it was SIGKILLed while this worker was still starting.
+
+    And log as the service does: a spawned worker starts with no logging set up, so its warnings went out as
+    bare lines through logging's last resort, and hmmlearn's were not filtered.
+    """
     die_with_parent()
     if os.getppid() != parent:  # the death signal only covers a parent still alive when it was set
         os._exit(0)
+    configure_logging("hmm_regime", log_level, log_json)
     # Fitting is background work: where the CPU is short, the services' own loops (lease renewals, live
     # candles) go first. Two workers importing scikit-learn at once starved a loop past its lease otherwise.
     os.nice(_NICENESS)
@@ -82,15 +88,15 @@ class Trainer:
         for _ in range(_WORKERS):
             self.pool.submit(_warm)
 
-    @staticmethod
-    def _new_pool() -> ProcessPoolExecutor:
+    def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: a forked child would inherit the event loop and the NATS socket; the death signal
         # ends the worker with the service even on SIGKILL, instead of leaving it fitting for nobody.
+        settings = self.rt.settings
         return ProcessPoolExecutor(
             max_workers=_WORKERS,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_start,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), settings.log_level, settings.log_json),
         )
 
     def start(self, key: SeriesKey, state: SeriesHmm) -> asyncio.Future[TrainingResult]:

@@ -46,6 +46,17 @@ def configure_logging(service: str, level: str = "INFO", as_json: bool = True) -
     # nats-py logs every reconnect attempt at ERROR; the service reports that itself.
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    quiet_hmmlearn()
+
+
+def quiet_hmmlearn() -> None:
+    """hmmlearn's log at ERROR and above only (services, their training workers and the offline commands).
+
+    hmmlearn warns "Model is not converging" whenever an EM step lowers the log-likelihood. Under the
+    sticky transition prior (HMM_TRANSITION_STICKINESS) EM climbs the posterior, not the likelihood, so
+    most retrains dip by design and said so; whether a model is usable is the fit's own checks' call.
+    """
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
