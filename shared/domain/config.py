@@ -487,7 +487,7 @@ def _universe(raw: Any, default_tf: str | None) -> tuple[SeriesSpec, ...]:
         tf = item.get("timeframe", default_tf)
         if "timeframe" not in item and default_tf is None:
             raise ConfigError(f"{where}.timeframe", "missing, and HMM_OHLCV_INTERVAL_MIN matches no timeframe")
-        if tf not in TIMEFRAMES_MS:
+        if not isinstance(tf, str) or tf not in TIMEFRAMES_MS:  # a list is unhashable: no dict lookup before
             raise ConfigError(f"{where}.timeframe", f"expected one of {list(TIMEFRAMES_MS)}, got {tf!r}")
         tier = item.get("tier", "CORE")
         if not isinstance(tier, str) or not tier:
