@@ -172,11 +172,24 @@ async def _revision(
     raise Repositioned(f"{what} was written by another replica") from outcome
 
 
+def _unpacked(key: SeriesKey, value: bytes) -> Any:
+    """The stored state's msgpack, or None when it is not msgpack at all (a value put by hand, say).
+
+    Raising here would fail the batch, and every retry of it: the consumer would never get past the series.
+    """
+    try:
+        return msgpack.unpackb(value, raw=False)
+    except ValueError as exc:  # msgpack's FormatError, ExtraData, StackError and bad UTF-8 are all ValueErrors
+        log.warning("stored state of %s is not msgpack, discarded: %s: %s", key.id, type(exc).__name__, exc)
+        return None
+
+
 class StateStore(Generic[S]):
     """Per-series state cached in memory and persisted to a KV bucket as plain msgpack.
 
-    ``load`` raising ValueError (a stored state that no longer fits the config)
-    starts the series afresh, with a log line: better a cold start than a wrong one.
+    ``load`` raising ValueError (a stored state that no longer fits the config),
+    or a stored value that is not msgpack or not a state at all, starts the
+    series afresh, with a log line: better a cold start than a wrong one.
     Writes are compare-and-set on the revision read: a replica that lost a
     series' partition cannot overwrite what its successor wrote (the batch is
     then replayed, and the partition is found gone).
@@ -216,7 +229,7 @@ class StateStore(Generic[S]):
         try:
             entry = await self._kv.get(key.token)
             revision = entry.revision
-            raw = msgpack.unpackb(entry.value or b"", raw=False) if entry.value else None
+            raw = _unpacked(key, entry.value) if entry.value else None
         except nats.js.errors.KeyNotFoundError:
             raw = None
         if key in self._cache:  # a concurrent get (prefetch) got there first
@@ -227,8 +240,8 @@ class StateStore(Generic[S]):
         if isinstance(raw, dict):
             try:
                 state = self._load(key, raw)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("stored state of %s discarded: %s", key.id, exc)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
+                log.warning("stored state of %s discarded: %s: %s", key.id, type(exc).__name__, exc)
         if state is None:
             state = self._new(key)
         self._cache[key] = state
