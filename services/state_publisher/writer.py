@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -45,8 +46,8 @@ class SnapshotWriter:
         self.redis = redis
         self.keys = keys
         self.config = config
-        self.snaps: dict[SeriesKey, SeriesSnapshot] = {}
-        self.tally = SummaryTally()  # the summary of ``snaps``, kept with every snapshot replaced
+        self._snaps: dict[SeriesKey, SeriesSnapshot] = {}
+        self.tally = SummaryTally()  # the summary of the snapshots, kept with every one replaced (:meth:`put`)
         self.pending: dict[SeriesKey, Update] = {}
         self.epoch = 0  # bumped on every reset, so each consumer of this writer starts over too
         self._loaded = False
@@ -58,19 +59,35 @@ class SnapshotWriter:
             return
         tokens = sorted(cast(set[str], await self.redis.smembers(self.keys.symbols)))  # decode_responses: str
         raws = await self.redis.mget([self.keys.symbol(t) for t in tokens]) if tokens else []
-        self.snaps = {}
+        self._snaps = {}
+        self.tally = SummaryTally()
         self._listed = set()  # a loaded series is added again with its first write: SADD of a member is a no-op
         for token, raw in zip(tokens, raws, strict=True):
             if raw:
                 try:
-                    self.snaps[SeriesKey.from_token(token)] = snapshot.loads(raw, SeriesSnapshot)
+                    self.put(SeriesKey.from_token(token), snapshot.loads(raw, SeriesSnapshot))
                 except ContractError as exc:  # not one this build wrote: the series starts afresh from its events
                     log.warning("stored snapshot %s unreadable: %s", token, exc.reason)
         for spec in self.config.universe:
-            self.snaps.setdefault(spec.key, new_snapshot(spec.key, spec.tier))
-        self.tally = SummaryTally(self.snaps.values())
-        self.pending = {key: Update(snap, kinds={"init"}) for key, snap in self.snaps.items()}
+            if spec.key not in self._snaps:
+                self.put(spec.key, new_snapshot(spec.key, spec.tier))
+        self.pending = {key: Update(snap, kinds={"init"}) for key, snap in self._snaps.items()}
         self._loaded = True
+
+    @property
+    def snaps(self) -> Mapping[SeriesKey, SeriesSnapshot]:
+        """Every series' snapshot in memory (read-only: :meth:`put` replaces one, and keeps the summary with it)."""
+        return MappingProxyType(self._snaps)
+
+    def put(self, key: SeriesKey, snap: SeriesSnapshot) -> None:
+        """``snap`` is now the snapshot of ``key``; the summary's tally follows (the one it replaced taken back)."""
+        before = self._snaps.get(key)
+        if before is snap:
+            return
+        if before is not None:
+            self.tally.remove(before)
+        self.tally.add(snap)
+        self._snaps[key] = snap
 
     def discard(self) -> None:
         """Forget the uncommitted: the next load (or the next event handled) reads back what Redis holds.
@@ -78,7 +95,7 @@ class SnapshotWriter:
         Only ever called between batches (under the consumers' shared lock), so
         no batch in progress loses what it applied.
         """
-        self.snaps.clear()
+        self._snaps.clear()
         self.tally = SummaryTally()
         self.pending.clear()
         self._loaded = False
@@ -99,8 +116,7 @@ class SnapshotWriter:
             if not self._loaded:  # the other consumer of this writer discarded since: read back what Redis holds
                 await self.load()
             key = msg.key
-            before = self.snaps.get(key)
-            snap = before or new_snapshot(key, self.config.tier_of(key))
+            snap = self._snaps.get(key) or new_snapshot(key, self.config.tier_of(key))
             applied = False
             for event in events_in(msg):
                 update = apply(snap, event)
@@ -112,11 +128,7 @@ class SnapshotWriter:
                     else:
                         pending.merge(update)
                     applied = True
-            if snap is not before:
-                if before is not None:
-                    self.tally.remove(before)
-                self.tally.add(snap)
-                self.snaps[key] = snap
+            self.put(key, snap)
             return [] if applied else None
 
         return handle
@@ -144,7 +156,7 @@ class SnapshotWriter:
             if listing:  # a command per new series, not per series written
                 pipe.sadd(keys.symbols, *[k.token for k in listing])
             if self.pending:  # one MSET: a SET per series costs redis-py a command packed and a reply parsed each
-                pipe.mset({keys.symbol(k.token): snapshot.dumps(self.snaps[k]) for k in self.pending})
+                pipe.mset({keys.symbol(k.token): snapshot.dumps(self._snaps[k]) for k in self.pending})
             for key, up in self.pending.items():
                 if up.history:
                     token = key.token
@@ -173,7 +185,7 @@ class SnapshotWriter:
         if not self.config.consensus.enabled:
             return
         touched = symbols_of(k for k, up in self.pending.items() if up.kinds & {"hmm", "init"})
-        made = consensuses(self.snaps, touched, self.config.consensus.weights)
+        made = consensuses(self._snaps, touched, self.config.consensus.weights)
         if made:
             pipe.mset({self.keys.consensus(ex, sym): snapshot.dumps(c) for (ex, sym), c in made.items()})
 

@@ -122,7 +122,7 @@ def fill(writer: SnapshotWriter, config: StrategyConfig) -> None:
                 last = max(e.ts for e in events)
                 u = apply_pipeline(snap, pipeline_status(9000 - i, key=key, last_ts=last, gaps=i % 3), now)
                 snap = u.snapshot if u is not None else snap
-        writer.snaps[key] = snap
+        writer.put(key, snap)
         writer.pending[key] = up
 
 
@@ -305,7 +305,7 @@ async def change_vol(world: World, key: SeriesKey, label: VolLabel) -> None:
     )
     update = apply_vol(snap, event, int(time.time() * 1000))
     assert update is not None
-    world.writer.snaps[key] = update.snapshot
+    world.writer.put(key, update.snapshot)
     world.writer.pending[key] = update
     await world.write()
 
