@@ -34,6 +34,7 @@ from shared.domain.hmm import (
     serialize_for_snapshot,
     usable_rows,
 )
+from shared.domain.stored import optional_int, stored_int
 from shared.domain.subjects import SeriesKey, timeframe_ms
 from shared.domain.vocab import depth_tier
 
@@ -72,10 +73,11 @@ class SeriesHmm:
     def load(cls, cfg: HmmConfig, raw: Mapping[str, Any]) -> SeriesHmm:
         """A stored detector that no longer fits ``cfg`` is refused (logged); the series keeps its place."""
         state = cls.new(cfg)
+        last_ts = optional_int(raw["last_ts"], "last_ts")
+        seen = stored_int(raw.get("seen", 0), "seen")
+        failed_at = optional_int(raw.get("failed_at"), "failed_at")
         restore_from_snapshot(state.detector, raw["detector"])
-        state.last_ts = raw["last_ts"]
-        state.seen = int(raw.get("seen", 0))
-        state.failed_at = raw.get("failed_at")
+        state.last_ts, state.seen, state.failed_at = last_ts, seen, failed_at
         state.history_complete = state.seen == 0
         return state
 

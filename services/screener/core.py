@@ -26,6 +26,7 @@ from typing import Any
 from shared.domain.config import StrategyConfig, TrendConfig
 from shared.domain.consensus import TimeframeVerdict, consensus
 from shared.domain.contracts import (
+    HMM_LABELS,
     SCORE_COMPONENTS,
     DecisionConsensus,
     GridBias,
@@ -35,6 +36,7 @@ from shared.domain.contracts import (
     VolRegimeEvent,
 )
 from shared.domain.sizing import Regime, RegimeState, compute_blended_idle_target, compute_grid_bias
+from shared.domain.stored import finite_float, optional_int, stored_int
 from shared.domain.subjects import SeriesKey, bar_close, timeframe_ms
 from shared.domain.vocab import HYBRID_COMPONENTS, TIMEFRAMES_MS, HmmLabel
 
@@ -144,14 +146,21 @@ class SeriesScreen:
 
     @classmethod
     def load(cls, raw: dict[str, Any]) -> SeriesScreen:
+        """ValueError (or KeyError, TypeError) when a part is missing or of the wrong type."""
         fast, slow, bars = raw["trend"]
+        trend = Trend(_optional_real(fast, "trend.fast"), _optional_real(slow, "trend.slow"), stored_int(bars, "trend"))
+        last_decided = optional_int(raw["last_decided_ts"], "last_decided_ts")
         return cls(
-            trend=Trend(fast, slow, bars),
-            last_decided_ts=raw["last_decided_ts"],
-            scores={c: [(int(t), float(v)) for t, v in pts] for c, pts in raw["scores"].items()},
-            peers={tf: [_peer_point(p) for p in pts] for tf, pts in raw.get("peers", {}).items()},
-            peer_seen={tf: int(t) for tf, t in raw.get("peer_seen", {}).items()},
-            last_bar_ts=raw.get("last_bar_ts", raw["last_decided_ts"]),  # a state from before it: the last decided
+            trend=trend,
+            last_decided_ts=last_decided,
+            scores={
+                c: [(stored_int(t, "score ts"), finite_float(v, "score")) for t, v in pts]
+                for c, pts in raw["scores"].items()
+            },
+            peers={_timeframe(tf): [_peer_point(p) for p in pts] for tf, pts in raw.get("peers", {}).items()},
+            peer_seen={_timeframe(tf): stored_int(t, "peer_seen") for tf, t in raw.get("peer_seen", {}).items()},
+            # a state from before it: the last decided
+            last_bar_ts=optional_int(raw.get("last_bar_ts", last_decided), "last_bar_ts"),
         )
 
     def low_water(self) -> int | None:
@@ -174,7 +183,20 @@ class SeriesScreen:
 
 def _peer_point(raw: list[Any]) -> PeerPoint:
     t, regime, bias, confidence, trained = raw
-    return int(t), (regime, float(bias), float(confidence), bool(trained))
+    if regime not in HMM_LABELS or not isinstance(trained, bool):
+        raise ValueError(f"stored peer verdict {raw!r} is malformed")
+    verdict = (regime, finite_float(bias, "peer bias"), finite_float(confidence, "peer confidence"), trained)
+    return stored_int(t, "peer ts"), verdict
+
+
+def _optional_real(x: Any, name: str) -> float | None:
+    return None if x is None else finite_float(x, name)
+
+
+def _timeframe(tf: Any) -> str:
+    if tf not in TIMEFRAMES_MS:
+        raise ValueError(f"stored timeframe {tf!r} is not one of {list(TIMEFRAMES_MS)}")
+    return str(tf)
 
 
 def _stale(state: SeriesScreen, ts: int) -> bool:

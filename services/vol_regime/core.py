@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.domain.contracts import Candle, VolRegimeEvent
+from shared.domain.contracts import VOL_LABELS, Candle, VolRegimeEvent
+from shared.domain.stored import optional_int
 from shared.domain.vocab import VolLabel
 from shared.domain.vol import VolLabelFilter, VolRegime, VolRegimeConfig
 from shared.domain.vol_tracker import VolTracker
@@ -39,18 +40,22 @@ class SeriesVol:
 
     @classmethod
     def load(cls, cfg: VolRegimeConfig, raw: dict[str, Any]) -> SeriesVol:
-        """ValueError when the stored tracker does not fit ``cfg`` (the windows changed) or the filter is malformed.
+        """ValueError when the stored tracker does not fit ``cfg`` (the windows changed), or a part is malformed.
 
         State stored before the label filter existed resumes with its last label in force.
         """
+        label = raw["label"]
+        if label is not None and label not in VOL_LABELS:
+            raise ValueError(f"stored label must be one of {list(VOL_LABELS)} or None, got {label!r}")
+        last_ts = optional_int(raw["last_ts"], "last_ts")
         tracker = VolTracker.from_state(cfg, raw["tracker"])
         if "confirm" in raw:
             label_filter = VolLabelFilter.from_state(cfg, raw["confirm"])
         else:
             label_filter = VolLabelFilter(cfg)
-            if tracker.sufficient and raw["label"] is not None:
-                label_filter.update(VolRegime(raw["label"], 0.0, 0.0, 1.0))  # in force as it is: nothing to band
-        return cls(tracker, label_filter, raw["last_ts"], raw["label"])
+            if tracker.sufficient and label is not None:
+                label_filter.update(VolRegime(label, 0.0, 0.0, 1.0))  # in force as it is: nothing to band
+        return cls(tracker, label_filter, last_ts, label)
 
 
 def apply_candle(state: SeriesVol, candle: Candle, cfg: VolRegimeConfig) -> VolRegimeEvent | None:

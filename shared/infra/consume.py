@@ -172,6 +172,12 @@ async def _revision(
     raise Repositioned(f"{what} was written by another replica") from outcome
 
 
+# What a service's ``load`` of a stored state may raise for a state of the wrong shape: the series then starts afresh.
+STATE_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
+)
+
+
 def _unpacked(key: SeriesKey, value: bytes) -> Any:
     """The stored state's msgpack, or None when it is not msgpack at all (a value put by hand, say).
 
@@ -240,7 +246,7 @@ class StateStore(Generic[S]):
         if isinstance(raw, dict):
             try:
                 state = self._load(key, raw)
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
+            except STATE_LOAD_ERRORS as exc:
                 log.warning("stored state of %s discarded: %s: %s", key.id, type(exc).__name__, exc)
         if state is None:
             state = self._new(key)

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from shared.domain.hmm.stored import finite_float, is_int
+from shared.domain.stored import finite_float, is_int
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from shared.domain.config import COVARIANCE_TYPES
 from shared.domain.hmm.features import N_FEATURES, WARMUP_BARS
-from shared.domain.hmm.stored import finite_float, is_int, number_array
+from shared.domain.stored import finite_float, is_int, number_array
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from shared.domain.hmm.detector import RegimeDetector
 from shared.domain.hmm.features import FEATURE_SPEC, N_FEATURES, FeatureExtractor
 from shared.domain.hmm.kernel import FilterState, Kernel
 from shared.domain.hmm.model import TrainedModel, validate_model
-from shared.domain.hmm.stored import finite_float, is_int, number_array
 from shared.domain.sizing import Regime, RegimeState
+from shared.domain.stored import finite_float, is_int, number_array
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Checks on plain values read back from storage (snapshots, serialised models): exact types, finite, shaped."""
+"""Checks on plain values read back from storage (KV states, snapshots, models): exact types, finite, shaped."""
 
 from __future__ import annotations
 
@@ -33,3 +33,16 @@ def number_array(obj: Any, shape: tuple[int, ...]) -> np.ndarray:
 
     check(obj, 0)
     return np.array(obj, dtype=np.float64).reshape(shape)
+
+
+def optional_int(x: Any, name: str, lo: int = 0) -> int | None:
+    """A stored count or timestamp (ms): None, or an int (not a bool) of at least ``lo``."""
+    if x is None:
+        return None
+    return stored_int(x, name, lo)
+
+
+def stored_int(x: Any, name: str, lo: int = 0) -> int:
+    if not is_int(x) or x < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {x!r}")
+    return int(x)
