@@ -6,7 +6,6 @@ with a traceback instead of the key and the reason.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable
@@ -19,14 +18,10 @@ from hypothesis import strategies as st
 from shared.domain.config import HmmConfig, parse_strategy_config
 from shared.domain.errors import ConfigError
 from shared.infra.settings import Settings
+from tests.mutations import JSON_VALUES, damaged, places
 
 T = TypeVar("T")
 KEYS = HmmConfig.keys()
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=6,
-)
 NUMBERISH = st.sampled_from(["1e400", "-1e400", "nan", "inf", "-inf", "0x10", "1_000", " 3 ", "3.0", "", "٣", "1e-400"])
 
 
@@ -67,19 +62,7 @@ def test_any_file_value_parses_or_names_its_key(key: str, value: Any) -> None:
 SHIPPED = json.loads((Path(__file__).resolve().parents[2] / "config" / "strategy_config.json").read_text())
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in the JSON document a value sits (dict keys and list indexes)."""
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-PATHS = _paths(SHIPPED)
+PATHS = places(SHIPPED)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -87,14 +70,7 @@ PATHS = _paths(SHIPPED)
 def test_any_value_anywhere_in_the_strategy_config_parses_or_names_a_key(
     path: tuple[Any, ...], value: Any, drop: bool
 ) -> None:
-    raw = copy.deepcopy(SHIPPED)
-    parent = raw
-    for step in path[:-1]:
-        parent = parent[step]
-    if drop and isinstance(parent, dict):
-        del parent[path[-1]]  # a key left out
-    else:
-        parent[path[-1]] = value
+    raw = damaged(SHIPPED, path, value, drop)
     got = outcome(lambda: parse_strategy_config(raw, {}))
     if isinstance(got, ConfigError):
         assert got.key, got

@@ -6,7 +6,6 @@ on giving distributions. Any JSON value at any place of a real snapshot, or the 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from typing import Any
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 from regimes.synthetic import regime_switching_market
 from shared.domain.hmm import RegimeDetector, fit_model, restore_from_snapshot, serialize_for_snapshot
+from tests.mutations import JSON_VALUES, damaged, places
 
 MARKET = regime_switching_market(1400, seed=5)
 CFG = {"HMM_N_ITER": 10, "HMM_MIN_TRAIN_SAMPLES": 200, "HMM_CONFIRM_BARS": 3}
@@ -31,42 +31,15 @@ def _snapshot() -> dict[str, Any]:
 
 
 SNAPSHOT = _snapshot()
-
-
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list) and len(node) <= 8:  # long lists: their first and last places suffice
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    elif isinstance(node, list) and node:
-        out += _paths(node[0], (*prefix, 0)) + _paths(node[-1], (*prefix, len(node) - 1))
-    return out
-
-
-PATHS = _paths(SNAPSHOT)
-VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-)
+PATHS = places(SNAPSHOT)
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(PATHS), value=VALUES, drop=st.booleans())
+@given(path=st.sampled_from(PATHS), value=JSON_VALUES, drop=st.booleans())
 def test_a_snapshot_changed_anywhere_is_refused_or_restores_a_working_detector(
     path: tuple[Any, ...], value: Any, drop: bool
 ) -> None:
-    snap = copy.deepcopy(SNAPSHOT)
-    parent: Any = snap
-    for step in path[:-1]:
-        parent = parent[step]
-    if drop and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
+    snap = damaged(SNAPSHOT, path, value, drop)
     det = RegimeDetector(CFG)
     if not restore_from_snapshot(det, snap):
         return

@@ -5,7 +5,6 @@ every candle of that series to the dead letters instead.
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -22,6 +21,7 @@ from shared.domain.config import StrategyConfig
 from shared.infra.consume import STATE_LOAD_ERRORS
 from tests import factories
 from tests.harness import small_config
+from tests.mutations import JSON_VALUES, damaged, places
 
 CONFIG: StrategyConfig = small_config([("AAA/USD", "CORE")], hmm={"HMM_ENABLED": True, "HMM_MIN_TRAIN_SAMPLES": 50})
 CANDLES = [factories.candle(i, 100.0 + (i % 7) - 3) for i in range(60)]
@@ -43,22 +43,6 @@ def _hmm_dump() -> dict[str, Any]:
     return dumped
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list) and node:
-        for i in sorted({0, len(node) - 1}):  # long lists: their ends suffice
-            out += _paths(node[i], (*prefix, i))
-    return out
-
-
-VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-)
 def _screener_dump() -> dict[str, Any]:
     state = SeriesScreen()
     key = CONFIG.universe[0].key
@@ -81,53 +65,40 @@ def _screener_goes_on(state: SeriesScreen) -> None:
 DUMPS = {"vol": _vol_dump(), "hmm": _hmm_dump(), "screener": _screener_dump()}
 
 
-def _changed(dump: dict[str, Any], path: tuple[Any, ...], value: Any, drop: bool) -> dict[str, Any]:
-    raw = copy.deepcopy(dump)
-    parent: Any = raw
-    for step in path[:-1]:
-        parent = parent[step]
-    if drop and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    return raw
-
-
 @pytest.mark.parametrize("service", ["vol", "hmm", "screener"])
 def test_every_place_of_the_dump_is_reached(service: str) -> None:
-    assert len(_paths(DUMPS[service])) > 10
+    assert len(places(DUMPS[service])) > 10
 
 
+def _load(service: str, raw: dict[str, Any]) -> Any:
+    if service == "vol":
+        return SeriesVol.load(CONFIG.vol, raw)
+    if service == "hmm":
+        return SeriesHmm.load(CONFIG.hmm, raw)
+    return SeriesScreen.load(raw)
+
+
+def _go_on(service: str, state: Any) -> None:
+    """The next candles (or events) applied to a loaded state: none of them may raise."""
+    if service == "vol":
+        for c in CANDLES[40:]:
+            vol_apply(state, c, CONFIG.vol)
+    elif service == "hmm":
+        for c in CANDLES[40:]:
+            hmm_apply(state, c)
+    else:
+        _screener_goes_on(state)
+
+
+@pytest.mark.parametrize("service", sorted(DUMPS))
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), value=VALUES, drop=st.booleans())
-def test_a_vol_state_changed_anywhere_is_refused_or_goes_on(data: st.DataObject, value: Any, drop: bool) -> None:
-    raw = _changed(DUMPS["vol"], data.draw(st.sampled_from(_paths(DUMPS["vol"]))), value, drop)
+@given(data=st.data(), value=JSON_VALUES, drop=st.booleans())
+def test_a_state_changed_anywhere_is_refused_or_goes_on(
+    service: str, data: st.DataObject, value: Any, drop: bool
+) -> None:
+    raw = damaged(DUMPS[service], data.draw(st.sampled_from(places(DUMPS[service]))), value, drop)
     try:
-        state = SeriesVol.load(CONFIG.vol, raw)
+        state = _load(service, raw)
     except STATE_LOAD_ERRORS:
-        return
-    for c in CANDLES[40:]:
-        vol_apply(state, c, CONFIG.vol)
-
-
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), value=VALUES, drop=st.booleans())
-def test_an_hmm_state_changed_anywhere_is_refused_or_goes_on(data: st.DataObject, value: Any, drop: bool) -> None:
-    raw = _changed(DUMPS["hmm"], data.draw(st.sampled_from(_paths(DUMPS["hmm"]))), value, drop)
-    try:
-        state = SeriesHmm.load(CONFIG.hmm, raw)
-    except STATE_LOAD_ERRORS:
-        return
-    for c in CANDLES[40:]:
-        hmm_apply(state, c)
-
-
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), value=VALUES, drop=st.booleans())
-def test_a_screener_state_changed_anywhere_is_refused_or_goes_on(data: st.DataObject, value: Any, drop: bool) -> None:
-    raw = _changed(DUMPS["screener"], data.draw(st.sampled_from(_paths(DUMPS["screener"]))), value, drop)
-    try:
-        state = SeriesScreen.load(raw)
-    except STATE_LOAD_ERRORS:
-        return
-    _screener_goes_on(state)
+        return  # refused: the series starts afresh
+    _go_on(service, state)
