@@ -56,13 +56,14 @@ async def build(rt: Runtime) -> list[Any]:
     owner = await rt.leases(1, sticky=True)
 
     def consumer(stream: str, subjects: list[str], suffix: str = "") -> Consumer:
-        # commit_delay_s=0: each batch is committed before the next, so when one consumer's batch fails and the
-        # shared writer forgets what is uncommitted, it never takes the other consumer's work with it.
+        # Commit delays 0, behind or not: each batch is committed before the next, so when one consumer's batch
+        # fails and the shared writer forgets what is uncommitted, it never takes the other consumer's work with it.
         # batch=WRITE_BATCH: a series' vol, HMM and decision messages of one burst mostly share a batch, so its
         # snapshot is written once, and the summary over every series is made once per batch, not per 256.
         return Consumer(
             rt.bus, stream, subjects, rt.durable(suffix), handlers, writer.position(rt.position_key(suffix)),
-            stores=[writer], retry_on=(RedisError,), lock=lock, commit_delay_s=0.0, owner=owner, batch=WRITE_BATCH,
+            stores=[writer], retry_on=(RedisError,), lock=lock, commit_delay_s=0.0, behind_commit_delay_s=0.0,
+            owner=owner, batch=WRITE_BATCH,
         )
 
     regimes = consumer(names.stream_regimes, [names.vol_all, names.hmm_all, names.screener_all])

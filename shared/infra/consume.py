@@ -15,9 +15,10 @@ How (see the README, "Restarts and scaling"):
   (no ``ack_wait`` to sit out).
 - A batch: fetch; decode, check and hand each message to its handler; publish
   the outputs pipelined (each with a ``Nats-Msg-Id``); flush dirty state; then
-  commit the position, ``commit_delay_s`` after the first batch it covers (so a
-  series in many batches is written once, and a live burst's outputs go on
-  downstream before its state is written). A crash anywhere replays from the last commit; state
+  commit the position, ``commit_delay_s`` after the first batch it covers, or
+  once caught up (``behind_commit_delay_s`` at most) while the server says more
+  is pending (so a series in many batches is written once, and a live burst's
+  outputs all go on downstream before its state is written). A crash anywhere replays from the last commit; state
   flushed ahead of the position skips what it has seen (each core's "ts not
   newer than the last applied" rule), and republished outputs are deduplicated
   by their message ids.
@@ -310,6 +311,11 @@ class Consumer:
     # commit: a series touched by many batches is written once, the state writes of a burst of live candles come
     # after its outputs have gone on downstream, and a crash replays at most this much more. 0: every batch.
     commit_delay_s: float = 0.5
+    # While the stream holds more for this consumer (the last message fetched had more pending behind it: a burst,
+    # a backfill), the commit waits until the consumer has caught up, this long (s) at most, never less than
+    # commit_delay_s: a burst's state writes then come after all its outputs instead of amid them, and a crash
+    # replays at most this much more. state_publisher sets both delays to 0.
+    behind_commit_delay_s: float = 10.0
     committed: int = field(default=0, init=False)  # the position as last loaded or committed
     _held: dict[SeriesKey, _Held] = field(default_factory=dict, init=False)
     _floors: dict[int, int] = field(default_factory=dict, init=False)  # partition -> its committed position
@@ -318,6 +324,7 @@ class Consumer:
     _last_seq: int = field(default=0, init=False)
     _verified_at: float = field(default=0.0, init=False)
     _dirty_since: float | None = field(default=None, init=False)  # monotonic s of the first uncommitted batch
+    _behind: bool = field(default=False, init=False)  # the last fetch left messages pending for this consumer
     _counted: dict[str, Any] = field(default_factory=dict, init=False)  # outcome -> its counter, looked up once
 
     def __post_init__(self) -> None:
@@ -400,6 +407,7 @@ class Consumer:
         # (handing a partition over, say) must not move the position past work that was discarded.
         self._last_seq = self.committed
         self._dirty_since = None
+        self._behind = False
 
     async def _loop(self, sub: Pull, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -425,6 +433,8 @@ class Consumer:
                 msgs = []
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
                 raise Repositioned(f"fetch interrupted: {exc}") from exc
+            if not msgs:
+                self._behind = False  # a fetch that found nothing: caught up
             if not msgs and not self._held:
                 if self._commit_due():
                     async with self.lock:
@@ -454,6 +464,8 @@ class Consumer:
             self._next_delivery += 1
             self._last_seq = meta.sequence.stream
             await self._one(msg, self._last_seq, outs)
+        if msgs:
+            self._behind = msgs[-1].metadata.num_pending > 0
         await self._release(outs)
         await self.bus.publish_all(outs)
         if self._dirty_since is None:
@@ -462,8 +474,12 @@ class Consumer:
             await self._commit()
 
     def _commit_due(self) -> bool:
-        """Whether what was applied has waited ``commit_delay_s`` (a held series commits every batch instead)."""
-        return self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.commit_delay_s
+        """Whether what was applied has waited ``commit_delay_s``, or ``behind_commit_delay_s`` while more is pending
+        (a held series commits every batch instead)."""
+        if self._dirty_since is None:
+            return False
+        delay = max(self.commit_delay_s, self.behind_commit_delay_s) if self._behind else self.commit_delay_s
+        return time.monotonic() - self._dirty_since >= delay
 
     async def _commit(self) -> None:
         """Make what was applied durable (the stores' dirty state), then move the position past it."""
@@ -479,15 +495,17 @@ class Consumer:
 
     async def _prefetch(self, msgs: Sequence[Msg]) -> None:
         """Read the stored state of every series the batch names in one round of concurrent requests."""
+        prefetchers = [p for p in (getattr(store, "prefetch", None) for store in self.stores) if p is not None]
+        if not prefetchers:  # state_publisher's writer holds every snapshot already: no need to name the series
+            return
         keys = set()
         for msg in msgs:
             with contextlib.suppress(ValueError):  # a subject naming no series is dead-lettered later
                 key = self.bus.names.series_of(msg.subject)
                 if self._mine(key, msg.metadata.sequence.stream):
                     keys.add(key)
-        for store in self.stores:
-            prefetch = getattr(store, "prefetch", None)
-            if prefetch is not None and keys:
+        if keys:
+            for prefetch in prefetchers:
                 await prefetch(keys)
 
     def _position(self) -> int:

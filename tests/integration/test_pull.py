@@ -1,5 +1,6 @@
 """One pull request's messages read off the queue (shared.infra.pull): what the consume loop relies on from a
-fetch, against a real nats-server, so that a nats-py whose private parts moved fails here.
+fetch, against a real nats-server, so that a nats-py whose private parts moved fails here (and a delivery's
+``num_pending``, by which the loop knows it is behind).
 
 Real nats-server with JetStream (the session's); each test has its own namespace and stream.
 """
@@ -48,10 +49,13 @@ async def test_a_fetch_returns_what_is_there_in_stream_order_up_to_the_batch(
 ) -> None:
     for i in range(5):  # one at a time: stream order is publish order
         await publish(nc, namespace, 1, start=i)
-    assert bodies(await pull.fetch(3, timeout=1.0)) == [0, 1, 2]
+    first = await pull.fetch(3, timeout=1.0)
+    assert bodies(first) == [0, 1, 2]
+    assert first[-1].metadata.num_pending == 2  # more waits on the server: the loop's "behind"
     got = await pull.fetch(10, timeout=1.0)
     assert bodies(got) == [3, 4]
     assert [m.metadata.sequence.consumer for m in got] == [4, 5]  # consecutive deliveries, as the loop checks
+    assert got[-1].metadata.num_pending == 0  # caught up
 
 
 async def test_a_fetch_waits_for_the_first_message_and_then_returns_without_waiting_out_its_timeout(

@@ -39,11 +39,14 @@ class FakeMsg:
     seq: int
     subject: str = "ohlcv.test.AAA-USD.1m"
     delivery: int = 0
+    pending: int = 0  # messages the consumer still has behind this one
 
     @property
     def metadata(self) -> Any:
         return SimpleNamespace(
-            num_pending=0, stream="S", sequence=SimpleNamespace(stream=self.seq, consumer=self.delivery or self.seq)
+            num_pending=self.pending,
+            stream="S",
+            sequence=SimpleNamespace(stream=self.seq, consumer=self.delivery or self.seq),
         )
 
 
@@ -168,6 +171,32 @@ async def test_outputs_are_published_then_state_flushed_then_the_position_commit
     assert rig.journal == [f"publish id{candle(0).ts}", f"publish id{candle(1).ts}", "flush", "commit 2"]
 
 
+@dataclass
+class Idle:
+    """The server after a burst: nothing comes within a fetch's timeout (each timeout asked for is kept)."""
+
+    waits: list[float] = field(default_factory=list)
+
+    async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
+        self.waits.append(timeout)
+        await asyncio.sleep(timeout)
+        raise nats.errors.TimeoutError
+
+
+async def loop_until_a_commit(rig: Rig, c: Consumer, sub: Idle) -> None:
+    """Run ``c``'s loop over ``sub`` until it commits a position (5 s at most)."""
+    stop = asyncio.Event()
+    committed = rig.position.commit
+
+    async def commit(seq: int) -> None:
+        await committed(seq)
+        stop.set()
+
+    rig.position.commit = commit  # type: ignore[method-assign]
+    c._owned_version = c.owner.version
+    await asyncio.wait_for(c._loop(cast(Pull, sub), stop), 5)
+
+
 async def test_what_batches_applied_is_written_once_the_commit_delay_is_over_not_with_their_outputs() -> None:
     # A burst of live candles: the outputs go on downstream at once; the state and position of every batch
     # since the last commit are written once, commit_delay_s after the first of them, by the loop going idle.
@@ -178,27 +207,51 @@ async def test_what_batches_applied_is_written_once_the_commit_delay_is_over_not
     await c.process(msgs_of(candle(0), candle(1)))
     await c.process(msgs_of(candle(2), start=3))
     assert rig.journal == [f"publish id{candle(i).ts}" for i in range(3)]
-    stop, waits = asyncio.Event(), []
-
-    class Idle:  # the server after the burst: nothing comes within a fetch's timeout
-        async def fetch(self, batch: int, timeout: float) -> list[FakeMsg]:
-            waits.append(timeout)
-            await asyncio.sleep(timeout)
-            raise nats.errors.TimeoutError
-
-    committed = rig.position.commit
-
-    async def commit(seq: int) -> None:
-        await committed(seq)
-        stop.set()
-
-    rig.position.commit = commit  # type: ignore[method-assign]
-    c._owned_version = c.owner.version
-    await asyncio.wait_for(c._loop(Idle(), stop), 5)  # type: ignore[arg-type]
+    idle = Idle()
+    await loop_until_a_commit(rig, c, idle)
     assert rig.journal[3:] == ["flush", "commit 3"]
     assert asyncio.get_running_loop().time() - started >= 0.3
-    assert waits
-    assert max(waits) <= 0.3  # the loop waited for news no longer than until the commit was due
+    assert idle.waits
+    assert max(idle.waits) <= 0.3  # the loop waited for news no longer than until the commit was due
+
+
+def behind(msgs: list[Msg], pending: int = 100) -> list[Msg]:
+    """``msgs`` with the last one saying ``pending`` more wait on the server (a burst, a backfill)."""
+    cast(FakeMsg, msgs[-1]).pending = pending
+    return msgs
+
+
+async def test_while_more_is_pending_the_state_writes_wait_until_the_consumer_has_caught_up() -> None:
+    # A burst of 10,000 live candles takes seconds: its state writes must not take CPU from its outputs midway.
+    rig = Rig()
+    c = rig.consumer(echo, commit_delay_s=0.05, behind_commit_delay_s=60.0)
+    c._next_delivery = 1
+    await c.process(behind(msgs_of(candle(0), candle(1))))
+    await asyncio.sleep(0.1)  # past commit_delay_s, but the server said more was coming
+    await c.process(behind(msgs_of(candle(2), start=3)))
+    assert rig.journal == [f"publish id{candle(i).ts}" for i in range(3)]
+    await loop_until_a_commit(rig, c, Idle())  # the burst is over: the next fetch finds nothing
+    assert rig.journal[3:] == ["flush", "commit 3"]
+
+
+async def test_behind_for_long_the_state_is_written_after_behind_commit_delay_s_at_the_latest() -> None:
+    # A backfill that never catches up still bounds what a crash replays.
+    rig = Rig()
+    c = rig.consumer(echo, commit_delay_s=0.0, behind_commit_delay_s=0.2)
+    c._next_delivery = 1
+    await c.process(behind(msgs_of(candle(0))))
+    assert rig.journal == [f"publish id{candle(0).ts}"]
+    await asyncio.sleep(0.25)
+    await c.process(behind(msgs_of(candle(1), start=2)))
+    assert rig.journal[1:] == [f"publish id{candle(1).ts}", "flush", "commit 2"]
+
+
+async def test_a_message_with_nothing_behind_it_commits_after_the_plain_delay() -> None:
+    rig = Rig()
+    c = rig.consumer(echo, commit_delay_s=0.0, behind_commit_delay_s=60.0)
+    c._next_delivery = 1
+    await c.process(behind(msgs_of(candle(0), candle(1)), pending=0))
+    assert rig.journal[-2:] == ["flush", "commit 2"]
 
 
 async def test_a_clean_stop_commits_what_waited_for_the_commit_delay() -> None:
