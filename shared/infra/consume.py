@@ -426,7 +426,9 @@ class Consumer:
                     continue
                 timeout = 0.01
             if self._dirty_since is not None:  # wait for new messages no longer than until the commit is due
-                timeout = min(timeout, max(0.001, self._dirty_since + self.commit_delay_s - time.monotonic()))
+                # (behind, the fetch keeps its timeout: one cut to a millisecond could come back empty under load
+                # and be taken for having caught up)
+                timeout = min(timeout, max(0.001, self._dirty_since + self._commit_delay() - time.monotonic()))
             try:
                 msgs = await sub.fetch(self.batch, timeout=timeout)
             except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when nothing came
@@ -476,10 +478,11 @@ class Consumer:
     def _commit_due(self) -> bool:
         """Whether what was applied has waited ``commit_delay_s``, or ``behind_commit_delay_s`` while more is pending
         (a held series commits every batch instead)."""
-        if self._dirty_since is None:
-            return False
-        delay = max(self.commit_delay_s, self.behind_commit_delay_s) if self._behind else self.commit_delay_s
-        return time.monotonic() - self._dirty_since >= delay
+        return self._dirty_since is not None and time.monotonic() - self._dirty_since >= self._commit_delay()
+
+    def _commit_delay(self) -> float:
+        """Seconds what was applied waits for its commit now: longer while more is pending on the server."""
+        return max(self.commit_delay_s, self.behind_commit_delay_s) if self._behind else self.commit_delay_s
 
     async def _commit(self) -> None:
         """Make what was applied durable (the stores' dirty state), then move the position past it."""

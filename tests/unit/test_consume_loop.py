@@ -234,6 +234,25 @@ async def test_while_more_is_pending_the_state_writes_wait_until_the_consumer_ha
     assert rig.journal[3:] == ["flush", "commit 3"]
 
 
+async def test_behind_past_the_plain_delay_the_next_fetch_still_waits_its_whole_timeout() -> None:
+    # A fetch cut to a millisecond could come back empty under load and pass for having caught up.
+    rig = Rig()
+    c = rig.consumer(echo, commit_delay_s=0.05, behind_commit_delay_s=60.0, fetch_timeout=0.3)
+    c._next_delivery = 1
+    await c.process(behind(msgs_of(candle(0), candle(1))))
+    await asyncio.sleep(0.1)
+    waits: list[float] = []
+
+    class Rest:  # the rest of the burst, with nothing behind it
+        async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+            waits.append(timeout)
+            return msgs_of(candle(2), start=3)
+
+    await loop_until_a_commit(rig, c, cast(Idle, Rest()))
+    assert waits == [0.3]
+    assert rig.journal[3:] == ["flush", "commit 3"]
+
+
 async def test_behind_for_long_the_state_is_written_after_behind_commit_delay_s_at_the_latest() -> None:
     # A backfill that never catches up still bounds what a crash replays.
     rig = Rig()
