@@ -15,13 +15,12 @@ How (see the README, "Restarts and scaling"):
   (no ``ack_wait`` to sit out).
 - A batch: fetch; decode, check and hand each message to its handler; publish
   the outputs pipelined (each with a ``Nats-Msg-Id``); flush dirty state; then
-  commit the position, ``commit_delay_s`` after the first batch it covers, or
-  once caught up (``behind_commit_delay_s`` at most) while the server says more
-  is pending (so a series in many batches is written once, and a live burst's
-  outputs all go on downstream before its state is written). A crash anywhere replays from the last commit; state
-  flushed ahead of the position skips what it has seen (each core's "ts not
-  newer than the last applied" rule), and republished outputs are deduplicated
-  by their message ids.
+  commit the position ``commit_delay_s`` after the first batch it covers, or
+  once caught up while the server says more is pending (a series in many
+  batches is written once; a burst's outputs all go on before its state). A
+  crash replays from the last commit; state flushed ahead of the position
+  skips what it has seen (the cores' "ts not newer than the last applied"
+  rule), and republished outputs are deduplicated by their message ids.
 - A handler may answer :class:`Hold` for a series that cannot go on yet (an HMM
   model being trained for it): that series' messages wait in memory, in order,
   while other series go on, and the position stops short of the first one
@@ -311,10 +310,8 @@ class Consumer:
     # commit: a series touched by many batches is written once, the state writes of a burst of live candles come
     # after its outputs have gone on downstream, and a crash replays at most this much more. 0: every batch.
     commit_delay_s: float = 0.5
-    # While the stream holds more for this consumer (the last message fetched had more pending behind it: a burst,
-    # a backfill), the commit waits until the consumer has caught up, this long (s) at most, never less than
-    # commit_delay_s: a burst's state writes then come after all its outputs instead of amid them, and a crash
-    # replays at most this much more. state_publisher sets both delays to 0.
+    # While more is pending on the server (a burst, a backfill), the commit waits until caught up, this long (s) at
+    # most (never less than commit_delay_s): a burst's state writes come after its outputs, not amid them.
     behind_commit_delay_s: float = 10.0
     committed: int = field(default=0, init=False)  # the position as last loaded or committed
     _held: dict[SeriesKey, _Held] = field(default_factory=dict, init=False)
@@ -425,9 +422,8 @@ class Consumer:
                         await self.process([])
                     continue
                 timeout = 0.01
-            if self._dirty_since is not None:  # wait for new messages no longer than until the commit is due
-                # (behind, the fetch keeps its timeout: one cut to a millisecond could come back empty under load
-                # and be taken for having caught up)
+            if self._dirty_since is not None:  # wait no longer than until the commit is due (behind, that is late:
+                # a fetch cut to a millisecond could come back empty under load and pass for having caught up)
                 timeout = min(timeout, max(0.001, self._dirty_since + self._commit_delay() - time.monotonic()))
             try:
                 msgs = await sub.fetch(self.batch, timeout=timeout)
@@ -476,8 +472,7 @@ class Consumer:
             await self._commit()
 
     def _commit_due(self) -> bool:
-        """Whether what was applied has waited ``commit_delay_s``, or ``behind_commit_delay_s`` while more is pending
-        (a held series commits every batch instead)."""
+        """Whether what was applied has waited its :meth:`_commit_delay` (a held series commits every batch)."""
         return self._dirty_since is not None and time.monotonic() - self._dirty_since >= self._commit_delay()
 
     def _commit_delay(self) -> float:
