@@ -55,13 +55,12 @@ from shared.domain.contracts import (  # noqa: E402
     Candle,
     ScreenerDecision,
     ScreenerDecisionBatch,
-    encode,
     events_in,
     to_plain,
 )
 from shared.domain.subjects import Names  # noqa: E402
-from shared.infra.acks import AckPipeline, Publish  # noqa: E402
-from shared.infra.bus import publish_candles, read_subject  # noqa: E402
+from shared.infra.acks import AckPipeline  # noqa: E402
+from shared.infra.bus import publish_candles, publish_messages, read_subject  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however it is run
 from pipeline_data import BAR_MS, EXCHANGE, candle, last_closed_ts, series_keys, write_config, write_files  # noqa: E402
@@ -370,15 +369,6 @@ async def bulk_case(bench: Bench, name: str, series: int, bars: int) -> dict[str
     return res
 
 
-async def publish(nc: Any, names: Names, candles: list[Candle], chunk: int) -> None:
-    """Each candle a message of its own (a live candle), with its Nats-Msg-Id, pipelined through the stack's
-    ``AckPipeline``: ``chunk`` sent, then awaited together."""
-    acks = AckPipeline(nc, timeout=120.0)
-    for i in range(0, len(candles), chunk):
-        await acks.send([Publish(names.ohlcv(c.key), encode(c), {"Nats-Msg-Id": c.msg_id})
-                         for c in candles[i : i + chunk]])
-
-
 async def redis_arrivals(r: aioredis.Redis, names: Names, want: dict[str, int], seen: dict[str, float],
                          ids: dict[str, str]) -> None:
     """Until cancelled: on each change notice, GET the series it lists and stamp those showing their new candle;
@@ -420,7 +410,7 @@ async def burst_case(bench: Bench, name: str, series: int) -> dict[str, Any]:
         js = nc.jetstream()
         with services(bench, env, COMPUTE) as procs:
             await wait_ready(js, names, procs)
-            fed = asyncio.ensure_future(publish(nc, names, warm, 2000))
+            fed = asyncio.ensure_future(publish_messages(AckPipeline(nc, timeout=120.0), names, warm))  # live: one each
             await settle(js, r, names, {k.token: base - BAR_MS for k in keys}, fed, bench.budget(len(warm)))
             pids = {n: p.pid for n, p in procs.running.items()} | {
                 "nats-server": bench.nats.proc.pid, "redis-server": bench.redis.proc.pid}

@@ -16,7 +16,8 @@ from services.hmm_regime.trainer import Trainer
 from shared.domain.contracts import HMM_EVENTS_PER_BATCH, Candle, CandleBatch, HmmRegimeEvent, batch_of, candles_in
 from shared.domain.hmm import HMM_AVAILABLE
 from shared.infra.bus import Out
-from shared.infra.consume import Consumer, Hold, StateStore
+from shared.infra.consume import Consumer, Hold
+from shared.infra.kv_state import StateStore
 from shared.infra.service import Runtime, run
 
 SERVICE = "hmm_regime"

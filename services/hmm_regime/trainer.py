@@ -22,7 +22,7 @@ from shared.domain.hmm import Fitted, TrainedModel, fit_model, fit_part
 from shared.domain.hmm.fit import FitPart
 from shared.domain.subjects import SeriesKey
 from shared.infra.bus import now_ms, read_subject
-from shared.infra.consume import Repositioned
+from shared.infra.kv_state import Repositioned
 from shared.infra.lifetime import die_with_parent
 from shared.infra.service import Runtime
 from shared.infra.telemetry import configure_logging

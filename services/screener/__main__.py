@@ -8,7 +8,8 @@ from services.screener.core import SeriesScreen
 from services.screener.handlers import ScreenerHandlers
 from shared.domain.contracts import HmmRegimeBatch, HmmRegimeEvent, ScoreEvent, VolRegimeBatch, VolRegimeEvent
 from shared.domain.subjects import SeriesKey
-from shared.infra.consume import Consumer, StateStore
+from shared.infra.consume import Consumer
+from shared.infra.kv_state import StateStore
 from shared.infra.low_water import LowWaters
 from shared.infra.service import Runtime, run
 

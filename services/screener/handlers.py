@@ -23,7 +23,7 @@ from shared.domain.contracts import (
 )
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.bus import Out
-from shared.infra.consume import StateStore
+from shared.infra.kv_state import StateStore
 from shared.infra.low_water import LowWaters
 
 

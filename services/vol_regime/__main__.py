@@ -7,7 +7,8 @@ from typing import Any
 from services.vol_regime.core import SeriesVol, apply_candle
 from shared.domain.contracts import Candle, CandleBatch, batch_of
 from shared.infra.bus import Out
-from shared.infra.consume import Consumer, StateStore
+from shared.infra.consume import Consumer
+from shared.infra.kv_state import StateStore
 from shared.infra.service import Runtime, run
 
 SERVICE = "vol_regime"

@@ -31,7 +31,7 @@ from shared.domain.partitions import PartitionBy
 from shared.domain.subjects import Names
 from shared.infra.admission import Admission
 from shared.infra.bus import BUS_ERRORS, Bus, Health, connect, ensure_streams, kv_bucket
-from shared.infra.consume import KvPosition
+from shared.infra.kv_state import KvPosition
 from shared.infra.ownership import Leases, Owner
 from shared.infra.settings import Settings, new_replica_id
 from shared.infra.telemetry import Metrics, configure_logging

@@ -18,7 +18,7 @@ from nats.js import api as js_api
 from shared.domain.subjects import SeriesKey
 from shared.infra.acks import Ack, AckPipeline, Publish, kv_write
 from shared.infra.bus import kv_bucket
-from shared.infra.consume import Repositioned, StateStore
+from shared.infra.kv_state import Repositioned, StateStore
 
 
 @pytest.fixture

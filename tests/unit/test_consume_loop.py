@@ -17,7 +17,8 @@ from shared.domain.contracts import Candle, encode
 from shared.domain.partitions import partition_of
 from shared.domain.subjects import Names, SeriesKey
 from shared.infra.bus import Out
-from shared.infra.consume import Consumer, Hold, Repositioned
+from shared.infra.consume import Consumer, Hold
+from shared.infra.kv_state import Repositioned
 from shared.infra.ownership import Everything, Owner
 from shared.infra.pull import Pull
 from shared.infra.telemetry import Metrics

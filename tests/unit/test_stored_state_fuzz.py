@@ -18,7 +18,7 @@ from services.screener.core import SeriesScreen, on_hmm, on_score, on_vol
 from services.vol_regime.core import SeriesVol
 from services.vol_regime.core import apply_candle as vol_apply
 from shared.domain.config import StrategyConfig
-from shared.infra.consume import STATE_LOAD_ERRORS
+from shared.infra.kv_state import STATE_LOAD_ERRORS
 from tests import factories
 from tests.harness import small_config
 from tests.mutations import JSON_VALUES, damaged, places
